@@ -1,1 +1,105 @@
-//! placeholder
+//! Chunked HDF5 stream writer: areaDetector file naming, NDFileHDF5's NeXus layout, one chunk
+//! per frame written with HDF5 direct chunk write.
+//!
+//! The pipeline hands this crate frames that a codec has already encoded ([`codec`]); the
+//! writer thread alone talks to HDF5 ([`stream::StreamWriter`]), because the library is
+//! serialised by one global lock. File names follow NDPluginFile ([`naming`]).
+//!
+//! ```no_run
+//! use detflow_hal::{ColorMode, EpicsTimestamp, FrameMeta, FrameShape, PixelType};
+//! use detflow_writer::{Codec, StreamSpec, StreamWriter};
+//!
+//! let shape = FrameShape { width: 4, height: 2, pixel_type: PixelType::U8, color_mode: ColorMode::Mono };
+//! let mut w = StreamWriter::create(StreamSpec {
+//!     path: "/tmp/demo_0001.h5".into(),
+//!     shape,
+//!     codec: Codec::None,
+//!     num_capture: 1,
+//!     dim_offset: [0, 0],
+//!     dim_binning: [1, 1],
+//! })?;
+//! let meta = FrameMeta { unique_id: 1, timestamp: EpicsTimestamp::now(), unix_time_s: 0.0, shape };
+//! w.write_frame(&meta, &[0u8; 8])?;
+//! let summary = w.close()?;
+//! assert_eq!(summary.frames, 1);
+//! # Ok::<(), detflow_writer::WriterError>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::undocumented_unsafe_blocks
+)]
+
+use std::path::PathBuf;
+
+use detflow_hal::FrameShape;
+use thiserror::Error;
+
+pub mod codec;
+pub mod layout;
+pub mod naming;
+mod sink;
+pub mod stream;
+
+pub use codec::{Codec, CodecError, Compressor};
+pub use naming::{FileNaming, FileTemplate, TemplateError};
+pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
+
+/// Everything the writer can refuse or fail at; each says which setting or file and why.
+#[derive(Debug, Error)]
+pub enum WriterError {
+    /// The output directory cannot take the file.
+    #[error("{setting} {path:?}: {reason}")]
+    BadDirectory {
+        /// The setting that named the directory.
+        setting: String,
+        /// The directory.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A frame size of zero.
+    #[error("frame size {width}x{height}: width and height must be at least 1")]
+    BadShape {
+        /// Columns.
+        width: u32,
+        /// Rows.
+        height: u32,
+    },
+    /// A frame whose shape differs from the file's.
+    #[error("frame of {}x{} {} does not match the file's {}x{} {}", got.width, got.height, got.pixel_type, expected.width, expected.height, expected.pixel_type)]
+    FrameMismatch {
+        /// The file's frame shape.
+        expected: FrameShape,
+        /// The frame's.
+        got: FrameShape,
+    },
+    /// A raw chunk of the wrong size.
+    #[error("raw chunk of {got} bytes, expected {expected}")]
+    ChunkSize {
+        /// Bytes of one frame.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// More frames than NumCapture.
+    #[error("the file already holds num_capture = {num_capture} frames")]
+    Full {
+        /// The file's NumCapture.
+        num_capture: u64,
+    },
+    /// The file was closed.
+    #[error("the file is closed")]
+    Closed,
+    /// The HDF5 library failed.
+    #[error("{path:?}: could not {what}: {source}")]
+    Hdf5 {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// HDF5's error stack.
+        source: hdf5::Error,
+    },
+}
