@@ -1,1 +1,216 @@
-fn main(){}
+//! The `detflow` command line.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use detflow::{Acquisition, Config, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Acquisition stack for 2D area detectors.
+#[derive(Debug, Parser)]
+#[command(name = "detflow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Acquire frames from the simulated detector into one HDF5 file.
+    Acquire(AcquireArgs),
+}
+
+/// Flags override the `--config` file, which overrides the defaults. A flag given twice
+/// takes its last value.
+#[derive(Debug, Args)]
+#[command(args_override_self = true)]
+struct AcquireArgs {
+    /// TOML file with [detector], [ring] and [writer] tables.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Frames to acquire; 0 acquires until Ctrl-C. [default: 100]
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Frame size. [default: 1024x1024]
+    #[arg(long, value_name = "WxH")]
+    size: Option<String>,
+    /// Pixel type: u8 u16 u32 i8 i16 i32 f32 f64. [default: u16]
+    #[arg(long, value_name = "TYPE")]
+    dtype: Option<String>,
+    /// Simulated image: peaks, ramp, sine, noise. [default: peaks]
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Exposure time in seconds. [default: 0]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    exposure: Option<f64>,
+    /// Acquire period in seconds; 0 is as fast as possible. [default: 0]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    period: Option<f64>,
+    /// Chunk codec: none, deflate[:LEVEL]. [default: none]
+    #[arg(long, value_name = "CODEC")]
+    codec: Option<String>,
+    /// Directory for the file (areaDetector FilePath); must exist. [default: .]
+    #[arg(long, value_name = "DIR")]
+    path: Option<String>,
+    /// File base name (FileName). [default: detflow]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// File number (FileNumber). [default: 1]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    number: Option<i32>,
+    /// C-printf template taking path, name, number (FileTemplate). [default: %s%s_%4.4d.h5]
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    template: Option<String>,
+    /// Seed of the simulation: equal seeds give equal frames. [default: 0]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Frame slots in the ring between detector and writer. [default: 16]
+    #[arg(long, value_name = "N")]
+    ring_slots: Option<usize>,
+    /// Print one JSON object with the outcome instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AcquireArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        let d = &mut c.detector;
+        macro_rules! set {
+            ($($flag:ident => $field:expr),* $(,)?) => {
+                $(if let Some(v) = &self.$flag { $field = v.clone(); })*
+            };
+        }
+        set!(frames => d.frames, size => d.size, dtype => d.dtype, mode => d.mode,
+             exposure => d.exposure, period => d.period, seed => d.seed);
+        let w = &mut c.writer;
+        set!(codec => w.codec, path => w.path, name => w.name, number => w.number,
+             template => w.template);
+        set!(ring_slots => c.ring.slots);
+        Ok(c)
+    }
+}
+
+/// Exit status when stopped by a signal: 128 + the signal number, as shells report it.
+fn signal_exit(signal: usize) -> ExitCode {
+    ExitCode::from(128 + signal as u8)
+}
+
+fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let settings = config.validate()?;
+    let frames = settings.frames;
+
+    // First Ctrl-C or SIGTERM: stop cleanly (drain, close the file). A second one: exit now.
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+        let signal = signal.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = signal.compare_exchange(0, sig as usize, Ordering::AcqRel, Ordering::Acquire);
+        });
+    }
+
+    let handle = Acquisition::start(settings)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = if frames > 0 {
+            ProgressBar::new(frames)
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames  {msg}",
+            )
+            .expect("progress template is valid"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut stop_sent = false;
+    while !handle.is_finished() {
+        if signal.load(Ordering::Acquire) != 0 && !stop_sent {
+            handle.stop();
+            stop_sent = true;
+        }
+        let s = handle.status();
+        bar.set_position(s.frames_written);
+        bar.set_message(format!(
+            "{:.0} fps  {:.0} MB/s  dropped {}",
+            s.fps, s.mb_per_s, s.frames_dropped
+        ));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bar.finish_and_clear();
+    let summary = handle.wait();
+    print_summary(&summary, args.json)?;
+
+    let sig = signal.load(Ordering::Acquire);
+    Ok(if summary.error.is_some() {
+        ExitCode::FAILURE
+    } else if sig != 0 {
+        signal_exit(sig)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s).context("summary to JSON")?);
+        return Ok(());
+    }
+    for f in &s.files {
+        println!("file            {}", f.display());
+    }
+    println!(
+        "frames          {} acquired, {} written, {} dropped",
+        s.frames_acquired, s.frames_written, s.frames_dropped
+    );
+    println!(
+        "rate            {:.1} fps, {:.1} MB/s over {:.3} s",
+        s.fps, s.mb_per_s, s.elapsed_s
+    );
+    let ratio = if s.compressed_bytes > 0 {
+        s.raw_bytes as f64 / s.compressed_bytes as f64
+    } else {
+        1.0
+    };
+    println!(
+        "codec           {} ({} bytes, ratio {:.2})",
+        s.codec, s.compressed_bytes, ratio
+    );
+    if let Some(why) = &s.stopped {
+        println!("stopped early   {why}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Acquire(args) => acquire(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("detflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

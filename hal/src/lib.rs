@@ -40,6 +40,8 @@ use core::fmt;
 use core::str::FromStr;
 use core::time::Duration;
 
+#[cfg(feature = "std")]
+pub mod conformance;
 mod time;
 pub use time::EpicsTimestamp;
 
@@ -178,6 +180,21 @@ impl PixelType {
         }
     }
 
+    /// The pixel type of an areaDetector NDDataType code, if it is one of ours.
+    pub const fn from_nd_data_type(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => PixelType::I8,
+            1 => PixelType::U8,
+            2 => PixelType::I16,
+            3 => PixelType::U16,
+            4 => PixelType::I32,
+            5 => PixelType::U32,
+            8 => PixelType::F32,
+            9 => PixelType::F64,
+            _ => return None,
+        })
+    }
+
     /// True for the two floating-point types.
     pub const fn is_float(self) -> bool {
         matches!(self, PixelType::F32 | PixelType::F64)
@@ -235,6 +252,17 @@ impl ColorMode {
             ColorMode::Rgb2 => 3,
             ColorMode::Rgb3 => 4,
         }
+    }
+
+    /// The colour mode of an NDColorMode code, if it is one of ours.
+    pub const fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => ColorMode::Mono,
+            2 => ColorMode::Rgb1,
+            3 => ColorMode::Rgb2,
+            4 => ColorMode::Rgb3,
+            _ => return None,
+        })
     }
 }
 
@@ -476,6 +504,13 @@ mod tests {
         assert_eq!("u64".parse::<PixelType>(), Err(UnknownPixelType));
         assert_eq!(PixelType::F64.size(), 8);
         assert_eq!(PixelType::U16.nd_data_type(), 3);
+        for t in PixelType::ALL {
+            assert_eq!(PixelType::from_nd_data_type(t.nd_data_type()), Some(t));
+        }
+        assert_eq!(PixelType::from_nd_data_type(6), None);
+        for c in [ColorMode::Mono, ColorMode::Rgb1, ColorMode::Rgb2, ColorMode::Rgb3] {
+            assert_eq!(ColorMode::from_code(c.code()), Some(c));
+        }
     }
 
     #[test]

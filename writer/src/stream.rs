@@ -102,7 +102,22 @@ pub fn check_directory(dir: &Path, setting: &str) -> Result<(), WriterError> {
     if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
         return Err(bad(std::io::Error::last_os_error().to_string()));
     }
-    Ok(())
+    // access() says yes to root everywhere, and knows nothing of file systems that refuse
+    // new files (procfs, a read-only bind mount): create and remove a probe to be sure.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".detflow-probe-{}-{n}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(bad(format!("cannot create files here: {e}"))),
+    }
 }
 
 fn datatype(p: PixelType) -> hdf5::Result<Datatype> {

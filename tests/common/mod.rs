@@ -1,0 +1,114 @@
+//! Helpers shared by the integration tests: running the binary, and the Python venv used by
+//! the interop tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `detflow` binary built for these tests.
+pub fn detflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_detflow"))
+}
+
+/// Run `detflow` with `args`; returns the output whatever the exit status.
+pub fn run(args: &[&str]) -> Output {
+    detflow()
+        .args(args)
+        .output()
+        .expect("the detflow binary runs")
+}
+
+/// Parse the `--json` summary printed on stdout.
+pub fn summary(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Python packages the interop tests need.
+pub const PY_PACKAGES: &[&str] = &["numpy", "h5py"];
+
+/// A Python interpreter in a virtual environment under target/ with [`PY_PACKAGES`]
+/// installed. Made once per target directory; a failure panics with pip's output, because
+/// interop tests must fail, not skip, when their reader cannot be installed.
+pub fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
+        let py = root.join("bin").join("python");
+        let stamp = root.join(format!("installed-{}", PY_PACKAGES.join("-")));
+        if stamp.exists() {
+            return py;
+        }
+        // Build in a private folder, then rename into place: two test binaries racing here
+        // each build their own and one rename wins.
+        let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let step = |cmd: &mut Command, what: &str| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        step(
+            Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+            "python3 -m venv (interop tests need python3 with venv)",
+        );
+        step(
+            Command::new(tmp.join("bin").join("python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(PY_PACKAGES),
+            "pip install of the interop packages",
+        );
+        // Console scripts carry the venv path; none are used, but keep the folder honest.
+        std::fs::write(
+            tmp.join(format!("installed-{}", PY_PACKAGES.join("-"))),
+            b"ok",
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&root);
+        if std::fs::rename(&tmp, &root).is_err() {
+            // Another process won the race; use its venv.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        assert!(root.join("bin").join("python").exists() || py.exists());
+        py
+    })
+}
+
+/// Run a Python script with the venv's interpreter and `args`; panics with its output if it
+/// fails; returns stdout.
+pub fn run_python(script: &str, args: &[&Path]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "python check failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1,0 +1,214 @@
+//! One acquisition from the simulated detector through the ring into an HDF5 file, driven
+//! through the engine and through the binary, with the counts checked against the file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use detflow::{Acquisition, Config, State};
+
+fn frames_in(path: &std::path::Path) -> usize {
+    let f = hdf5::File::open(path).unwrap();
+    let n = f
+        .dataset("/entry/instrument/detector/data")
+        .unwrap()
+        .shape()[0];
+    let ids = f
+        .dataset("/entry/instrument/NDAttributes/NDArrayUniqueId")
+        .unwrap()
+        .shape()[0];
+    assert_eq!(
+        n, ids,
+        "image and NDArrayUniqueId lengths differ in {path:?}"
+    );
+    n
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.writer.path = dir.to_str().unwrap().into();
+    c.detector.size = "64x48".into();
+    c
+}
+
+#[test]
+fn a_run_writes_every_frame_and_counts_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.detector.frames = 50;
+    c.ring.slots = 2;
+    c.writer.codec = "deflate:1".into();
+    c.writer.number = 9;
+    let handle = Acquisition::start(c.validate().unwrap()).unwrap();
+    let s = handle.wait();
+    assert_eq!(
+        (s.frames_acquired, s.frames_written, s.frames_dropped),
+        (50, 50, 0)
+    );
+    assert_eq!(s.files, vec![dir.path().join("detflow_0009.h5")]);
+    assert_eq!(
+        s.next_file_number, 10,
+        "AutoIncrement advances after the name is built"
+    );
+    assert_eq!(s.raw_bytes, 50 * 64 * 48 * 2);
+    assert!(s.compressed_bytes > 0 && s.compressed_bytes < s.raw_bytes);
+    assert!(s.ring_high_water >= 1 && s.ring_high_water <= 2);
+    assert_eq!(s.stopped, None);
+    assert_eq!(frames_in(&s.files[0]), 50);
+}
+
+#[test]
+fn period_paces_the_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.detector.frames = 6;
+    c.detector.period = 0.025;
+    let t = Instant::now();
+    let s = Acquisition::start(c.validate().unwrap()).unwrap().wait();
+    let took = t.elapsed();
+    assert_eq!(s.frames_written, 6);
+    // Frame k is due at k * period after the start: five periods at least.
+    assert!(
+        took >= Duration::from_millis(120),
+        "6 frames at 25 ms took only {took:?}"
+    );
+    assert!(
+        s.fps < 60.0,
+        "fps {} is faster than the period allows",
+        s.fps
+    );
+}
+
+#[test]
+fn stopping_a_continuous_run_drains_and_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.detector.frames = 0; // until stopped
+    c.detector.period = 0.002;
+    let handle = Acquisition::start(c.validate().unwrap()).unwrap();
+    let t = Instant::now();
+    while handle.status().frames_written < 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no progress: {:?}",
+            handle.status()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(handle.status().state, State::Acquiring);
+    handle.stop();
+    let s = handle.wait();
+    assert_eq!(s.stopped.as_deref(), Some("stopped"));
+    assert_eq!(s.frames_acquired, s.frames_written + s.frames_dropped);
+    assert_eq!(s.frames_dropped, 0);
+    assert_eq!(frames_in(&s.files[0]) as u64, s.frames_written);
+}
+
+#[test]
+fn the_cli_summary_is_json_with_the_promised_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "30",
+        "--size",
+        "80x60",
+        "--dtype",
+        "u8",
+        "--codec",
+        "deflate:1",
+        "--path",
+        dir.path().to_str().unwrap(),
+        "--name",
+        "cli",
+        "--template",
+        "%s%s-%03d.h5",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar when not on a terminal: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    for key in [
+        "files",
+        "frames_acquired",
+        "frames_written",
+        "frames_dropped",
+        "elapsed_s",
+        "fps",
+        "mb_per_s",
+        "codec",
+        "compressed_bytes",
+    ] {
+        assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    let file = dir.path().join("cli-001.h5");
+    assert_eq!(s["files"], serde_json::json!([file.to_str().unwrap()]));
+    assert_eq!(s["codec"], "deflate:1");
+    assert_eq!(s["frames_written"], 30);
+    assert!(s["fps"].as_f64().unwrap() > 0.0);
+    assert_eq!(frames_in(&file), 30);
+}
+
+fn interrupt(signal: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = common::detflow()
+        .args([
+            "acquire", "--frames", "0", "--size", "64x64", "--period", "0.005", "--json", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let file = dir.path().join("detflow_0001.h5");
+    let t = Instant::now();
+    while !file.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the file never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY-free: kill(2) through libc with the child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + signal),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    let written = s["frames_written"].as_u64().unwrap();
+    assert!(written > 5, "only {written} frames in 300 ms at 5 ms");
+    assert_eq!(
+        s["frames_acquired"].as_u64().unwrap(),
+        written + s["frames_dropped"].as_u64().unwrap()
+    );
+    assert_eq!(s["stopped"], "stopped");
+    assert_eq!(
+        frames_in(&file) as u64,
+        written,
+        "the file holds exactly the frames written"
+    );
+}
+
+#[test]
+fn sigint_stops_cleanly_and_the_file_holds_what_was_written() {
+    interrupt(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_cleanly_too() {
+    interrupt(libc::SIGTERM);
+}
