@@ -371,7 +371,12 @@ impl AcquisitionConfig {
     /// binning is zero or the binning exceeds the ROI.
     pub fn output_shape(&self) -> Result<(u32, u32), ErrorKind> {
         let (r, b) = (self.roi, self.binning);
-        if r.size_x == 0 || r.size_y == 0 || b.x == 0 || b.y == 0 || b.x > r.size_x || b.y > r.size_y
+        if r.size_x == 0
+            || r.size_y == 0
+            || b.x == 0
+            || b.y == 0
+            || b.x > r.size_x
+            || b.y > r.size_y
         {
             return Err(ErrorKind::InvalidConfig);
         }
@@ -508,7 +513,12 @@ mod tests {
             assert_eq!(PixelType::from_nd_data_type(t.nd_data_type()), Some(t));
         }
         assert_eq!(PixelType::from_nd_data_type(6), None);
-        for c in [ColorMode::Mono, ColorMode::Rgb1, ColorMode::Rgb2, ColorMode::Rgb3] {
+        for c in [
+            ColorMode::Mono,
+            ColorMode::Rgb1,
+            ColorMode::Rgb2,
+            ColorMode::Rgb3,
+        ] {
             assert_eq!(ColorMode::from_code(c.code()), Some(c));
         }
     }
@@ -589,8 +599,13 @@ mod tests {
         assert_eq!(drive(&mut c), 1);
         assert_eq!(drive(&mut c), 2);
         assert_eq!(c.0, 2);
+        // The blanket impl forwards the control plane too.
+        let borrowed: &mut Counter = &mut c;
+        let mut by_ref = borrowed;
         assert_eq!(
-            (&mut c).configure(&AcquisitionConfig::default()).unwrap_err().kind(),
+            Detector::configure(&mut by_ref, &AcquisitionConfig::default())
+                .unwrap_err()
+                .kind(),
             ErrorKind::InvalidConfig
         );
     }

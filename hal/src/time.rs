@@ -26,7 +26,8 @@ impl EpicsTimestamp {
 
     /// From Unix seconds as f64 (rounded to the nanosecond).
     pub fn from_unix_seconds(unix_s: f64) -> Self {
-        if !(unix_s >= EPICS_EPOCH_UNIX_S as f64) {
+        // NaN and instants before 1990 both land here.
+        if unix_s.is_nan() || unix_s < EPICS_EPOCH_UNIX_S as f64 {
             return EpicsTimestamp::default();
         }
         let whole = unix_s as u64;
@@ -64,7 +65,10 @@ mod tests {
         let t = EpicsTimestamp::from_unix(1_767_225_600, 250_000_000);
         assert_eq!(t.sec, 1_767_225_600 - 631_152_000);
         assert_eq!(t.unix_seconds(), 1_767_225_600.25);
-        assert_eq!(t.epics_seconds(), (1_767_225_600 - 631_152_000) as f64 + 0.25);
+        assert_eq!(
+            t.epics_seconds(),
+            (1_767_225_600 - 631_152_000) as f64 + 0.25
+        );
         assert_eq!(EpicsTimestamp::from_unix(10, 5), EpicsTimestamp::default());
         let back = EpicsTimestamp::from_unix_seconds(t.unix_seconds());
         assert_eq!(back.sec, t.sec);

@@ -1,0 +1,795 @@
+//! `SimDetector`: the HAL's control and data planes over the image generator. It checks an
+//! [`AcquisitionConfig`], paces frames on the monotonic clock against absolute deadlines and
+//! renders each frame straight into the caller's buffer with its [`FrameMeta`].
+
+use std::time::{Duration, Instant};
+
+use detflow_hal::{
+    AcquisitionConfig, ColorMode, Detector, EpicsTimestamp, ErrorType, FrameMeta, FrameShape,
+    FrameSource, ImageMode, PixelType, Roi, SensorInfo, TriggerMode,
+};
+
+use crate::control::ParamStore;
+use crate::error::SimError;
+use crate::image::{AnyPlan, Readout};
+use crate::params::SimParams;
+
+/// Largest sensor width or height accepted by [`SimDetector::new`].
+pub const MAX_SENSOR_SIZE: u32 = 16_384;
+
+/// How to build a [`SimDetector`]: the sensor, the random seed and the initial simulation
+/// parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Sensor width in pixels (`MaxSizeX`), `1..=16384`.
+    pub max_width: u32,
+    /// Sensor height in pixels (`MaxSizeY`), `1..=16384`.
+    pub max_height: u32,
+    /// Seed of the noise and peak-height draws. The same configuration and seed give the same
+    /// frames, bit for bit.
+    pub seed: u64,
+    /// Initial simulation parameters.
+    pub params: SimParams,
+}
+
+impl Default for SimConfig {
+    /// A 1024 x 1024 sensor, seed 0, ADSimDetector's default parameters.
+    fn default() -> Self {
+        SimConfig {
+            max_width: 1024,
+            max_height: 1024,
+            seed: 0,
+            params: SimParams::default(),
+        }
+    }
+}
+
+/// A simulated area detector producing ADSimDetector's test patterns through the detflow HAL.
+///
+/// All eight pixel types are supported. Until [`Detector::configure`] is called the detector
+/// uses [`AcquisitionConfig::default`] with the ROI set to the whole sensor.
+///
+/// Frames are a pure function of the seed, the simulation parameters, the pixel type, the
+/// ROI and binning, and the number of frames generated since the last reset (see
+/// [`set_params`](Self::set_params)): two detectors driven the same way deliver the same bytes.
+/// Frames are paced, not dropped: a reader that falls behind gets the late frames at once
+/// until it is back on schedule.
+///
+/// ```
+/// use std::time::Duration;
+/// use detflow_hal::{AcquisitionConfig, Detector, FrameSource, ImageMode, PixelType, Roi};
+/// use detflow_sim::{SimConfig, SimDetector, SimMode, SimParams};
+///
+/// let mut det = SimDetector::new(SimConfig {
+///     max_width: 256,
+///     max_height: 256,
+///     seed: 7,
+///     params: SimParams { mode: SimMode::Peaks, peak_start_x: 128, peak_start_y: 128, ..SimParams::default() },
+/// })?;
+/// let shape = det.configure(&AcquisitionConfig {
+///     roi: Roi::full(256, 256),
+///     pixel_type: PixelType::U16,
+///     exposure: Duration::ZERO,
+///     period: Duration::ZERO,
+///     image_mode: ImageMode::Multiple,
+///     num_images: 3,
+///     ..AcquisitionConfig::default()
+/// })?;
+/// let mut buf = vec![0u8; shape.bytes()];
+/// det.start()?;
+/// while det.is_acquiring() {
+///     let meta = det.read_frame(&mut buf, Duration::from_secs(1))?;
+///     println!("frame {} at {:?}", meta.unique_id, meta.timestamp);
+/// }
+/// # Ok::<(), detflow_sim::SimError>(())
+/// ```
+#[derive(Debug)]
+pub struct SimDetector {
+    max_width: u32,
+    max_height: u32,
+    seed: u64,
+    store: ParamStore,
+    config: AcquisitionConfig,
+    readout: Readout,
+    shape: FrameShape,
+    /// Precomputed frames for the current parameters and readout; `None` when stale.
+    plan: Option<AnyPlan>,
+    /// Frames generated since the last reset: the ramp step and sine time of the next frame.
+    frames_since_reset: u64,
+    /// areaDetector's ArrayCounter: frames delivered since creation or
+    /// [`reset_array_counter`](Self::reset_array_counter); the next frame's unique id is one
+    /// more.
+    array_counter: u64,
+    /// The acquisition in progress, `None` when idle.
+    run: Option<Run>,
+}
+
+/// Timing of one acquisition: frame `n` is due at `start + n * frame_period + exposure`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: Instant,
+    exposure: Duration,
+    /// `max(period, exposure)`.
+    frame_period: Duration,
+    /// Frames delivered in this run.
+    delivered: u64,
+    /// Frames this run delivers, `None` for Continuous.
+    limit: Option<u64>,
+}
+
+impl Run {
+    /// When frame `n` of the run is read out; `None` if beyond what the clock can represent.
+    fn due(&self, n: u64) -> Option<Instant> {
+        let nanos = self.frame_period.as_nanos() * u128::from(n) + self.exposure.as_nanos();
+        self.start
+            .checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
+    }
+}
+
+impl SimDetector {
+    /// A detector with the sensor, seed and parameters of `config`.
+    ///
+    /// Errors: a sensor dimension outside `1..=16384`, or a parameter
+    /// [`set_params`](Self::set_params) would refuse.
+    pub fn new(config: SimConfig) -> Result<Self, SimError> {
+        for (setting, value) in [
+            ("max_width", config.max_width),
+            ("max_height", config.max_height),
+        ] {
+            if !(1..=MAX_SENSOR_SIZE).contains(&value) {
+                return Err(SimError::out_of_range(
+                    setting,
+                    value.into(),
+                    1,
+                    MAX_SENSOR_SIZE.into(),
+                ));
+            }
+        }
+        let mut det = SimDetector {
+            max_width: config.max_width,
+            max_height: config.max_height,
+            seed: config.seed,
+            store: ParamStore::new(config.params)?,
+            config: AcquisitionConfig {
+                roi: Roi::full(config.max_width, config.max_height),
+                ..AcquisitionConfig::default()
+            },
+            readout: Readout {
+                sensor_width: 0,
+                sensor_height: 0,
+                min_x: 0,
+                min_y: 0,
+                bin_x: 1,
+                bin_y: 1,
+                width: 0,
+                height: 0,
+            },
+            shape: FrameShape {
+                width: 0,
+                height: 0,
+                pixel_type: PixelType::U16,
+                color_mode: ColorMode::Mono,
+            },
+            plan: None,
+            frames_since_reset: 0,
+            array_counter: 0,
+            run: None,
+        };
+        (det.readout, det.shape) = det.check(&det.config)?;
+        Ok(det)
+    }
+
+    /// The current simulation parameters.
+    pub fn params(&self) -> &SimParams {
+        self.store.params()
+    }
+
+    /// Replaces the simulation parameters and resets the image, as writing any
+    /// ADSimDetector simulation PV does: the background is drawn anew, the ramp and the sine
+    /// time start over from frame 0. Allowed during an acquisition; the next frame uses the
+    /// new parameters.
+    ///
+    /// Errors (kind `InvalidConfig`, nothing changed): a non-finite number, a peak width of 0,
+    /// or more than 256 peaks along an axis.
+    pub fn set_params(&mut self, params: SimParams) -> Result<(), SimError> {
+        self.store.write(params)
+    }
+
+    /// The shape of the frames [`read_frame`](FrameSource::read_frame) delivers with the
+    /// current configuration.
+    pub fn shape(&self) -> FrameShape {
+        self.shape
+    }
+
+    /// Frames delivered since creation or the last [`reset_array_counter`](Self::reset_array_counter)
+    /// (areaDetector's ArrayCounter).
+    pub fn array_counter(&self) -> u64 {
+        self.array_counter
+    }
+
+    /// Sets the array counter to 0, so that the next frame's unique id is 1.
+    pub fn reset_array_counter(&mut self) {
+        self.array_counter = 0;
+    }
+
+    /// Checks `c` against the sensor; returns what it reads out.
+    fn check(&self, c: &AcquisitionConfig) -> Result<(Readout, FrameShape), SimError> {
+        if c.trigger_mode == TriggerMode::External {
+            return Err(SimError::NoTriggerInput);
+        }
+        let axes = [
+            (
+                'x',
+                "width",
+                c.roi.min_x,
+                c.roi.size_x,
+                c.binning.x,
+                self.max_width,
+            ),
+            (
+                'y',
+                "height",
+                c.roi.min_y,
+                c.roi.size_y,
+                c.binning.y,
+                self.max_height,
+            ),
+        ];
+        let mut out = [0u32; 2];
+        for (n, (axis, extent, min, size, bin, max)) in axes.into_iter().enumerate() {
+            let (size_name, bin_name) = if axis == 'x' {
+                ("roi size_x", "binning x")
+            } else {
+                ("roi size_y", "binning y")
+            };
+            if size == 0 {
+                return Err(SimError::out_of_range(size_name, 0, 1, max.into()));
+            }
+            if u64::from(min) + u64::from(size) > u64::from(max) {
+                return Err(SimError::RoiOutsideSensor {
+                    axis,
+                    min,
+                    size,
+                    extent,
+                    max,
+                });
+            }
+            if bin == 0 || bin > size {
+                return Err(SimError::out_of_range(bin_name, bin.into(), 1, size.into()));
+            }
+            out[n] = size / bin;
+        }
+        if c.image_mode == ImageMode::Multiple && c.num_images == 0 {
+            return Err(SimError::out_of_range("num_images", 0, 1, u32::MAX.into()));
+        }
+        let readout = Readout {
+            sensor_width: self.max_width as usize,
+            sensor_height: self.max_height as usize,
+            min_x: c.roi.min_x as usize,
+            min_y: c.roi.min_y as usize,
+            bin_x: c.binning.x as usize,
+            bin_y: c.binning.y as usize,
+            width: out[0] as usize,
+            height: out[1] as usize,
+        };
+        let shape = FrameShape {
+            width: out[0],
+            height: out[1],
+            pixel_type: c.pixel_type,
+            color_mode: ColorMode::Mono,
+        };
+        Ok((readout, shape))
+    }
+
+    /// Applies a pending reset and rebuilds the precomputed frames if they are stale.
+    fn prepare(&mut self) -> &mut AnyPlan {
+        if self.store.take_reset() {
+            self.frames_since_reset = 0;
+            self.plan = None;
+        }
+        self.plan.get_or_insert_with(|| {
+            AnyPlan::build(
+                self.config.pixel_type,
+                self.store.params(),
+                self.readout,
+                self.seed,
+            )
+        })
+    }
+}
+
+impl ErrorType for SimDetector {
+    type Error = SimError;
+}
+
+impl Detector for SimDetector {
+    fn info(&self) -> SensorInfo {
+        let name = |s: &str| heapless::String::try_from(s).unwrap_or_default();
+        SensorInfo {
+            manufacturer: name("Simulated detector"),
+            model: name("Basic simulator"),
+            max_width: self.max_width,
+            max_height: self.max_height,
+            pixel_types: PixelType::ALL.into_iter().collect(),
+        }
+    }
+
+    /// Checks and applies `config`. Refused with kind `InvalidConfig`: an external trigger, a
+    /// ROI of size 0 or reaching past the sensor, a binning of 0 or larger than the ROI,
+    /// `num_images` 0 in Multiple mode, or any call during an acquisition. A new pixel type
+    /// resets the image (§4.2); a new ROI or binning does not, it only re-cuts the planes.
+    fn configure(&mut self, config: &AcquisitionConfig) -> Result<FrameShape, SimError> {
+        if self.run.is_some() {
+            return Err(SimError::Busy);
+        }
+        let (readout, shape) = self.check(config)?;
+        if config.pixel_type != self.config.pixel_type {
+            self.store.request_reset();
+        }
+        if readout != self.readout {
+            self.plan = None;
+        }
+        self.config = config.clone();
+        self.readout = readout;
+        self.shape = shape;
+        Ok(shape)
+    }
+
+    /// Starts a run of the configured image mode; the clock of its deadlines starts now.
+    /// Starting while acquiring changes nothing.
+    fn start(&mut self) -> Result<(), SimError> {
+        if self.run.is_some() {
+            return Ok(());
+        }
+        self.prepare();
+        let c = &self.config;
+        self.run = Some(Run {
+            start: Instant::now(),
+            exposure: c.exposure,
+            frame_period: c.period.max(c.exposure),
+            delivered: 0,
+            limit: match c.image_mode {
+                ImageMode::Single => Some(1),
+                ImageMode::Multiple => Some(c.num_images.into()),
+                ImageMode::Continuous => None,
+            },
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), SimError> {
+        self.run = None;
+        Ok(())
+    }
+
+    fn is_acquiring(&self) -> bool {
+        self.run.is_some()
+    }
+}
+
+impl FrameSource for SimDetector {
+    /// Sleeps until the next frame is due (at most `timeout`), renders it into the first
+    /// `shape().bytes()` bytes of `buf` and returns its metadata. A timeout loses nothing: the
+    /// next call delivers the same frame. After the last frame of a Single or Multiple run the
+    /// detector is idle.
+    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, SimError> {
+        let Some(run) = self.run else {
+            return Err(SimError::NotAcquiring);
+        };
+        let needed = self.shape.bytes();
+        if buf.len() < needed {
+            return Err(SimError::BufferTooSmall {
+                len: buf.len(),
+                needed,
+            });
+        }
+        let called = Instant::now();
+        let give_up = called.checked_add(timeout);
+        let due = run.due(run.delivered);
+        loop {
+            let now = Instant::now();
+            if due.is_some_and(|due| now >= due) {
+                break;
+            }
+            let wake = match (due, give_up) {
+                (Some(d), Some(g)) => d.min(g),
+                (d, g) => d.or(g).unwrap_or(now + Duration::from_secs(3600)),
+            };
+            if give_up.is_some_and(|g| now >= g) {
+                return Err(SimError::Timeout(timeout));
+            }
+            std::thread::sleep(wake.saturating_duration_since(now));
+        }
+
+        let k = self.frames_since_reset;
+        self.prepare().render(k, &mut buf[..needed]);
+        self.frames_since_reset += 1;
+        self.array_counter += 1;
+        let timestamp = EpicsTimestamp::now();
+        let delivered = run.delivered + 1;
+        self.run = if run.limit.is_some_and(|n| delivered >= n) {
+            None
+        } else {
+            Some(Run { delivered, ..run })
+        };
+        Ok(FrameMeta {
+            unique_id: self.array_counter,
+            timestamp,
+            unix_time_s: timestamp.unix_seconds(),
+            shape: self.shape,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use detflow_hal::{Binning, Error as _, ErrorKind};
+
+    use super::*;
+    use crate::params::SimMode;
+
+    fn fast(image_mode: ImageMode, num_images: u32) -> AcquisitionConfig {
+        AcquisitionConfig {
+            roi: Roi::full(64, 48),
+            exposure: Duration::ZERO,
+            period: Duration::ZERO,
+            image_mode,
+            num_images,
+            ..AcquisitionConfig::default()
+        }
+    }
+
+    fn detector(seed: u64, params: SimParams) -> SimDetector {
+        SimDetector::new(SimConfig {
+            max_width: 64,
+            max_height: 48,
+            seed,
+            params,
+        })
+        .unwrap()
+    }
+
+    /// Reads every frame of a run.
+    fn frames(det: &mut SimDetector) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while det.is_acquiring() {
+            let mut buf = vec![0u8; det.shape().bytes()];
+            det.read_frame(&mut buf, Duration::from_secs(5)).unwrap();
+            out.push(buf);
+        }
+        out
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_value() {
+        let mut det = detector(0, SimParams::default());
+        let msg = |det: &mut SimDetector, c: AcquisitionConfig| {
+            let e = det.configure(&c).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            e.to_string()
+        };
+        let base = fast(ImageMode::Multiple, 3);
+        let mut c = base.clone();
+        c.binning.x = 0;
+        assert_eq!(msg(&mut det, c), "binning x=0 is out of range 1..=64");
+        let mut c = base.clone();
+        c.binning = Binning { x: 1, y: 49 };
+        c.roi.size_y = 48;
+        assert_eq!(msg(&mut det, c), "binning y=49 is out of range 1..=48");
+        let mut c = base.clone();
+        c.roi.size_x = 0;
+        assert_eq!(msg(&mut det, c), "roi size_x=0 is out of range 1..=64");
+        let mut c = base.clone();
+        c.roi = Roi {
+            min_x: 10,
+            min_y: 0,
+            size_x: 60,
+            size_y: 4,
+        };
+        assert_eq!(
+            msg(&mut det, c),
+            "roi x: min_x=10 + size_x=60 reaches past the sensor width of 64 pixels"
+        );
+        let mut c = base.clone();
+        c.trigger_mode = TriggerMode::External;
+        assert_eq!(
+            msg(&mut det, c),
+            "trigger mode External: the simulated detector has no trigger input"
+        );
+        let c = fast(ImageMode::Multiple, 0);
+        assert_eq!(
+            msg(&mut det, c),
+            "num_images=0 is out of range 1..=4294967295"
+        );
+        // Nothing was applied.
+        assert_eq!(det.shape().width, 64);
+
+        let big = SimDetector::new(SimConfig {
+            max_width: 0,
+            ..SimConfig::default()
+        });
+        assert_eq!(
+            big.unwrap_err().to_string(),
+            "max_width=0 is out of range 1..=16384"
+        );
+        let fine = SimDetector::new(SimConfig {
+            max_width: 4096,
+            max_height: 4096,
+            ..SimConfig::default()
+        });
+        assert_eq!(fine.unwrap().info().max_width, 4096);
+    }
+
+    #[test]
+    fn runs_end_and_reads_outside_a_run_are_not_acquiring() {
+        let mut det = detector(0, SimParams::default());
+        let mut buf = vec![0u8; 64 * 48 * 2];
+        let e = det.read_frame(&mut buf, Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotAcquiring);
+
+        det.configure(&fast(ImageMode::Multiple, 4)).unwrap();
+        det.start().unwrap();
+        assert_eq!(frames(&mut det).len(), 4);
+        assert!(!det.is_acquiring());
+        let e = det.read_frame(&mut buf, Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotAcquiring);
+
+        det.configure(&fast(ImageMode::Single, 4)).unwrap();
+        det.start().unwrap();
+        assert_eq!(frames(&mut det).len(), 1);
+
+        det.configure(&fast(ImageMode::Continuous, 0)).unwrap();
+        det.start().unwrap();
+        assert_eq!(
+            det.configure(&fast(ImageMode::Single, 1)).unwrap_err(),
+            SimError::Busy
+        );
+        for _ in 0..10 {
+            det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+        }
+        det.stop().unwrap();
+        assert!(!det.is_acquiring());
+        let e = det.read_frame(&mut buf, Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotAcquiring);
+        det.stop().unwrap();
+    }
+
+    #[test]
+    fn metadata_counts_ids_across_runs_and_matches_the_shape() {
+        let mut det = detector(0, SimParams::default());
+        let c = AcquisitionConfig {
+            roi: Roi {
+                min_x: 4,
+                min_y: 2,
+                size_x: 33,
+                size_y: 20,
+            },
+            binning: Binning { x: 2, y: 4 },
+            pixel_type: PixelType::I32,
+            ..fast(ImageMode::Multiple, 3)
+        };
+        let shape = det.configure(&c).unwrap();
+        assert_eq!(
+            (shape.width, shape.height, shape.pixel_type),
+            (16, 5, PixelType::I32)
+        );
+        assert_eq!(shape.color_mode, ColorMode::Mono);
+        let mut buf = vec![0xAAu8; shape.bytes() + 10];
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            det.start().unwrap();
+            while det.is_acquiring() {
+                let before = EpicsTimestamp::now();
+                let m = det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+                assert!(m.timestamp >= before && m.timestamp <= EpicsTimestamp::now());
+                assert!((m.unix_time_s - m.timestamp.unix_seconds()).abs() < 1e-6);
+                assert_eq!(m.shape, shape);
+                ids.push(m.unique_id);
+            }
+        }
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            &buf[shape.bytes()..],
+            &[0xAA; 10],
+            "bytes past the frame are untouched"
+        );
+        det.reset_array_counter();
+        det.start().unwrap();
+        assert_eq!(
+            det.read_frame(&mut buf, Duration::from_secs(1))
+                .unwrap()
+                .unique_id,
+            1
+        );
+
+        let e = det
+            .read_frame(&mut buf[..shape.bytes() - 1], Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert_eq!(
+            e.to_string(),
+            "buffer of 319 bytes is smaller than one frame of 320 bytes"
+        );
+    }
+
+    #[test]
+    fn the_ramp_continues_across_runs_and_resets_on_new_params() {
+        let mut det = detector(0, SimParams::default());
+        det.configure(&fast(ImageMode::Multiple, 2)).unwrap();
+        let pixel0 = |f: &Vec<u8>| u16::from_ne_bytes([f[0], f[1]]);
+        det.start().unwrap();
+        let a = frames(&mut det);
+        det.start().unwrap();
+        let b = frames(&mut det);
+        let firsts: Vec<u16> = a.iter().chain(&b).map(pixel0).collect();
+        assert_eq!(firsts, [0, 1, 2, 3]);
+        // A new ROI does not reset.
+        let c = AcquisitionConfig {
+            roi: Roi {
+                min_x: 1,
+                min_y: 0,
+                size_x: 8,
+                size_y: 8,
+            },
+            ..fast(ImageMode::Single, 1)
+        };
+        det.configure(&c).unwrap();
+        det.start().unwrap();
+        assert_eq!(pixel0(&frames(&mut det)[0]), 1 + 4);
+        // New parameters reset: frame 0 again, with gain 2.
+        det.set_params(SimParams {
+            gain: 2.0,
+            ..SimParams::default()
+        })
+        .unwrap();
+        det.start().unwrap();
+        assert_eq!(pixel0(&frames(&mut det)[0]), 2);
+        // A new pixel type resets as well.
+        det.configure(&AcquisitionConfig {
+            pixel_type: PixelType::U8,
+            ..c
+        })
+        .unwrap();
+        det.start().unwrap();
+        assert_eq!(frames(&mut det)[0][0], 2);
+    }
+
+    #[test]
+    fn same_seed_gives_the_same_frames_and_another_seed_differs() {
+        let p = SimParams {
+            mode: SimMode::Peaks,
+            noise: 100.0,
+            peak_variation: 10.0,
+            peak_start_x: 32,
+            peak_start_y: 24,
+            gain: 1000.0,
+            ..SimParams::default()
+        };
+        let run = |seed| {
+            let mut det = detector(seed, p.clone());
+            det.configure(&fast(ImageMode::Multiple, 5)).unwrap();
+            det.start().unwrap();
+            frames(&mut det)
+        };
+        let a = run(1);
+        assert_eq!(a, run(1));
+        let b = run(2);
+        assert!(a.iter().zip(&b).all(|(x, y)| x != y));
+        assert!(
+            a.windows(2).all(|w| w[0] != w[1]),
+            "noise moves between frames"
+        );
+    }
+
+    #[test]
+    fn every_pixel_type_fills_its_frame() {
+        let mut det = detector(
+            3,
+            SimParams {
+                mode: SimMode::OffsetNoise,
+                offset: 5.0,
+                noise: 3.0,
+                ..SimParams::default()
+            },
+        );
+        for t in PixelType::ALL {
+            let shape = det
+                .configure(&AcquisitionConfig {
+                    pixel_type: t,
+                    ..fast(ImageMode::Single, 1)
+                })
+                .unwrap();
+            assert_eq!(shape.bytes(), 64 * 48 * t.size());
+            det.start().unwrap();
+            let f = frames(&mut det).remove(0);
+            assert_eq!(f.len(), shape.bytes());
+            let first = first_pixel(t, &f);
+            assert!((5.0..8.0).contains(&first), "{t}: {first}");
+        }
+    }
+
+    /// The first pixel of a frame of type `t`, as f64.
+    fn first_pixel(t: PixelType, f: &[u8]) -> f64 {
+        let b2 = [f[0], f[1]];
+        let b4 = [f[0], f[1], f[2], f[3]];
+        match t {
+            PixelType::U8 => f64::from(f[0]),
+            PixelType::I8 => f64::from(f[0] as i8),
+            PixelType::U16 => f64::from(u16::from_ne_bytes(b2)),
+            PixelType::I16 => f64::from(i16::from_ne_bytes(b2)),
+            PixelType::U32 => f64::from(u32::from_ne_bytes(b4)),
+            PixelType::I32 => f64::from(i32::from_ne_bytes(b4)),
+            PixelType::F32 => f64::from(f32::from_ne_bytes(b4)),
+            PixelType::F64 => f64::from_ne_bytes(f[..8].try_into().unwrap()),
+        }
+    }
+
+    #[test]
+    fn frames_are_paced_against_absolute_deadlines() {
+        let mut det = detector(0, SimParams::default());
+        det.configure(&AcquisitionConfig {
+            exposure: Duration::ZERO,
+            period: Duration::from_millis(20),
+            ..fast(ImageMode::Multiple, 5)
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        det.start().unwrap();
+        assert_eq!(frames(&mut det).len(), 5);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(80), "{took:?}");
+        assert!(took < Duration::from_millis(200), "{took:?}");
+
+        // An exposure longer than the period sets the pace; the first frame waits one exposure.
+        det.configure(&AcquisitionConfig {
+            exposure: Duration::from_millis(15),
+            period: Duration::from_millis(5),
+            ..fast(ImageMode::Multiple, 3)
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        det.start().unwrap();
+        frames(&mut det);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(45),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_timeout_loses_no_frame() {
+        let mut det = detector(0, SimParams::default());
+        det.configure(&AcquisitionConfig {
+            exposure: Duration::from_millis(40),
+            period: Duration::from_millis(40),
+            ..fast(ImageMode::Multiple, 2)
+        })
+        .unwrap();
+        let mut buf = vec![0u8; det.shape().bytes()];
+        det.start().unwrap();
+        let t0 = Instant::now();
+        let e = det
+            .read_frame(&mut buf, Duration::from_millis(5))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(t0.elapsed() >= Duration::from_millis(5));
+        assert!(
+            t0.elapsed() < Duration::from_millis(35),
+            "returned at the timeout, not at the frame"
+        );
+        assert!(det.is_acquiring());
+        let m = det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+        assert_eq!((m.unique_id, buf[0], buf[1]), (1, 0, 0), "frame 0 was kept");
+        assert!(t0.elapsed() >= Duration::from_millis(40));
+        let e = det.read_frame(&mut buf, Duration::ZERO).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(
+            det.read_frame(&mut buf, Duration::from_secs(1))
+                .unwrap()
+                .unique_id,
+            2
+        );
+        assert!(!det.is_acquiring());
+    }
+}
