@@ -377,7 +377,7 @@ fn run_writer(
     counters: &Counters,
     error: &Mutex<Option<String>>,
 ) {
-    let mut compressor = codec.compressor();
+    let mut compressor = codec.compressor(writer.spec().shape.pixel_type);
     let mut chunk = Vec::new();
     let mut failed = false;
     loop {

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use detflow_hal::PixelType;
 use flate2::{Compress, Compression, FlushCompress, Status};
 use thiserror::Error;
 
@@ -79,18 +80,24 @@ impl fmt::Display for Codec {
 }
 
 impl Codec {
-    /// The HDF5 filter id and `cd_values` to put on the dataset, or `None` for raw chunks.
-    pub fn filter(&self) -> Option<(u32, Vec<u32>)> {
+    /// The HDF5 filter to declare on a dataset of `pixel_type` elements whose chunks hold
+    /// `chunk_bytes` raw bytes, or `None` for raw chunks.
+    pub fn filter(&self, pixel_type: PixelType, chunk_bytes: usize) -> Option<FilterSpec> {
+        let _ = (pixel_type, chunk_bytes);
         match *self {
             Codec::None => None,
-            Codec::Deflate { level } => Some((FILTER_DEFLATE, vec![u32::from(level)])),
+            Codec::Deflate { level } => Some(FilterSpec {
+                id: FILTER_DEFLATE,
+                cd_values: vec![u32::from(level)],
+            }),
         }
     }
 
-    /// A reusable compressor for this codec (one per compressing thread).
-    pub fn compressor(&self) -> Compressor {
+    /// A reusable compressor for frames of `pixel_type` (one per compressing thread).
+    pub fn compressor(&self, pixel_type: PixelType) -> Compressor {
         Compressor {
             codec: *self,
+            elem_size: pixel_type.size(),
             zlib: match *self {
                 Codec::Deflate { level } => {
                     Some(Compress::new(Compression::new(u32::from(level)), true))
@@ -101,9 +108,21 @@ impl Codec {
     }
 }
 
+/// An HDF5 filter as declared on a dataset: id and `cd_values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterSpec {
+    /// Registered HDF5 filter id.
+    pub id: u32,
+    /// The filter's client data values, as the decoder expects them.
+    pub cd_values: Vec<u32>,
+}
+
 /// Per-thread codec state, reused frame after frame.
 pub struct Compressor {
     codec: Codec,
+    /// Bytes per pixel of the frames this compressor encodes.
+    #[allow(dead_code)]
+    elem_size: usize,
     zlib: Option<Compress>,
 }
 
@@ -173,7 +192,7 @@ mod tests {
         let frame: Vec<u8> = (0..300_000u32)
             .map(|i| (i % 251) as u8 ^ (i / 7000) as u8)
             .collect();
-        let mut c = Codec::Deflate { level: 1 }.compressor();
+        let mut c = Codec::Deflate { level: 1 }.compressor(PixelType::U8);
         let mut out = Vec::new();
         for _ in 0..2 {
             c.compress(&frame, &mut out);

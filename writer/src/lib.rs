@@ -42,7 +42,7 @@ pub mod naming;
 mod sink;
 pub mod stream;
 
-pub use codec::{Codec, CodecError, Compressor};
+pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
 

@@ -208,7 +208,7 @@ impl StreamWriter {
         let detector = instrument.create_group(layout::DETECTOR)?;
         sink::write_string_attr(&detector, "NX_class", "NXdetector")?;
 
-        let filter = spec.codec.filter();
+        let filter = spec.codec.filter(spec.shape.pixel_type, spec.shape.bytes());
         let image = sink::create_chunked(
             &detector,
             layout::DATA,
@@ -217,7 +217,7 @@ impl StreamWriter {
                 shape: &[0, h, w],
                 max_shape: &[max_frames, Some(h), Some(w)],
                 chunk: &[1, h, w],
-                filter: filter.as_ref().map(|(id, cd)| (*id, cd.as_slice())),
+                filter: filter.as_ref().map(|f| (f.id, f.cd_values.as_slice())),
             },
         )?;
         image.new_attr::<i32>().create("signal")?.write_scalar(&1)?;

@@ -31,7 +31,7 @@ fn write(
         dim_binning: [1, 2],
     })
     .unwrap();
-    let mut c = codec.compressor();
+    let mut c = codec.compressor(PixelType::U16);
     let mut buf = Vec::new();
     for k in 0..frames {
         let meta = FrameMeta {
