@@ -83,17 +83,23 @@ impl Default for DetectorSettings {
 }
 
 /// Frame ring settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RingSettings {
-    /// Pre-allocated frame slots between the detector and the writer.
+    /// Pre-allocated frame slots between the detector and the writer; 0 picks
+    /// [`auto_slots`] for the frame size.
     pub slots: usize,
 }
 
-impl Default for RingSettings {
-    fn default() -> Self {
-        RingSettings { slots: 16 }
-    }
+
+/// The ring size used when none is given: 64 slots (enough that detector and writer rarely
+/// wait on each other on a loaded machine), fewer for large frames so the ring stays within
+/// 512 MiB, and never fewer than 4.
+pub fn auto_slots(frame_bytes: usize) -> usize {
+    (512usize << 20)
+        .checked_div(frame_bytes.max(1))
+        .unwrap_or(64)
+        .clamp(4, 64)
 }
 
 /// File settings (NDPluginFile + NDFileHDF5).
@@ -177,7 +183,7 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), ConfigError> {
 }
 
 fn seconds(setting: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+    if !(0.0..=86_400.0).contains(&v) {
         return Err(bad(setting, v, "expected seconds between 0 and 86400"));
     }
     Ok(Duration::from_secs_f64(v))
@@ -198,10 +204,17 @@ impl Config {
         let num_images = u32::try_from(d.frames)
             .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
         let frame_bytes = width as usize * height as usize * pixel_type.size();
-        let slots = self.ring.slots;
-        if slots == 0 || slots > 65_536 {
-            return Err(bad("ring-slots", slots, "expected 1 to 65536 slots"));
-        }
+        let slots = match self.ring.slots {
+            0 => auto_slots(frame_bytes),
+            n if n > 65_536 => {
+                return Err(bad(
+                    "ring-slots",
+                    n,
+                    "expected 1 to 65536 slots, or 0 for automatic",
+                ));
+            }
+            n => n,
+        };
         // Keep the ring within a quarter of the machine's memory at most (the slots are
         // allocated up front and touched).
         let ring_bytes = slots as u128 * frame_bytes.next_multiple_of(4096) as u128;
@@ -324,11 +337,16 @@ mod tests {
         assert_eq!(v.acquisition.pixel_type, PixelType::U16);
         assert_eq!(v.acquisition.image_mode, ImageMode::Multiple);
         assert_eq!(v.codec, Codec::None);
+        assert_eq!(v.ring_slots, 64);
+        assert_eq!(auto_slots(4096 * 4096 * 8), 4);
+        assert_eq!(auto_slots(2048 * 2048 * 2), 64);
+        assert_eq!(auto_slots(4096 * 4096 * 2), 16);
     }
 
     #[test]
     fn each_bad_value_names_its_setting() {
-        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str, &str)> = vec![
+        type Case = (Box<dyn Fn(&mut Config)>, &'static str, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|c| c.detector.dtype = "u64".into()),
                 "dtype",
@@ -365,7 +383,7 @@ mod tests {
                 "path",
                 "/nonexistent/dir",
             ),
-            (Box::new(|c| c.ring.slots = 0), "ring-slots", "0"),
+            (Box::new(|c| c.ring.slots = 70_000), "ring-slots", "70000"),
         ];
         for (f, setting, value) in cases {
             let e = with(f).unwrap_err();

@@ -70,7 +70,8 @@ struct AcquireArgs {
     /// Seed of the simulation: equal seeds give equal frames. [default: 0]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Frame slots in the ring between detector and writer. [default: 16]
+    /// Frame slots in the ring between detector and writer; 0 sizes it automatically
+    /// (64 slots, fewer for frames over 8 MiB). [default: 0]
     #[arg(long, value_name = "N")]
     ring_slots: Option<usize>,
     /// Print one JSON object with the outcome instead of text.

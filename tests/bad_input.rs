@@ -40,7 +40,7 @@ fn each_bad_setting_is_named() {
     refused(&["--codec", "lzma"], "codec", "lzma");
     refused(&["--mode", "stripes"], "mode", "stripes");
     refused(&["--exposure", "-2"], "exposure", "-2");
-    refused(&["--ring-slots", "0"], "ring-slots", "0");
+    refused(&["--ring-slots", "100000"], "ring-slots", "100000");
     refused(&["--name", "a/b"], "name", "a/b");
     refused(&["--frames", "many"], "--frames", "many");
 }
