@@ -23,6 +23,7 @@ fn pipeline(c: &mut Criterion) {
                 cfg.writer.path = dir.path().to_string_lossy().into_owned();
                 cfg.writer.codec = codec.into();
                 cfg.writer.auto_increment = false;
+                cfg.writer.overwrite = true;
                 let summary = Acquisition::start(cfg.validate().expect("valid settings"))
                     .expect("acquisition starts")
                     .wait();

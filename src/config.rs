@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use detflow_hal::{AcquisitionConfig, Binning, ImageMode, PixelType, Roi, TriggerMode};
 use detflow_sim::SimMode;
-use detflow_writer::{Codec, FileNaming, FileTemplate};
+use detflow_writer::{CaptureSettings, Codec, FileNaming, FileTemplate, WriteMode};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -91,7 +91,6 @@ pub struct RingSettings {
     pub slots: usize,
 }
 
-
 /// The ring size used when none is given: 64 slots (enough that detector and writer rarely
 /// wait on each other on a loaded machine), fewer for large frames so the ring stays within
 /// 512 MiB, and never fewer than 4.
@@ -106,18 +105,47 @@ pub fn auto_slots(frame_bytes: usize) -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriterSettings {
-    /// Directory (FilePath). Must exist and be writable.
+    /// Directory (FilePath); strftime codes such as `%Y/%m/%d` are expanded at start.
     pub path: String,
     /// Base name (FileName).
     pub name: String,
     /// File number (FileNumber) of the first file.
     pub number: i32,
-    /// Increment the number after each file (AutoIncrement).
+    /// Increment the number after each file name is built (AutoIncrement).
     pub auto_increment: bool,
     /// C-printf template taking path, name, number (FileTemplate).
     pub template: String,
     /// `none` or `deflate[:LEVEL]`.
     pub codec: String,
+    /// `single`, `capture` or `stream` (FileWriteMode).
+    pub write_mode: String,
+    /// Frames to capture (NumCapture); unset: the number of frames acquired. In Stream mode 0
+    /// means until stopped.
+    pub capture: Option<u64>,
+    /// Stream mode: start a new file every this many frames; 0 never.
+    pub frames_per_file: u64,
+    /// Stream mode: open the file when the first frame arrives (LazyOpen).
+    pub lazy_open: bool,
+    /// Directory levels to create (CreateDirectory): 0 none, D > 0 from component D on,
+    /// -k at most the last k.
+    pub create_dirs: i32,
+    /// Write as name + suffix, rename when closed (TempSuffix); empty for none.
+    pub temp_suffix: String,
+    /// Replace an existing file of the same name (areaDetector always does; detflow refuses
+    /// unless this is set).
+    pub overwrite: bool,
+    /// SWMR: readers (`h5py.File(path, "r", swmr=True)`) see the frames while the file is
+    /// written, and a file whose writer was killed still reads back up to the last flush.
+    /// On by default (areaDetector's default is off).
+    pub swmr: bool,
+    /// Flush every this many frames (NumFramesFlush); 0: not by count.
+    pub flush: u64,
+    /// Flush at least every this many seconds while frames are waiting; 0: not by time.
+    pub flush_interval: f64,
+    /// Store the NDAttribute datasets (StoreAttr).
+    pub attributes: bool,
+    /// Store performance/timestamp (StorePerform).
+    pub performance: bool,
 }
 
 impl Default for WriterSettings {
@@ -129,6 +157,18 @@ impl Default for WriterSettings {
             auto_increment: true,
             template: detflow_writer::naming::DEFAULT_TEMPLATE.into(),
             codec: "none".into(),
+            write_mode: "stream".into(),
+            capture: None,
+            frames_per_file: 0,
+            lazy_open: false,
+            create_dirs: 0,
+            temp_suffix: String::new(),
+            overwrite: false,
+            swmr: true,
+            flush: 0,
+            flush_interval: 1.0,
+            attributes: true,
+            performance: true,
         }
     }
 }
@@ -144,14 +184,12 @@ pub struct Validated {
     pub mode: SimMode,
     /// Simulation seed.
     pub seed: u64,
-    /// Frames to acquire (0 = until stopped).
+    /// Frames the detector acquires (0 = until stopped).
     pub frames: u64,
     /// Ring slots.
     pub ring_slots: usize,
-    /// File naming.
-    pub naming: FileNaming,
-    /// Chunk codec.
-    pub codec: Codec,
+    /// Files: mode, naming, codec and the rest.
+    pub capture: CaptureSettings,
 }
 
 /// Parse `WIDTHxHEIGHT`.
@@ -201,8 +239,6 @@ impl Config {
             .map_err(|_| bad("mode", &d.mode, "expected one of peaks, ramp, sine, noise"))?;
         let exposure = seconds("exposure", d.exposure)?;
         let period = seconds("period", d.period)?;
-        let num_images = u32::try_from(d.frames)
-            .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
         let frame_bytes = width as usize * height as usize * pixel_type.size();
         let slots = match self.ring.slots {
             0 => auto_slots(frame_bytes),
@@ -238,6 +274,10 @@ impl Config {
             .codec
             .parse()
             .map_err(|e: detflow_writer::CodecError| bad("codec", &w.codec, e.reason))?;
+        let write_mode: WriteMode = w
+            .write_mode
+            .parse()
+            .map_err(|e: String| bad("write-mode", &w.write_mode, e))?;
         if w.name.contains('/') || w.name.contains('\0') {
             return Err(bad(
                 "name",
@@ -248,6 +288,41 @@ impl Config {
         if w.number < 0 {
             return Err(bad("number", w.number, "file numbers start at 0"));
         }
+        seconds("flush-interval", w.flush_interval)?;
+        if w.temp_suffix.contains('/') {
+            return Err(bad(
+                "temp-suffix",
+                &w.temp_suffix,
+                "a suffix cannot contain '/'",
+            ));
+        }
+        let num_capture = w.capture.unwrap_or(d.frames);
+        if write_mode == WriteMode::Capture && num_capture == 0 {
+            return Err(bad(
+                "capture",
+                num_capture,
+                "Capture mode buffers NumCapture frames in memory: give at least 1",
+            ));
+        }
+        if write_mode == WriteMode::Capture {
+            let need = num_capture as u128 * frame_bytes as u128;
+            if need > 8 << 30 {
+                return Err(bad(
+                    "capture",
+                    num_capture,
+                    format!(
+                        "Capture mode would buffer {} MiB; the limit is 8192 MiB (use stream)",
+                        need >> 20
+                    ),
+                ));
+            }
+        }
+        // The detector acquires no more frames than the capture takes.
+        let frames = match (write_mode, d.frames, num_capture) {
+            (WriteMode::Single, f, _) => f,
+            (_, 0, c) | (_, c, 0) => c,
+            (_, f, c) => f.min(c),
+        };
         let naming = FileNaming {
             path: w.path.clone(),
             name: w.name.clone(),
@@ -255,53 +330,100 @@ impl Config {
             auto_increment: w.auto_increment,
             template,
         };
-        let dir = naming.directory().to_path_buf();
-        detflow_writer::check_directory(&dir, "path").map_err(|e| match e {
-            detflow_writer::WriterError::BadDirectory { reason, .. } => {
-                bad("path", &w.path, reason)
-            }
-            other => bad("path", &w.path, other),
-        })?;
-        let file = naming.peek_name();
-        if file.file_name().is_none() || file.as_os_str().to_string_lossy().ends_with('/') {
+        // Check the directory now unless it is to be created at start (with strftime codes
+        // expanded as they will be then).
+        let expanded =
+            detflow_writer::naming::expand_path_time(&w.path, std::time::SystemTime::now())
+                .map_err(|e| bad("path", &w.path, e.reason))?;
+        if w.create_dirs == 0 {
+            let dir = if expanded.is_empty() {
+                ".".to_owned()
+            } else {
+                expanded.clone()
+            };
+            detflow_writer::check_directory(std::path::Path::new(&dir), "path").map_err(
+                |e| match e {
+                    detflow_writer::WriterError::BadDirectory { reason, .. } => {
+                        bad("path", &w.path, reason)
+                    }
+                    other => bad("path", &w.path, other),
+                },
+            )?;
+        }
+        let first = FileNaming {
+            path: expanded,
+            ..naming.clone()
+        }
+        .peek_name();
+        if first.file_name().is_none() || first.as_os_str().to_string_lossy().ends_with('/') {
             return Err(bad(
                 "template",
                 &w.template,
-                format!("it builds {file:?}, which is not a file name"),
+                format!("it builds {first:?}, which is not a file name"),
             ));
         }
-        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(bad(
-                    "template",
-                    &w.template,
-                    format!("it builds {file:?}, whose directory {parent:?} does not exist"),
-                ));
+        if w.create_dirs == 0 {
+            if let Some(parent) = first.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    return Err(bad(
+                        "template",
+                        &w.template,
+                        format!("it builds {first:?}, whose directory {parent:?} does not exist"),
+                    ));
+                }
             }
         }
+        if !w.overwrite && write_mode != WriteMode::Capture && first.exists() {
+            return Err(bad(
+                "number",
+                w.number,
+                format!(
+                    "the file {first:?} exists; give another --number or --name, or --overwrite"
+                ),
+            ));
+        }
+
+        let mut acquisition = AcquisitionConfig {
+            roi: Roi::full(width, height),
+            binning: Binning::default(),
+            pixel_type,
+            exposure,
+            period,
+            image_mode: if frames == 0 {
+                ImageMode::Continuous
+            } else {
+                ImageMode::Multiple
+            },
+            num_images: 1,
+            trigger_mode: TriggerMode::Internal,
+        };
+        acquisition.num_images = u32::try_from(frames.max(1))
+            .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
 
         Ok(Validated {
             sensor: (width, height),
-            acquisition: AcquisitionConfig {
-                roi: Roi::full(width, height),
-                binning: Binning::default(),
-                pixel_type,
-                exposure,
-                period,
-                image_mode: if d.frames == 0 {
-                    ImageMode::Continuous
-                } else {
-                    ImageMode::Multiple
-                },
-                num_images: num_images.max(1),
-                trigger_mode: TriggerMode::Internal,
-            },
+            acquisition,
             mode,
             seed: d.seed,
-            frames: d.frames,
+            frames,
             ring_slots: slots,
-            naming,
-            codec,
+            capture: CaptureSettings {
+                mode: write_mode,
+                num_capture,
+                frames_per_file: w.frames_per_file,
+                lazy_open: w.lazy_open,
+                naming,
+                create_dirs: w.create_dirs,
+                temp_suffix: w.temp_suffix.clone(),
+                overwrite: w.overwrite,
+                codec,
+                swmr: w.swmr,
+                flush_every: w.flush,
+                flush_interval: (w.flush_interval > 0.0)
+                    .then(|| Duration::from_secs_f64(w.flush_interval)),
+                store_attributes: w.attributes,
+                store_performance: w.performance,
+            },
         })
     }
 
@@ -324,10 +446,61 @@ mod tests {
     use super::*;
 
     fn with(f: impl FnOnce(&mut Config)) -> Result<Validated, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
         let mut c = Config::default();
-        c.writer.path = std::env::temp_dir().to_string_lossy().into_owned();
+        c.writer.path = dir.path().to_string_lossy().into_owned();
         f(&mut c);
         c.validate()
+    }
+
+    #[test]
+    fn an_existing_file_is_refused_unless_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("detflow_0001.h5"), b"").unwrap();
+        let mut c = Config::default();
+        c.writer.path = dir.path().to_string_lossy().into_owned();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "number");
+        assert!(e.reason.contains("exists"), "{e}");
+        c.writer.overwrite = true;
+        assert!(c.validate().is_ok());
+        c.writer.overwrite = false;
+        c.writer.number = 2;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_detector_acquires_no_more_than_the_capture_takes() {
+        let v = with(|c| c.writer.capture = Some(10)).unwrap();
+        assert_eq!(
+            (v.frames, v.acquisition.num_images, v.capture.num_capture),
+            (10, 10, 10)
+        );
+        let v = with(|c| {
+            c.detector.frames = 0;
+            c.writer.capture = Some(7);
+        })
+        .unwrap();
+        assert_eq!(
+            (v.frames, v.acquisition.image_mode),
+            (7, ImageMode::Multiple)
+        );
+        let v = with(|c| {
+            c.detector.frames = 0;
+            c.writer.capture = Some(0);
+        })
+        .unwrap();
+        assert_eq!(
+            (v.frames, v.acquisition.image_mode),
+            (0, ImageMode::Continuous)
+        );
+        let v = with(|c| {
+            c.writer.write_mode = "single".into();
+            c.detector.frames = 3;
+            c.writer.capture = Some(1);
+        })
+        .unwrap();
+        assert_eq!(v.frames, 3, "single mode writes every frame");
     }
 
     #[test]
@@ -336,7 +509,9 @@ mod tests {
         assert_eq!(v.sensor, (1024, 1024));
         assert_eq!(v.acquisition.pixel_type, PixelType::U16);
         assert_eq!(v.acquisition.image_mode, ImageMode::Multiple);
-        assert_eq!(v.codec, Codec::None);
+        assert_eq!(v.capture.codec, Codec::None);
+        assert_eq!(v.capture.mode, WriteMode::Stream);
+        assert_eq!(v.capture.num_capture, 100);
         assert_eq!(v.ring_slots, 64);
         assert_eq!(auto_slots(4096 * 4096 * 8), 4);
         assert_eq!(auto_slots(2048 * 2048 * 2), 64);
@@ -384,6 +559,24 @@ mod tests {
                 "/nonexistent/dir",
             ),
             (Box::new(|c| c.ring.slots = 70_000), "ring-slots", "70000"),
+            (
+                Box::new(|c| c.writer.write_mode = "burst".into()),
+                "write-mode",
+                "burst",
+            ),
+            (
+                Box::new(|c| {
+                    c.writer.write_mode = "capture".into();
+                    c.writer.capture = Some(0);
+                }),
+                "capture",
+                "0",
+            ),
+            (
+                Box::new(|c| c.writer.temp_suffix = "a/b".into()),
+                "temp-suffix",
+                "a/b",
+            ),
         ];
         for (f, setting, value) in cases {
             let e = with(f).unwrap_err();

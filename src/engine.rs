@@ -23,10 +23,10 @@ use detflow_hal::{
 };
 use detflow_ring::{Consumer, NextError, Producer, RingConfig, SlotMeta};
 use detflow_sim::{SimConfig, SimDetector, SimMode, SimParams};
-use detflow_writer::{Codec, StreamSpec, StreamWriter};
+use detflow_writer::{CaptureSession, Codec, FileStatus, FrameGeometry, Pushed};
 use serde::Serialize;
 
-use crate::config::{Validated, absolute};
+use crate::config::Validated;
 
 /// How long a thread waits on the ring or the detector before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(20);
@@ -79,10 +79,16 @@ pub struct Status {
     pub compressed_bytes: u64,
     /// Uncompressed bytes written.
     pub raw_bytes: u64,
-    /// The file being written (absolute).
-    pub current_file: PathBuf,
-    /// FileNumber the next file would use.
-    pub next_file_number: i32,
+    /// FullFileName: the file being written, or the last one (absolute).
+    pub full_file_name: PathBuf,
+    /// FileNumber: the number the next file will use.
+    pub file_number: i32,
+    /// FilePath after strftime expansion, ending with `/`.
+    pub file_path: String,
+    /// FilePathExists.
+    pub file_path_exists: bool,
+    /// Files closed so far.
+    pub files: Vec<PathBuf>,
     /// Most ring slots ever filled at once.
     pub ring_high_water: u64,
     /// Ring slots.
@@ -110,6 +116,8 @@ struct Counters {
     stop: AtomicBool,
     /// Set by the writer thread when a write failed: the detector thread stops.
     write_failed: AtomicBool,
+    /// Set by the handle to ask the writer thread for a flush; it clears it.
+    flush_now: AtomicBool,
 }
 
 /// The outcome of a finished run.
@@ -135,8 +143,10 @@ pub struct Summary {
     pub compressed_bytes: u64,
     /// Uncompressed bytes written.
     pub raw_bytes: u64,
-    /// FileNumber the next file would use.
-    pub next_file_number: i32,
+    /// FullFileName: the last file written.
+    pub full_file_name: PathBuf,
+    /// FileNumber: the number the next file would use.
+    pub file_number: i32,
     /// Most ring slots filled at once.
     pub ring_high_water: u64,
     /// Why the run ended early, if it did: `"stopped"` or the error.
@@ -156,8 +166,7 @@ pub struct AcquisitionHandle {
     ring: detflow_ring::RingStats,
     started: Instant,
     finished: Arc<Mutex<Option<Instant>>>,
-    file: PathBuf,
-    next_file_number: i32,
+    files: Arc<Mutex<FileStatus>>,
     frames_requested: u64,
     frame_bytes: u64,
     codec: Codec,
@@ -247,9 +256,9 @@ impl Acquisition {
             seed,
             frames,
             ring_slots,
-            mut naming,
-            codec,
+            capture,
         } = settings;
+        let codec = capture.codec;
         let mut detector = SimDetector::new(SimConfig {
             max_width: sensor.0,
             max_height: sensor.1,
@@ -267,15 +276,15 @@ impl Acquisition {
         .context("cannot allocate the frame ring")?;
         let ring = producer.ring_stats();
 
-        let file = absolute(&naming.next_name());
-        let writer = StreamWriter::create(StreamSpec {
-            path: file.clone(),
-            shape,
-            codec,
-            num_capture: frames,
-            dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
-            dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
-        })?;
+        let session = CaptureSession::start(
+            capture,
+            FrameGeometry {
+                shape,
+                dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
+                dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
+            },
+        )?;
+        let files = Arc::new(Mutex::new(session.status().clone()));
 
         let counters = Arc::new(Counters::default());
         let error = Arc::new(Mutex::new(None));
@@ -290,11 +299,24 @@ impl Acquisition {
                 .spawn(move || run_detector(detector, producer, &counters, &error))?
         };
         let writer_thread = {
-            let (counters, error, finished) = (counters.clone(), error.clone(), finished.clone());
+            let (counters, error, finished, files) = (
+                counters.clone(),
+                error.clone(),
+                finished.clone(),
+                files.clone(),
+            );
             std::thread::Builder::new()
                 .name("detflow-writer".into())
                 .spawn(move || {
-                    run_writer(writer, consumer, codec, &counters, &error);
+                    run_writer(
+                        session,
+                        consumer,
+                        codec,
+                        shape.pixel_type,
+                        &counters,
+                        &error,
+                        &files,
+                    );
                     *finished.lock().unwrap() = Some(Instant::now());
                 })?
         };
@@ -303,8 +325,7 @@ impl Acquisition {
             ring,
             started,
             finished,
-            file,
-            next_file_number: naming.number,
+            files,
             frames_requested: frames,
             frame_bytes: shape.bytes() as u64,
             codec,
@@ -367,26 +388,61 @@ fn run_detector(
     drop(producer);
 }
 
-/// The writer thread: read each committed slot in place, encode, write one chunk, release.
-/// After a write error it keeps draining the ring, counting each frame as dropped, so the
-/// detector is never left blocked and the counts stay exact.
+/// The writer thread: read each committed slot in place, encode it, hand it to the capture
+/// session, release the slot. After a write error, or once the capture is complete, it keeps
+/// draining the ring, counting each frame as dropped, so the detector is never left blocked
+/// and the counts stay exact.
 fn run_writer(
-    mut writer: StreamWriter,
+    mut session: CaptureSession,
     mut consumer: Consumer,
     codec: Codec,
+    pixel_type: PixelType,
     counters: &Counters,
     error: &Mutex<Option<String>>,
+    files: &Mutex<FileStatus>,
 ) {
-    let mut compressor = codec.compressor(writer.spec().shape.pixel_type);
+    let mut compressor = codec.compressor(pixel_type);
     let mut chunk = Vec::new();
+    let mut accepting = true;
     let mut failed = false;
+    let publish = |session: &CaptureSession| {
+        let s = session.status();
+        let mut shared = files.lock().unwrap();
+        if shared.files.len() != s.files.len()
+            || shared.full_file_name != s.full_file_name
+            || shared.write_message != s.write_message
+        {
+            // Files only grow: append the new ones rather than cloning them all.
+            let known = shared.files.len();
+            shared
+                .files
+                .extend_from_slice(&s.files[known.min(s.files.len())..]);
+            shared.full_file_name.clone_from(&s.full_file_name);
+            shared.write_message.clone_from(&s.write_message);
+        }
+        shared.file_number = s.file_number;
+        shared.num_captured = s.num_captured;
+        shared.write_ok = s.write_ok;
+        shared.capturing = s.capturing;
+    };
     loop {
+        if counters.flush_now.swap(false, Ordering::AcqRel) && accepting {
+            if let Err(e) = session.flush() {
+                record(error, format!("writer: {e}"));
+            }
+        }
         let slot = match consumer.next_timeout(POLL) {
             Ok(slot) => slot,
-            Err(NextError::Timeout) => continue,
+            Err(NextError::Timeout) => {
+                // Idle between slow frames: make the waiting ones visible on time.
+                if accepting && let Err(e) = session.flush_if_due() {
+                    record(error, format!("writer: {e}"));
+                }
+                continue;
+            }
             Err(NextError::Closed) => break,
         };
-        if failed {
+        if !accepting {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -396,20 +452,21 @@ fn run_writer(
                 format!("ring slot {} holds unknown metadata", slot.sequence()),
             );
             failed = true;
+            accepting = false;
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let result = if codec == Codec::None {
             // Zero copy: the chunk is the slot itself.
-            writer.write_frame(&meta, slot.bytes())
+            session.push(&meta, slot.bytes())
         } else {
             compressor.compress(slot.bytes(), &mut chunk);
             // The slot is free as soon as its bytes are encoded.
             drop(slot);
-            writer.write_frame(&meta, &chunk)
+            session.push(&meta, &chunk)
         };
         match result {
-            Ok(()) => {
+            Ok(pushed) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);
                 let n = if codec == Codec::None {
                     meta.shape.bytes()
@@ -419,19 +476,34 @@ fn run_writer(
                 counters
                     .compressed_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
+                if pushed == Pushed::Complete {
+                    // NumCapture reached: the files are closed; stop the detector.
+                    accepting = false;
+                    counters.stop.store(true, Ordering::Release);
+                }
             }
             Err(e) => {
                 record(error, format!("writer: {e}"));
                 failed = true;
+                accepting = false;
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 counters.state.store(3, Ordering::Release);
                 counters.write_failed.store(true, Ordering::Release);
             }
         }
+        publish(&session);
     }
-    if let Err(e) = writer.close() {
-        record(error, format!("writer: {e}"));
-        failed = true;
+    let status = match session.finish() {
+        Ok(status) => status,
+        Err((status, e)) => {
+            record(error, format!("writer: {e}"));
+            failed = true;
+            status
+        }
+    };
+    {
+        let mut shared = files.lock().unwrap();
+        *shared = status;
     }
     counters
         .state
@@ -450,6 +522,12 @@ impl AcquisitionHandle {
         matches!(self.status().state, State::Done | State::Failed)
     }
 
+    /// Ask the writer to make every frame written so far visible to readers now
+    /// (areaDetector FlushNow). It happens between two frames; nothing waits for it.
+    pub fn flush_now(&self) {
+        self.counters.flush_now.store(true, Ordering::Release);
+    }
+
     /// A snapshot of the counters.
     pub fn status(&self) -> Status {
         let c = &self.counters;
@@ -462,6 +540,7 @@ impl AcquisitionHandle {
         let raw = written * self.frame_bytes;
         let per_s = |v: f64| if elapsed > 0.0 { v / elapsed } else { 0.0 };
         let message = self.error.lock().unwrap().clone().unwrap_or_default();
+        let files = self.files.lock().unwrap();
         Status {
             state,
             frames_acquired: c.acquired.load(Ordering::Relaxed),
@@ -473,12 +552,21 @@ impl AcquisitionHandle {
             mb_per_s: per_s(raw as f64 / 1e6),
             compressed_bytes: c.compressed_bytes.load(Ordering::Relaxed),
             raw_bytes: raw,
-            current_file: self.file.clone(),
-            next_file_number: self.next_file_number,
+            full_file_name: files.full_file_name.clone(),
+            file_number: files.file_number,
+            file_path: files.file_path.clone(),
+            file_path_exists: files.file_path_exists,
+            files: files.files.iter().map(|f| f.path.clone()).collect(),
             ring_high_water: self.ring.high_water(),
             ring_slots: self.ring.slots(),
-            write_ok: !c.write_failed.load(Ordering::Acquire) && message.is_empty(),
-            write_message: message,
+            write_ok: !c.write_failed.load(Ordering::Acquire)
+                && message.is_empty()
+                && files.write_ok,
+            write_message: if message.is_empty() {
+                files.write_message.clone()
+            } else {
+                message
+            },
         }
     }
 
@@ -498,7 +586,9 @@ impl AcquisitionHandle {
             && (s.frames_requested == 0 || s.frames_acquired < s.frames_requested);
         let error = (!s.write_message.is_empty()).then(|| s.write_message.clone());
         Summary {
-            files: vec![s.current_file],
+            files: s.files,
+            full_file_name: s.full_file_name,
+            file_number: s.file_number,
             frames_acquired: s.frames_acquired,
             frames_written: s.frames_written,
             frames_dropped: s.frames_dropped,
@@ -508,7 +598,6 @@ impl AcquisitionHandle {
             codec: self.codec.to_string(),
             compressed_bytes: s.compressed_bytes,
             raw_bytes: s.raw_bytes,
-            next_file_number: s.next_file_number,
             ring_high_water: s.ring_high_water,
             stopped: match (&error, stopped_early) {
                 (Some(e), _) => Some(e.clone()),

@@ -74,6 +74,55 @@ struct AcquireArgs {
     /// (64 slots, fewer for frames over 8 MiB). [default: 0]
     #[arg(long, value_name = "N")]
     ring_slots: Option<usize>,
+    /// File write mode: single (a file per frame), capture (buffer, then write), stream.
+    /// [default: stream]
+    #[arg(long, value_name = "MODE")]
+    write_mode: Option<String>,
+    /// Frames to capture (NumCapture); stream: 0 until stopped. [default: --frames]
+    #[arg(long, value_name = "N")]
+    capture: Option<u64>,
+    /// Stream mode: start a new file every N frames. [default: 0, never]
+    #[arg(long, value_name = "N")]
+    frames_per_file: Option<u64>,
+    /// Increment the file number after each file (AutoIncrement). [default]
+    #[arg(long, overrides_with = "no_auto_increment")]
+    auto_increment: bool,
+    /// Keep the file number (AutoIncrement off).
+    #[arg(long)]
+    no_auto_increment: bool,
+    /// Directory levels to create (CreateDirectory): D > 0 from component D on, -k at most
+    /// the last k, 0 none. [default: 0]
+    #[arg(long, value_name = "DEPTH", allow_negative_numbers = true)]
+    create_dirs: Option<i32>,
+    /// Write the file as NAME + S and rename it when closed (TempSuffix).
+    #[arg(long, value_name = "S")]
+    temp_suffix: Option<String>,
+    /// Stream mode: open the file when the first frame arrives (LazyOpen).
+    #[arg(long)]
+    lazy_open: bool,
+    /// Replace an existing file of the same name (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
+    /// SWMR: readers see frames while the file is written (h5py swmr=True), and a killed
+    /// writer leaves a file readable up to the last flush. [default]
+    #[arg(long, overrides_with = "no_swmr")]
+    swmr: bool,
+    /// A plain HDF5 file, as areaDetector writes by default (unreadable if the writer is
+    /// killed).
+    #[arg(long)]
+    no_swmr: bool,
+    /// Flush every N frames (NumFramesFlush); 0: not by count. [default: 0]
+    #[arg(long, value_name = "N")]
+    flush: Option<u64>,
+    /// Flush at least every S seconds while frames wait; 0: not by time. [default: 1]
+    #[arg(long, value_name = "S")]
+    flush_interval: Option<f64>,
+    /// Do not store the NDAttribute datasets (StoreAttr off).
+    #[arg(long)]
+    no_attributes: bool,
+    /// Do not store performance/timestamp (StorePerform off).
+    #[arg(long)]
+    no_performance: bool,
     /// Print one JSON object with the outcome instead of text.
     #[arg(long)]
     json: bool,
@@ -95,7 +144,34 @@ impl AcquireArgs {
              exposure => d.exposure, period => d.period, seed => d.seed);
         let w = &mut c.writer;
         set!(codec => w.codec, path => w.path, name => w.name, number => w.number,
-             template => w.template);
+             template => w.template, write_mode => w.write_mode, frames_per_file => w.frames_per_file,
+             create_dirs => w.create_dirs, temp_suffix => w.temp_suffix, flush => w.flush);
+        if let Some(n) = self.capture {
+            w.capture = Some(n);
+        }
+        if self.auto_increment {
+            w.auto_increment = true;
+        }
+        if self.no_auto_increment {
+            w.auto_increment = false;
+        }
+        w.lazy_open |= self.lazy_open;
+        w.overwrite |= self.overwrite;
+        if self.swmr {
+            w.swmr = true;
+        }
+        if self.no_swmr {
+            w.swmr = false;
+        }
+        if let Some(s) = self.flush_interval {
+            w.flush_interval = s;
+        }
+        if self.no_attributes {
+            w.attributes = false;
+        }
+        if self.no_performance {
+            w.performance = false;
+        }
         set!(ring_slots => c.ring.slots);
         Ok(c)
     }
@@ -179,6 +255,7 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
     for f in &s.files {
         println!("file            {}", f.display());
     }
+    println!("next number     {}", s.file_number);
     println!(
         "frames          {} acquired, {} written, {} dropped",
         s.frames_acquired, s.frames_written, s.frames_dropped

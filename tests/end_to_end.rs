@@ -47,7 +47,7 @@ fn a_run_writes_every_frame_and_counts_add_up() {
     );
     assert_eq!(s.files, vec![dir.path().join("detflow_0009.h5")]);
     assert_eq!(
-        s.next_file_number, 10,
+        s.file_number, 10,
         "AutoIncrement advances after the name is built"
     );
     assert_eq!(s.raw_bytes, 50 * 64 * 48 * 2);

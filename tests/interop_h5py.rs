@@ -54,7 +54,9 @@ assert np.allclose(ts, sec + nsec * 1e-9), "NDArrayTimeStamp != EpicsTSSec + nSe
 # Seconds past 1990: a 2020s date is between 0.9e9 and 1.3e9.
 assert 0.9e9 < sec[0] < 1.3e9, sec[0]
 assert (np.diff(ts) >= 0).all()
-assert f["/entry/instrument/detector/NDAttributes/ColorMode"].shape == (n,)
+# ColorMode cannot change within a file: it is written once, as a scalar (ADCore #603).
+assert f["/entry/instrument/detector/NDAttributes/ColorMode"].shape == ()
+assert f["/entry/instrument/detector/NDAttributes/ColorMode"][()] == 0
 assert f["/entry/instrument/performance/timestamp"].shape == (n, 5)
 
 expected = np.fromfile(expected_path, dtype=dtype).reshape(-1, h, w)
@@ -100,7 +102,7 @@ fn acquire_and_check(
     seed: u64,
 ) -> serde_json::Value {
     let (w, h) = (96u32, 64u32);
-    let name = format!("{dtype}_{}", codec.replace(':', "_"));
+    let name = format!("{dtype}_{}_s{seed}", codec.replace(':', "_"));
     let out = common::run(&[
         "acquire",
         "--frames",

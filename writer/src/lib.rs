@@ -11,12 +11,9 @@
 //!
 //! let shape = FrameShape { width: 4, height: 2, pixel_type: PixelType::U8, color_mode: ColorMode::Mono };
 //! let mut w = StreamWriter::create(StreamSpec {
-//!     path: "/tmp/demo_0001.h5".into(),
-//!     shape,
-//!     codec: Codec::None,
 //!     num_capture: 1,
-//!     dim_offset: [0, 0],
-//!     dim_binning: [1, 1],
+//!     overwrite: true,
+//!     ..StreamSpec::new("/tmp/demo_0001.h5", shape, Codec::None)
 //! })?;
 //! let meta = FrameMeta { unique_id: 1, timestamp: EpicsTimestamp::now(), unix_time_s: 0.0, shape };
 //! w.write_frame(&meta, &[0u8; 8])?;
@@ -36,12 +33,14 @@ use std::path::PathBuf;
 use detflow_hal::FrameShape;
 use thiserror::Error;
 
+pub mod capture;
 pub mod codec;
 pub mod layout;
 pub mod naming;
 mod sink;
 pub mod stream;
 
+pub use capture::{CaptureSession, CaptureSettings, FileStatus, FrameGeometry, Pushed, WriteMode};
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
@@ -49,6 +48,16 @@ pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
 /// Everything the writer can refuse or fail at; each says which setting or file and why.
 #[derive(Debug, Error)]
 pub enum WriterError {
+    /// A setting that cannot be used.
+    #[error("invalid {setting} {value:?}: {reason}")]
+    Setting {
+        /// The setting's name.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// Why not.
+        reason: String,
+    },
     /// The output directory cannot take the file.
     #[error("{setting} {path:?}: {reason}")]
     BadDirectory {
@@ -92,6 +101,32 @@ pub enum WriterError {
     /// The file was closed.
     #[error("the file is closed")]
     Closed,
+    /// The disk cannot take another frame.
+    #[error("{path:?}: disk full: {free} bytes free, a frame needs {needed}")]
+    DiskFull {
+        /// The file.
+        path: PathBuf,
+        /// Bytes free on its file system.
+        free: u64,
+        /// Bytes the frame needs (with margin).
+        needed: u64,
+    },
+    /// The file exists and overwriting was not allowed.
+    #[error("file {path:?} exists; choose another name or number, or allow overwriting")]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The temporary file could not be renamed to its final name.
+    #[error("could not rename {from:?} to {to:?}: {source}")]
+    Rename {
+        /// The temporary name.
+        from: PathBuf,
+        /// The final name.
+        to: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The HDF5 library failed.
     #[error("{path:?}: could not {what}: {source}")]
     Hdf5 {

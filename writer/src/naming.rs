@@ -371,6 +371,103 @@ pub fn normalise_path(path: &str) -> String {
     format!("{trimmed}/")
 }
 
+/// Expand strftime codes (`%Y/%m/%d`, `%H%M%S`, …) in a FilePath with the local time `when`,
+/// as C `strftime` does; a path without `%` is returned unchanged.
+///
+/// ```
+/// use detflow_writer::naming::expand_path_time;
+/// let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 365);
+/// let p = expand_path_time("/data/%Y/", t).unwrap();
+/// assert!(p == "/data/1971/" || p == "/data/1970/"); // local time zone
+/// assert_eq!(expand_path_time("/plain/dir", t).unwrap(), "/plain/dir");
+/// ```
+pub fn expand_path_time(path: &str, when: std::time::SystemTime) -> Result<String, PathTimeError> {
+    if !path.contains('%') {
+        return Ok(path.to_owned());
+    }
+    let err = |reason: &str| PathTimeError {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let secs = match when.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as libc::time_t,
+        Err(_) => 0,
+    };
+    let format = std::ffi::CString::new(path).map_err(|_| err("contains a NUL byte"))?;
+    // SAFETY: tm is plain old data that localtime_r fully initialises on success; secs is a
+    // valid time_t that lives for the call.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return Err(err("the local time cannot be computed"));
+        }
+        tm
+    };
+    let mut buf = vec![0u8; 4 * path.len() + 256];
+    // SAFETY: buf is writable for buf.len() bytes; format is NUL-terminated; tm is initialised.
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), format.as_ptr(), &tm) };
+    if n == 0 {
+        return Err(err("strftime produced nothing (unknown code or too long)"));
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|_| err("the expanded path is not UTF-8"))
+}
+
+/// A FilePath whose strftime codes could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid file path {path:?}: {reason}")]
+pub struct PathTimeError {
+    /// The path as given.
+    pub path: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// True when `path` names an existing directory (areaDetector FilePathExists_RBV).
+pub fn path_exists(path: &str) -> bool {
+    let p = if path.is_empty() { "." } else { path };
+    Path::new(p).is_dir()
+}
+
+/// Create the missing directories of `path` as NDPluginFile's CreateDirectory does, with
+/// depth `depth`.
+///
+/// The path is split into components with the root (`/`, or the current directory for a
+/// relative path) as component 0. `depth` 0 creates nothing. `depth` D > 0 assumes the first D
+/// components exist and creates every component from index D on: 1 creates everything below
+/// the root. A negative depth -k becomes N - k (at least 1) for a path of N components, so -1
+/// creates only the leaf directory and -5 at most the last five. Existing directories are not
+/// an error; the first other failure stops the creation and is returned.
+pub fn create_directories(path: &str, depth: i32) -> std::io::Result<()> {
+    if depth == 0 || path.is_empty() {
+        return Ok(());
+    }
+    let (root, rest) = match path.strip_prefix('/') {
+        Some(rest) => ("/", rest),
+        None => ("", path),
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let n = parts.len() as i64 + 1; // the root is component 0
+    let first = if depth > 0 {
+        i64::from(depth)
+    } else {
+        (n + i64::from(depth)).max(1)
+    };
+    let mut current = PathBuf::from(if root.is_empty() { "." } else { root });
+    for (i, part) in parts.iter().enumerate() {
+        current.push(part);
+        if (i as i64 + 1) < first {
+            continue;
+        }
+        match std::fs::create_dir(&current) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && current.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// FilePath, FileName, FileNumber, AutoIncrement and FileTemplate together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileNaming {
@@ -507,6 +604,45 @@ mod tests {
         n.auto_increment = false;
         assert_eq!(n.next_name(), PathBuf::from("/tmp/a_0002.h5"));
         assert_eq!(n.number, 2);
+    }
+
+    #[test]
+    fn create_directory_depth_follows_areadetector() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().to_str().unwrap().to_owned();
+        let n_root = root.split('/').filter(|p| !p.is_empty()).count() as i32;
+        let path = format!("{root}/a/b/c");
+        // Depth 0 creates nothing.
+        create_directories(&path, 0).unwrap();
+        assert!(!Path::new(&format!("{root}/a")).exists());
+        // -1 creates only the leaf: its parent is missing, so it fails.
+        assert!(create_directories(&path, -1).is_err());
+        // -3 creates a, b and c.
+        create_directories(&path, -3).unwrap();
+        assert!(Path::new(&path).is_dir());
+        // A positive depth counts from the root: everything from component D on is created,
+        // and components before D are assumed to exist.
+        let deeper = format!("{root}/x/y");
+        // Depth n_root + 2 creates only y, under a missing x: that fails.
+        assert!(create_directories(&deeper, n_root + 2).is_err());
+        assert!(!Path::new(&deeper).exists());
+        create_directories(&deeper, n_root + 1).unwrap(); // creates x and y
+        assert!(Path::new(&deeper).is_dir());
+        // 1 creates everything below the root; existing parts are fine.
+        create_directories(&format!("{root}/x/y/z"), 1).unwrap();
+        assert!(path_exists(&format!("{root}/x/y/z/")));
+        // A path through a file fails.
+        std::fs::write(format!("{root}/file"), b"").unwrap();
+        assert!(create_directories(&format!("{root}/file/sub"), 1).is_err());
+    }
+
+    #[test]
+    fn strftime_codes_expand_and_plain_paths_stay() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let p = expand_path_time("/d/%Y/%m/%d/", t).unwrap();
+        assert!(p.starts_with("/d/2023/11/1"), "{p}");
+        assert_eq!(expand_path_time("/d/x%%y", t).unwrap(), "/d/x%y");
+        assert_eq!(expand_path_time("/d/plain", t).unwrap(), "/d/plain");
     }
 
     #[test]

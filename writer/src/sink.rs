@@ -103,6 +103,33 @@ pub fn write_chunk(dataset: &Dataset, offset: &[u64], chunk: &[u8]) -> hdf5::Res
     Ok(())
 }
 
+/// Mark the file's descriptor close-on-exec. HDF5's default driver opens files without
+/// `O_CLOEXEC`, so a child process started while a file is open (a test harness, a daemon
+/// running a hook) would inherit the descriptor and its `flock`, and keep the file locked
+/// until it exits.
+pub fn set_cloexec(file: &hdf5::File) -> hdf5::Result<()> {
+    let _lock = hdf5_sys::LOCK.lock();
+    let mut handle: *mut std::ffi::c_void = std::ptr::null_mut();
+    // SAFETY: the file id is live; HDF5 stores a pointer to the driver's handle in `handle`.
+    hdf5::h5check(unsafe {
+        hdf5_sys::h5f::H5Fget_vfd_handle(file.id(), H5P_DEFAULT, &mut handle)
+    })?;
+    if handle.is_null() {
+        return Ok(());
+    }
+    // SAFETY: with the default sec2 driver (the only one we open files with) the handle
+    // points to the file's `int` descriptor, valid while the file is open.
+    let fd = unsafe { *(handle as *const libc::c_int) };
+    // SAFETY: fcntl on a descriptor we do not close; F_GETFD/F_SETFD take no pointers.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
 /// Write a scalar fixed-length, NUL-terminated ASCII string attribute (size = text + 1), the
 /// type NDFileHDF5 uses for `NX_class` and `hostname`.
 pub fn write_string_attr(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {

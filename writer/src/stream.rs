@@ -1,26 +1,44 @@
-//! One HDF5 file per acquisition, in NDFileHDF5's default NeXus layout, one chunk per frame.
+//! One HDF5 file in NDFileHDF5's default NeXus layout, one chunk per frame.
 //!
 //! [`StreamWriter::create`] builds the whole tree (see [`crate::layout`]) before the first
-//! frame; [`StreamWriter::write_frame`] grows the image dataset by one frame, writes the encoded
-//! chunk with direct chunk write, and appends the frame's NDAttributes (`NDArrayUniqueId`
-//! last, as NDFileHDF5 does); [`StreamWriter::close`] writes the performance table and closes
-//! the file. Dropping a writer without `close` still closes the file with every frame written.
+//! frame, then starts SWMR if asked; nothing structural is added afterwards.
+//! [`StreamWriter::write_frame`] grows the image dataset by one frame and writes the encoded
+//! chunk with direct chunk write. Per-frame NDAttributes are kept in memory and written in
+//! batches (at each flush, every [`ATTRIBUTE_BATCH`] frames, and at close) with
+//! `NDArrayUniqueId` last, so a SWMR reader that sees an id can trust that frame.
+//! [`StreamWriter::close`] writes the performance table, closes the file and renames it from
+//! its temporary name. Dropping a writer without `close` still does all of that.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use detflow_hal::{FrameMeta, FrameShape, PixelType};
-use hdf5::{Dataset, Datatype, File, Group, H5Type};
+use hdf5::{Dataset, Datatype, File, H5Type};
 
 use crate::WriterError;
 use crate::codec::Codec;
 use crate::layout;
 use crate::sink::{self, ChunkedSpec};
 
-/// What one stream file holds, fixed when it is created.
+/// Per-frame attribute values are written to the file at least this often.
+pub const ATTRIBUTE_BATCH: usize = 1024;
+
+/// Space held back beside each open file, released before it is closed, so that HDF5 can
+/// write the file's metadata even when the disk filled up during the acquisition.
+fn reserve_bytes(spec: &StreamSpec) -> u64 {
+    let frames = if spec.num_capture > 0 {
+        spec.num_capture
+    } else {
+        1 << 17
+    };
+    // Chunk index entries, batched attributes and the performance table, with room to spare.
+    (4 << 20) + frames.min(1 << 20) * 96
+}
+
+/// What one file holds and how it is written, fixed when it is created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSpec {
-    /// Full path of the file to create (truncated if it exists, as areaDetector does).
+    /// Full path of the file (the name without any temporary suffix).
     pub path: PathBuf,
     /// Shape and pixel type of every frame.
     pub shape: FrameShape,
@@ -29,16 +47,71 @@ pub struct StreamSpec {
     /// Expected number of frames (NumCapture): the maximum extent of the frame dimension.
     /// `0` means unlimited.
     pub num_capture: u64,
+    /// False for areaDetector's Single mode: one frame, a dataset of shape (H, W) with no
+    /// frame dimension.
+    pub frame_dimension: bool,
     /// ROI offset of the frames on the sensor, X first (`NDArrayDimOffset`).
     pub dim_offset: [i32; 2],
     /// Binning, X first (`NDArrayDimBinning`).
     pub dim_binning: [i32; 2],
+    /// Write the NDAttribute datasets (areaDetector StoreAttr).
+    pub store_attributes: bool,
+    /// Write `performance/timestamp` (areaDetector StorePerform).
+    pub store_performance: bool,
+    /// Single-writer/multiple-reader mode: readers (`h5py.File(..., swmr=True)`) see frames
+    /// as they are flushed.
+    pub swmr: bool,
+    /// Flush every this many frames (areaDetector NumFramesFlush); 0: by frame count never.
+    pub flush_every: u64,
+    /// Also flush when this much time has passed since the last flush (checked at each
+    /// frame and by [`StreamWriter::flush_if_due`]); `None`: by time never.
+    pub flush_interval: Option<std::time::Duration>,
+    /// Create the file as `path` + this suffix and rename it on close (areaDetector
+    /// TempSuffix); empty for none.
+    pub temp_suffix: String,
+    /// Replace an existing file. When false an existing file is refused (areaDetector
+    /// overwrites silently).
+    pub overwrite: bool,
+}
+
+impl StreamSpec {
+    /// A spec with areaDetector's defaults: Stream layout, attributes and performance stored,
+    /// no SWMR, no temporary suffix, existing files refused.
+    pub fn new(path: impl Into<PathBuf>, shape: FrameShape, codec: Codec) -> Self {
+        StreamSpec {
+            path: path.into(),
+            shape,
+            codec,
+            num_capture: 0,
+            frame_dimension: true,
+            dim_offset: [0, 0],
+            dim_binning: [1, 1],
+            store_attributes: true,
+            store_performance: true,
+            swmr: false,
+            flush_every: 0,
+            flush_interval: None,
+            temp_suffix: String::new(),
+            overwrite: false,
+        }
+    }
+
+    /// The name the file has while it is written.
+    pub fn open_path(&self) -> PathBuf {
+        if self.temp_suffix.is_empty() {
+            self.path.clone()
+        } else {
+            let mut s = self.path.clone().into_os_string();
+            s.push(&self.temp_suffix);
+            PathBuf::from(s)
+        }
+    }
 }
 
 /// What a closed file holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSummary {
-    /// The file.
+    /// The file (its final name).
     pub path: PathBuf,
     /// Frames in the image dataset.
     pub frames: u64,
@@ -48,29 +121,81 @@ pub struct FileSummary {
     pub raw_bytes: u64,
 }
 
-struct AttrDatasets {
-    unique_id: Dataset,
+/// Per-frame attribute datasets and the values not yet written to them.
+struct Attributes {
     time_stamp: Dataset,
     epics_sec: Dataset,
     epics_nsec: Dataset,
-    color_mode: Dataset,
+    unique_id: Dataset,
+    /// Frames whose values are in the datasets.
+    stored: usize,
+    pending_ts: Vec<f64>,
+    pending_sec: Vec<u32>,
+    pending_nsec: Vec<u32>,
+    pending_id: Vec<i32>,
+}
+
+impl Attributes {
+    fn push(&mut self, meta: &FrameMeta) {
+        self.pending_ts.push(meta.timestamp.epics_seconds());
+        self.pending_sec.push(meta.timestamp.sec);
+        self.pending_nsec.push(meta.timestamp.nsec);
+        // areaDetector's uniqueId is an int: it wraps past 2^31 frames.
+        self.pending_id.push(meta.unique_id as i32);
+    }
+
+    /// Append the pending values, `NDArrayUniqueId` last, and flush them when `flush`.
+    fn store(&mut self, flush: bool) -> hdf5::Result<()> {
+        let (from, to) = (self.stored, self.stored + self.pending_id.len());
+        fn put<T: H5Type>(
+            ds: &Dataset,
+            values: &mut Vec<T>,
+            from: usize,
+            to: usize,
+            flush: bool,
+        ) -> hdf5::Result<()> {
+            if from < to {
+                ds.resize(to)?;
+                ds.write_slice(values.as_slice(), from..to)?;
+                values.clear();
+            }
+            if flush {
+                ds.flush()?;
+            }
+            Ok(())
+        }
+        put(&self.time_stamp, &mut self.pending_ts, from, to, flush)?;
+        put(&self.epics_sec, &mut self.pending_sec, from, to, flush)?;
+        put(&self.epics_nsec, &mut self.pending_nsec, from, to, flush)?;
+        put(&self.unique_id, &mut self.pending_id, from, to, flush)?;
+        self.stored = to;
+        Ok(())
+    }
 }
 
 /// The HDF5 handles of an open file; closed together.
 struct Handles {
     file: File,
     image: Dataset,
-    attrs: AttrDatasets,
-    performance: Group,
+    attrs: Option<Attributes>,
+    performance: Option<Dataset>,
 }
 
-/// An open stream file.
+/// An open HDF5 file being written frame by frame.
 pub struct StreamWriter {
     open: Option<Handles>,
+    /// The space reserve file, while it exists.
+    reserve: Option<PathBuf>,
+    /// A write failed: the file is closed with what it has, without further additions.
+    failed: bool,
     spec: StreamSpec,
     frames: u64,
     chunk_bytes: u64,
     last_done: Instant,
+    /// When frames were last made visible to readers.
+    last_flush: Instant,
+    /// Frames written since the last flush.
+    unflushed: u64,
     first_frame: Option<Instant>,
     perf_rows: Vec<[f64; 5]>,
 }
@@ -84,8 +209,8 @@ impl std::fmt::Debug for StreamWriter {
     }
 }
 
-/// Refuse a directory that does not exist, is not a directory, or cannot be written, before
-/// any file is created. `setting` names the option in the message (`"path"`, `"FilePath"`).
+/// Refuse a directory that does not exist, is not a directory, or cannot take new files,
+/// before any file is created. `setting` names the option in the message (`"path"`).
 pub fn check_directory(dir: &Path, setting: &str) -> Result<(), WriterError> {
     let bad = |reason: String| WriterError::BadDirectory {
         setting: setting.to_owned(),
@@ -146,7 +271,7 @@ fn hostname() -> String {
 }
 
 impl StreamWriter {
-    /// Create the file and its whole layout. Nothing is created when the spec is invalid.
+    /// Create the file and its whole layout. Nothing is left behind when this fails.
     pub fn create(spec: StreamSpec) -> Result<Self, WriterError> {
         let FrameShape { width, height, .. } = spec.shape;
         if width == 0 || height == 0 {
@@ -158,21 +283,65 @@ impl StreamWriter {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         check_directory(dir, "path")?;
+        if !spec.overwrite && spec.path.exists() {
+            return Err(WriterError::Exists {
+                path: spec.path.clone(),
+            });
+        }
+        let open_path = spec.open_path();
+        let reserve = reserve_path(&open_path);
+        hold_space(&reserve, reserve_bytes(&spec)).map_err(|e| WriterError::BadDirectory {
+            setting: "path".into(),
+            path: dir.to_path_buf(),
+            reason: format!(
+                "cannot reserve {} bytes to close files safely: {e}",
+                reserve_bytes(&spec)
+            ),
+        })?;
         let ctx = |what: &'static str| {
-            let path = spec.path.clone();
+            let path = open_path.clone();
             move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
         };
-        let file = File::create(&spec.path).map_err(ctx("create the file"))?;
-        let built = Self::build_layout(&file, &spec).map_err(ctx("build the NeXus layout"));
+        let mut builder = File::with_options();
+        if spec.swmr {
+            // SWMR needs the 1.10 file format; stay on it so HDF5 1.10+ readers open the file.
+            use hdf5::file::LibraryVersion;
+            builder.with_fapl(|p| p.libver_bounds(LibraryVersion::V110, LibraryVersion::V110));
+        }
+        let file = if spec.overwrite {
+            builder.create(&open_path)
+        } else {
+            builder.create_excl(&open_path)
+        }
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&reserve);
+            if open_path.exists() && !spec.overwrite {
+                WriterError::Exists {
+                    path: open_path.clone(),
+                }
+            } else {
+                ctx("create the file")(e)
+            }
+        });
+        let file = file?;
+        let _ = sink::set_cloexec(&file);
+        let built = Self::build_layout(&file, &spec)
+            .and_then(|parts| {
+                if spec.swmr {
+                    file.start_swmr()?;
+                }
+                Ok(parts)
+            })
+            .map_err(ctx("build the NeXus layout"));
         let (image, attrs, performance) = match built {
             Ok(parts) => parts,
             Err(e) => {
                 drop(file);
-                let _ = std::fs::remove_file(&spec.path);
+                let _ = std::fs::remove_file(&open_path);
+                let _ = std::fs::remove_file(&reserve);
                 return Err(e);
             }
         };
-        let now = Instant::now();
         Ok(StreamWriter {
             open: Some(Handles {
                 file,
@@ -180,11 +349,15 @@ impl StreamWriter {
                 attrs,
                 performance,
             }),
-            perf_rows: Vec::with_capacity(spec.num_capture.min(1 << 20) as usize),
+            reserve: Some(reserve),
+            failed: false,
+            perf_rows: Vec::with_capacity(spec.num_capture.min(1 << 16) as usize),
             spec,
             frames: 0,
             chunk_bytes: 0,
-            last_done: now,
+            last_done: Instant::now(),
+            last_flush: Instant::now(),
+            unflushed: 0,
             first_frame: None,
         })
     }
@@ -192,31 +365,44 @@ impl StreamWriter {
     fn build_layout(
         file: &File,
         spec: &StreamSpec,
-    ) -> hdf5::Result<(Dataset, AttrDatasets, Group)> {
+    ) -> hdf5::Result<(Dataset, Option<Attributes>, Option<Dataset>)> {
         let (w, h) = (spec.shape.width as usize, spec.shape.height as usize);
         let max_frames = (spec.num_capture > 0).then_some(spec.num_capture as usize);
-        let attr_chunk = if spec.num_capture > 0 {
-            spec.num_capture.min(16384) as usize
-        } else {
-            16384
+        let attr_chunk = match (spec.frame_dimension, spec.num_capture) {
+            (false, _) => 1,
+            (true, 0) => 16384,
+            (true, n) => n.min(16384) as usize,
         };
 
+        // NeXus readers follow @default from the root to the NXdata group, then its @signal.
+        sink::write_string_attr(file, "default", layout::ENTRY)?;
         let entry = file.create_group(layout::ENTRY)?;
         sink::write_string_attr(&entry, "NX_class", "NXentry")?;
+        sink::write_string_attr(&entry, "default", layout::NXDATA)?;
         let instrument = entry.create_group(layout::INSTRUMENT)?;
         sink::write_string_attr(&instrument, "NX_class", "NXinstrument")?;
         let detector = instrument.create_group(layout::DETECTOR)?;
         sink::write_string_attr(&detector, "NX_class", "NXdetector")?;
 
         let filter = spec.codec.filter(spec.shape.pixel_type, spec.shape.bytes());
+        let (shape, max_shape, chunk): (Vec<usize>, Vec<Option<usize>>, Vec<usize>) =
+            if spec.frame_dimension {
+                (
+                    vec![0, h, w],
+                    vec![max_frames, Some(h), Some(w)],
+                    vec![1, h, w],
+                )
+            } else {
+                (vec![h, w], vec![Some(h), Some(w)], vec![h, w])
+            };
         let image = sink::create_chunked(
             &detector,
             layout::DATA,
             &ChunkedSpec {
                 dtype: datatype(spec.shape.pixel_type)?,
-                shape: &[0, h, w],
-                max_shape: &[max_frames, Some(h), Some(w)],
-                chunk: &[1, h, w],
+                shape: &shape,
+                max_shape: &max_shape,
+                chunk: &chunk,
                 filter: filter.as_ref().map(|f| (f.id, f.cd_values.as_slice())),
             },
         )?;
@@ -241,87 +427,86 @@ impl StreamWriter {
             .create("NDArrayDimReverse")?
             .write(&[0, 0])?;
 
-        let det_attrs = detector.create_group(layout::ND_ATTRIBUTES)?;
-        sink::write_string_attr(&det_attrs, "NX_class", "NXcollection")?;
-        let color_mode = Self::attr_dataset::<i32>(
-            &det_attrs,
-            "ColorMode",
-            "Color mode",
-            "NDAttrSourceDriver",
-            attr_chunk,
-        )?;
+        let attrs = if spec.store_attributes {
+            let det_attrs = detector.create_group(layout::ND_ATTRIBUTES)?;
+            sink::write_string_attr(&det_attrs, "NX_class", "NXcollection")?;
+            // ColorMode cannot change within a file (the frame shape is fixed), so it is
+            // written once, as a scalar, rather than once per frame (ADCore #603).
+            let color = det_attrs.new_dataset::<i32>().create("ColorMode")?;
+            color.write_scalar(&spec.shape.color_mode.code())?;
+            describe(&color, "ColorMode", "Color mode", "NDAttrSourceDriver")?;
+            sink::write_string_attr(
+                &color,
+                "NDAttrStatic",
+                "written once: constant for the file",
+            )?;
 
-        let nd = instrument.create_group(layout::ND_ATTRIBUTES)?;
-        sink::write_string_attr(&nd, "NX_class", "NXcollection")?;
-        sink::write_string_attr(&nd, "hostname", &hostname())?;
-        let virt = "NDAttrSourceDriver";
-        let time_stamp = Self::attr_dataset::<f64>(
-            &nd,
-            "NDArrayTimeStamp",
-            "The timestamp of the NDArray as float64",
-            virt,
-            attr_chunk,
-        )?;
-        let epics_sec = Self::attr_dataset::<u32>(
-            &nd,
-            "NDArrayEpicsTSSec",
-            "The NDArray EPICS timestamp seconds past epoch",
-            virt,
-            attr_chunk,
-        )?;
-        let epics_nsec = Self::attr_dataset::<u32>(
-            &nd,
-            "NDArrayEpicsTSnSec",
-            "The NDArray EPICS timestamp nanoseconds",
-            virt,
-            attr_chunk,
-        )?;
-        let unique_id = Self::attr_dataset::<i32>(
-            &nd,
-            "NDArrayUniqueId",
-            "The unique ID of the NDArray",
-            virt,
-            attr_chunk,
-        )?;
+            let nd = instrument.create_group(layout::ND_ATTRIBUTES)?;
+            sink::write_string_attr(&nd, "NX_class", "NXcollection")?;
+            sink::write_string_attr(&nd, "hostname", &hostname())?;
+            let make = |name: &str, description: &str, dtype: Datatype| -> hdf5::Result<Dataset> {
+                let ds = nd
+                    .new_dataset_builder()
+                    .empty_as(&dtype)
+                    .chunk(attr_chunk)
+                    .shape(hdf5::SimpleExtents::resizable([0]))
+                    .create(name)?;
+                describe(&ds, name, description, "NDAttrSourceDriver")?;
+                Ok(ds)
+            };
+            Some(Attributes {
+                time_stamp: make(
+                    "NDArrayTimeStamp",
+                    "The timestamp of the NDArray as float64",
+                    Datatype::from_type::<f64>()?,
+                )?,
+                epics_sec: make(
+                    "NDArrayEpicsTSSec",
+                    "The NDArray EPICS timestamp seconds past epoch",
+                    Datatype::from_type::<u32>()?,
+                )?,
+                epics_nsec: make(
+                    "NDArrayEpicsTSnSec",
+                    "The NDArray EPICS timestamp nanoseconds",
+                    Datatype::from_type::<u32>()?,
+                )?,
+                unique_id: make(
+                    "NDArrayUniqueId",
+                    "The unique ID of the NDArray",
+                    Datatype::from_type::<i32>()?,
+                )?,
+                stored: 0,
+                pending_ts: Vec::new(),
+                pending_sec: Vec::new(),
+                pending_nsec: Vec::new(),
+                pending_id: Vec::new(),
+            })
+        } else {
+            None
+        };
 
-        let performance = instrument.create_group(layout::PERFORMANCE)?;
+        let performance = if spec.store_performance {
+            let group = instrument.create_group(layout::PERFORMANCE)?;
+            // Created now (SWMR forbids new objects later), filled at close.
+            Some(
+                group
+                    .new_dataset::<f64>()
+                    .chunk([attr_chunk, 5])
+                    .shape(hdf5::SimpleExtents::resizable([0, 5]))
+                    .create(layout::TIMESTAMP)?,
+            )
+        } else {
+            None
+        };
 
         let data = entry.create_group(layout::NXDATA)?;
         sink::write_string_attr(&data, "NX_class", "NXdata")?;
+        sink::write_string_attr(&data, "signal", layout::DATA)?;
         data.link_hard(layout::IMAGE_PATH, layout::DATA)?;
-
-        Ok((
-            image,
-            AttrDatasets {
-                unique_id,
-                time_stamp,
-                epics_sec,
-                epics_nsec,
-                color_mode,
-            },
-            performance,
-        ))
+        Ok((image, attrs, performance))
     }
 
-    fn attr_dataset<T: H5Type>(
-        group: &Group,
-        name: &str,
-        description: &str,
-        source_type: &str,
-        chunk: usize,
-    ) -> hdf5::Result<Dataset> {
-        let ds = group
-            .new_dataset::<T>()
-            .chunk(chunk)
-            .shape(hdf5::SimpleExtents::resizable([0]))
-            .create(name)?;
-        sink::write_string_attr(&ds, "NDAttrName", name)?;
-        sink::write_string_attr(&ds, "NDAttrDescription", description)?;
-        sink::write_string_attr(&ds, "NDAttrSourceType", source_type)?;
-        Ok(ds)
-    }
-
-    /// The file being written.
+    /// The file's final name.
     pub fn path(&self) -> &Path {
         &self.spec.path
     }
@@ -337,8 +522,8 @@ impl StreamWriter {
     }
 
     /// Append one frame. `chunk` is the frame encoded with the spec's codec (the raw frame
-    /// bytes for [`Codec::None`]). On error the frame is not counted and the file stays
-    /// readable with the frames before it; callers should stop and [`close`](Self::close).
+    /// bytes for [`Codec::None`]). On error the frame is not counted, the image dataset keeps
+    /// exactly the frames before it, and the caller should [`close`](Self::close).
     pub fn write_frame(&mut self, meta: &FrameMeta, chunk: &[u8]) -> Result<(), WriterError> {
         if meta.shape != self.spec.shape {
             return Err(WriterError::FrameMismatch {
@@ -346,9 +531,14 @@ impl StreamWriter {
                 got: meta.shape,
             });
         }
-        if self.spec.num_capture > 0 && self.frames >= self.spec.num_capture {
+        let capacity = if self.spec.frame_dimension {
+            self.spec.num_capture
+        } else {
+            1
+        };
+        if capacity > 0 && self.frames >= capacity {
             return Err(WriterError::Full {
-                num_capture: self.spec.num_capture,
+                num_capture: capacity,
             });
         }
         if self.spec.codec == Codec::None && chunk.len() != self.spec.shape.bytes() {
@@ -357,7 +547,35 @@ impl StreamWriter {
                 got: chunk.len(),
             });
         }
-        let Some(open) = self.open.as_ref() else {
+        let path = self.spec.open_path();
+        let ctx = |what: &'static str| {
+            let path = path.clone();
+            move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
+        };
+        if self.open.is_none() {
+            return Err(WriterError::Closed);
+        }
+        // Refuse a frame the disk cannot take before HDF5 allocates anything for it, so the
+        // file keeps exactly the frames written, and the reserve pays for closing it.
+        let dir = self
+            .spec
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Some(free) = free_bytes(dir) {
+            let needed = chunk.len() as u64 + DISK_MARGIN;
+            if free < needed {
+                self.failed = true;
+                self.release_reserve();
+                return Err(WriterError::DiskFull {
+                    path: self.spec.open_path(),
+                    free,
+                    needed,
+                });
+            }
+        }
+        let Some(open) = self.open.as_mut() else {
             return Err(WriterError::Closed);
         };
         let t0 = Instant::now();
@@ -366,37 +584,64 @@ impl StreamWriter {
             self.spec.shape.width as usize,
             self.spec.shape.height as usize,
         );
-        let path = &self.spec.path;
-        let ctx = |what: &'static str| {
-            move |source: hdf5::Error| WriterError::Hdf5 {
-                path: path.clone(),
-                what,
-                source,
+        if self.spec.frame_dimension {
+            open.image
+                .resize([k + 1, h, w])
+                .map_err(ctx("extend the image dataset"))?;
+            if let Err(e) = sink::write_chunk(&open.image, &[k as u64, 0, 0], chunk) {
+                // Keep the extent equal to the frames actually written, and free the reserve
+                // so the close that follows can write the metadata (a full disk).
+                self.failed = true;
+                if let Some(p) = self.reserve.take() {
+                    let _ = std::fs::remove_file(p);
+                }
+                // HDF5 cannot shrink the extent over a chunk whose write failed ("B-tree key
+                // not found"), so the free-space check above is what keeps the count exact;
+                // this covers a disk that filled between that check and the write.
+                let _ = open.image.resize([k, h, w]);
+                return Err(ctx("write a frame chunk")(e));
             }
-        };
-        open.image
-            .resize([k + 1, h, w])
-            .map_err(ctx("extend the image dataset"))?;
-        if let Err(e) = sink::write_chunk(&open.image, &[k as u64, 0, 0], chunk) {
-            // Keep the extent equal to the frames actually written.
-            let _ = open.image.resize([k, h, w]);
-            return Err(ctx("write a frame chunk")(e));
+        } else if let Err(e) = sink::write_chunk(&open.image, &[0, 0], chunk) {
+            self.failed = true;
+            self.release_reserve();
+            return Err(ctx("write the frame chunk")(e));
         }
-        let append = || -> hdf5::Result<()> {
-            fn put<T: H5Type>(ds: &Dataset, k: usize, v: T) -> hdf5::Result<()> {
-                ds.resize(k + 1)?;
-                ds.write_slice(&[v], k..k + 1)
-            }
-            put(&open.attrs.color_mode, k, meta.shape.color_mode.code())?;
-            put(&open.attrs.time_stamp, k, meta.timestamp.epics_seconds())?;
-            put(&open.attrs.epics_sec, k, meta.timestamp.sec)?;
-            put(&open.attrs.epics_nsec, k, meta.timestamp.nsec)?;
-            // Last, so a SWMR reader that sees UniqueId[k] can trust the others for frame k.
-            put(&open.attrs.unique_id, k, meta.unique_id as i32)
-        };
-        append().map_err(ctx("append the frame's NDAttributes"))?;
         self.frames += 1;
         self.chunk_bytes += chunk.len() as u64;
+        if let Some(attrs) = open.attrs.as_mut() {
+            attrs.push(meta);
+        }
+        self.unflushed += 1;
+        let interval_passed = self
+            .spec
+            .flush_interval
+            .is_some_and(|d| self.last_flush.elapsed() >= d);
+        let flush_due = (self.spec.flush_every > 0 && self.frames % self.spec.flush_every == 0)
+            || interval_passed;
+        let batch_full = open
+            .attrs
+            .as_ref()
+            .is_some_and(|a| a.pending_id.len() >= ATTRIBUTE_BATCH);
+        let stored = if flush_due {
+            self.flush()
+        } else if batch_full {
+            let path = self.spec.open_path();
+            match self.open.as_mut().and_then(|o| o.attrs.as_mut()) {
+                Some(attrs) => attrs.store(false).map_err(|source| WriterError::Hdf5 {
+                    path,
+                    what: "append NDAttributes",
+                    source,
+                }),
+                None => Ok(()),
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = stored {
+            self.failed = true;
+            self.release_reserve();
+            return Err(e);
+        }
 
         let done = Instant::now();
         let first = *self.first_frame.get_or_insert(t0);
@@ -422,16 +667,77 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Write the performance table, close the file, and say what it holds.
-    pub fn close(mut self) -> Result<FileSummary, WriterError> {
+    fn flush_interval_passed(&self) -> bool {
+        self.spec
+            .flush_interval
+            .is_some_and(|d| self.last_flush.elapsed() >= d)
+    }
+
+    /// Flush if frames are waiting and the flush interval has passed: for a writer that is
+    /// idle between slow frames.
+    pub fn flush_if_due(&mut self) -> Result<(), WriterError> {
+        if self.unflushed > 0 && self.flush_interval_passed() {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Make every frame written so far visible to readers: flush the image dataset, then
+    /// write and flush the pending NDAttributes with `NDArrayUniqueId` last.
+    pub fn flush(&mut self) -> Result<(), WriterError> {
+        self.last_flush = Instant::now();
+        self.unflushed = 0;
+        let path = self.spec.open_path();
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let result = (|| -> hdf5::Result<()> {
+            open.image.flush()?;
+            if let Some(attrs) = open.attrs.as_mut() {
+                attrs.store(true)?;
+            }
+            if !self.spec.swmr {
+                open.file.flush()?;
+            }
+            Ok(())
+        })();
+        result.map_err(|source| WriterError::Hdf5 {
+            path,
+            what: "flush",
+            source,
+        })
+    }
+
+    /// Write the pending attributes and the performance table, close the file, rename it to
+    /// its final name, and say what it holds.
+    pub fn close(self) -> Result<FileSummary, WriterError> {
+        let (summary, result) = self.close_reporting();
+        result.map(|()| summary)
+    }
+
+    /// [`close`](Self::close), but the summary of what was written comes back even when
+    /// closing failed.
+    pub fn close_reporting(mut self) -> (FileSummary, Result<(), WriterError>) {
         let result = self.finish();
+        let path = if result.is_ok() {
+            self.spec.path.clone()
+        } else {
+            self.spec.open_path()
+        };
         let summary = FileSummary {
-            path: self.spec.path.clone(),
+            path,
             frames: self.frames,
             chunk_bytes: self.chunk_bytes,
             raw_bytes: self.frames * self.spec.shape.bytes() as u64,
         };
-        result.map(|()| summary)
+        (summary, result)
+    }
+
+    fn release_reserve(&mut self) {
+        if let Some(p) = self.reserve.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     fn finish(&mut self) -> Result<(), WriterError> {
@@ -444,34 +750,100 @@ impl StreamWriter {
         else {
             return Ok(());
         };
-        let path = self.spec.path.clone();
-        let rows = self.perf_rows.len();
-        let perf = (|| -> hdf5::Result<()> {
-            let ds = performance
-                .new_dataset::<f64>()
-                .chunk([rows.clamp(1, 16384), 5])
-                .shape(hdf5::SimpleExtents::resizable([rows, 5]))
-                .create(layout::TIMESTAMP)?;
-            if rows > 0 {
-                let flat: Vec<f64> = self.perf_rows.iter().flatten().copied().collect();
-                ds.write_raw(&flat)?;
+        // Give the space back before the last metadata goes to disk.
+        self.release_reserve();
+        let open_path = self.spec.open_path();
+        let hdf5_err = |what| {
+            let path = open_path.clone();
+            move |source| WriterError::Hdf5 { path, what, source }
+        };
+        let mut first_error = None;
+        if let Some(mut attrs) = attrs {
+            if let Err(e) = attrs.store(false) {
+                first_error.get_or_insert(hdf5_err("append NDAttributes")(e));
             }
-            Ok(())
-        })();
-        drop((image, attrs, performance));
+        }
+        if let Some(ds) = performance.filter(|_| !self.failed) {
+            let rows = self.perf_rows.len();
+            let written = (|| -> hdf5::Result<()> {
+                if rows > 0 {
+                    ds.resize([rows, 5])?;
+                    let flat: Vec<f64> = self.perf_rows.iter().flatten().copied().collect();
+                    ds.write_raw(&flat)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = written {
+                first_error.get_or_insert(hdf5_err("write the performance table")(e));
+            }
+        }
+        drop(image);
         // Flush first: a write error (disk full) surfaces here rather than being lost in close.
-        let closed = file.flush().and_then(|()| file.close());
-        perf.map_err(|source| WriterError::Hdf5 {
-            path: path.clone(),
-            what: "write the performance table",
-            source,
-        })?;
-        closed.map_err(|source| WriterError::Hdf5 {
-            path,
-            what: "close the file",
-            source,
-        })
+        if let Err(e) = file.flush().and_then(|()| file.close()) {
+            first_error.get_or_insert(hdf5_err("close the file")(e));
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if open_path != self.spec.path {
+            std::fs::rename(&open_path, &self.spec.path).map_err(|source| WriterError::Rename {
+                from: open_path.clone(),
+                to: self.spec.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
+}
+
+/// Free space a frame must leave on the disk beyond its own bytes (chunk index growth and
+/// the next attribute batch).
+const DISK_MARGIN: u64 = 1 << 20;
+
+/// Bytes available to this process on the file system holding `dir`, if it can be asked.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data that statvfs() fills on success; c is NUL-terminated.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn reserve_path(open_path: &Path) -> PathBuf {
+    let name = open_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    open_path.with_file_name(format!(".{name}.detflow-reserve"))
+}
+
+/// Create `path` holding `bytes` of allocated disk space.
+fn hold_space(path: &Path, bytes: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    // SAFETY: the fd is open for writing for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, bytes as libc::off_t) };
+    if rc != 0 {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+fn describe(ds: &Dataset, name: &str, description: &str, source_type: &str) -> hdf5::Result<()> {
+    sink::write_string_attr(ds, "NDAttrName", name)?;
+    sink::write_string_attr(ds, "NDAttrDescription", description)?;
+    sink::write_string_attr(ds, "NDAttrSourceType", source_type)
 }
 
 impl Drop for StreamWriter {

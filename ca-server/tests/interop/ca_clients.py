@@ -126,7 +126,13 @@ def run_pyepics():
     epics.caput("DET:NumImages", 3, wait=True, timeout=5)
     seen = []
     epics.camonitor("DET:ArrayCounter_RBV", callback=lambda **kw: seen.append(kw["value"]))
-    time.sleep(0.3)  # let the subscription's first update in (camonitor reports changes)
+    # camonitor reports only changes, so use a PV on the same channel as the barrier: its
+    # first callback (the current value) arrives after camonitor's subscription, which was
+    # requested first on the same circuit.
+    barrier = []
+    bp = epics.PV("DET:ArrayCounter_RBV", callback=lambda **kw: barrier.append(kw["value"]))
+    wait_for("camonitor subscribed", lambda: len(barrier) >= 1, 30)
+    bp.clear_callbacks()
     start = time.monotonic()
     ok = epics.caput("DET:Acquire", 1, wait=True, timeout=30)
     took = time.monotonic() - start
@@ -281,12 +287,17 @@ def run_caproto():
     check("caproto-get -S", "scan_0042" in out.stdout, out.stdout + out.stderr)
     mon = subprocess.Popen([py, "-m", "caproto.commandline.monitor", "--no-repeater", "--maximum", "4",
                             "DET:NumImages_RBV"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # Write only once the monitor has subscribed: its first line is the current value. A fixed
+    # sleep is not enough on a loaded machine, where starting Python takes seconds.
+    first = ""
+    end = time.monotonic() + 60
+    while "DET:NumImages_RBV" not in first and time.monotonic() < end and mon.poll() is None:
+        first = mon.stdout.readline()
     for v in (11, 12, 13):
         w("DET:NumImages", [v], notify=True)
         time.sleep(0.1)
     out, err = mon.communicate(timeout=30)
-    lines = [l for l in out.splitlines() if "DET:NumImages_RBV" in l]
+    lines = [l for l in (first + out).splitlines() if "DET:NumImages_RBV" in l]
     check("caproto-monitor", len(lines) == 4 and lines[-1].rstrip().endswith("[13]"), out + err)
 
 

@@ -1,0 +1,416 @@
+//! areaDetector file semantics as the readers see them: a live SWMR reader, a writer killed
+//! mid-run, a full disk, the complete default layout (golden file) and NeXus validity.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn wait_for(path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{path:?} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_swmr_reader_sees_the_frame_count_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live_0001.h5");
+    let child = common::detflow()
+        .args([
+            "acquire", "--frames", "80", "--size", "64x48", "--period", "0.04", "--swmr",
+            "--flush", "2", "--name", "live", "--json", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&file);
+    let seen = common::run_python(
+        r#"
+import sys, time, json
+import numpy as np, h5py
+f = h5py.File(sys.argv[1], "r", swmr=True)
+d = f["/entry/instrument/detector/data"]
+ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"]
+seen, deadline = [], time.time() + 30
+while time.time() < deadline:
+    d.refresh(); ids.refresh()  # Dataset.refresh also drops h5py's cached shape
+    n, m = d.shape[0], ids.shape[0]
+    if m:
+        # Every id a reader can see belongs to a frame it can read.
+        v = ids[:m]
+        assert (np.diff(v) == 1).all(), v
+        assert d[m - 1].any(), "frame %d is visible by id but empty" % (m - 1)
+    if not seen or seen[-1] != (n, m):
+        seen.append((n, m))
+    if n == 80 and m == 80:
+        break
+    time.sleep(0.02)
+print(json.dumps(seen))
+"#,
+        &[&file],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<(u64, u64)> = serde_json::from_str(seen.trim()).unwrap();
+    assert_eq!(
+        seen.last(),
+        Some(&(80, 80)),
+        "the reader ends by seeing every frame: {seen:?}"
+    );
+    let partial: Vec<_> = seen.iter().filter(|(n, _)| *n > 0 && *n < 80).collect();
+    assert!(
+        partial.len() >= 3,
+        "the count should be seen growing during the run: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the count never shrinks: {seen:?}"
+    );
+}
+
+#[test]
+fn a_killed_swmr_writer_leaves_every_flushed_frame_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("killed_0001.h5");
+    let mut child = common::detflow()
+        .args([
+            "acquire", "--frames", "0", "--size", "64x48", "--period", "0.01", "--swmr", "--flush",
+            "5", "--name", "killed", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&file);
+    std::thread::sleep(Duration::from_millis(800));
+    child.kill().unwrap(); // SIGKILL: no chance to close
+    child.wait().unwrap();
+    let out = common::run_python(
+        r#"
+import sys, numpy as np, h5py
+f = h5py.File(sys.argv[1], "r", swmr=True)
+d = f["/entry/instrument/detector/data"]
+ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][()]
+n = len(ids)
+assert n >= 10, n
+assert list(ids) == list(range(1, n + 1)), ids
+assert d.shape[0] >= n
+assert all(d[k].any() for k in range(n)), "a frame with an id is empty"
+print(n)
+"#,
+        &[&file],
+    );
+    assert!(out.trim().parse::<u64>().unwrap() >= 10);
+}
+
+/// Run `detflow` inside a private mount namespace on a tmpfs of `size`, which fills up.
+fn acquire_on_small_disk(size: &str, frames: u32) -> (std::process::Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("disk");
+    std::fs::create_dir(&mount).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size} tmpfs {m} && {bin} acquire --frames {frames} --size 64x64 --path {m} --json; \
+         rc=$?; cp -a {m}/. {d}/ 2>/dev/null; exit $rc",
+        m = mount.display(),
+        d = dir.path().display(),
+        bin = env!("CARGO_BIN_EXE_detflow"),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare runs (util-linux)");
+    (out, dir)
+}
+
+#[test]
+fn a_full_disk_stops_the_capture_with_every_written_frame_readable() {
+    let (out, dir) = acquire_on_small_disk("8m", 5000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("mount:"),
+        "this test needs a private mount namespace (root): {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a write failure exits 1: {stderr}"
+    );
+    let s = common::summary(&out);
+    let written = s["frames_written"].as_u64().unwrap();
+    let acquired = s["frames_acquired"].as_u64().unwrap();
+    let dropped = s["frames_dropped"].as_u64().unwrap();
+    assert!(written > 10 && written < 5000, "{s}");
+    assert_eq!(acquired, written + dropped, "{s}");
+    assert!(s["error"].as_str().unwrap().contains("disk full"), "{s}");
+    let file = dir.path().join("detflow_0001.h5");
+    let n = common::run_python(
+        r#"
+import sys, h5py
+f = h5py.File(sys.argv[1], "r", swmr=True)
+d = f["/entry/instrument/detector/data"]
+ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][()]
+assert d.shape[0] == len(ids), (d.shape, len(ids))
+assert list(ids) == list(range(1, len(ids) + 1))
+assert d[-1].any(), "the last frame is empty"
+print(d.shape[0])
+"#,
+        &[&file],
+    );
+    assert_eq!(
+        n.trim().parse::<u64>().unwrap(),
+        written,
+        "the file holds exactly frames_written"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("reserve"))
+        .collect();
+    assert!(left.is_empty(), "the space reserve is released: {left:?}");
+}
+
+#[test]
+fn too_little_space_is_refused_before_any_frame() {
+    let (out, dir) = acquire_on_small_disk("700k", 5000);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("path") && stderr.contains("reserve"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("detflow_0001.h5").exists());
+}
+
+const DUMP: &str = r#"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+skip = {"hostname"}
+def fmt(v):
+    if isinstance(v, bytes): return v.decode()
+    if isinstance(v, np.ndarray): return "[" + ",".join(str(x) for x in v.tolist()) + "]"
+    return str(v)
+def attrs(o):
+    return " ".join("@%s=%s" % (k, fmt(o.attrs[k])) for k in sorted(o.attrs) if k not in skip)
+lines = ["/ " + attrs(f)]
+def visit(name, o):
+    link = f.get(name, getlink=True).__class__.__name__
+    if isinstance(o, h5py.Dataset):
+        lines.append("%s dataset %s %s max=%s chunks=%s %s %s" % (name, o.dtype, o.shape, o.maxshape, o.chunks, link, attrs(o)))
+    else:
+        lines.append("%s group %s" % (name, attrs(o)))
+names = []
+f.visit(names.append)
+for n in sorted(set(names) | {"entry/data/data", "entry/instrument/detector/data"}):
+    visit(n, f[n])
+print("\n".join(lines))
+"#;
+
+#[test]
+fn the_default_layout_matches_the_golden_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "5",
+        "--size",
+        "40x30",
+        "--dtype",
+        "u16",
+        "--name",
+        "golden",
+        "--path",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = common::run_python(DUMP, &[&dir.path().join("golden_0001.h5")]);
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/default_layout.txt");
+    if std::env::var_os("DETFLOW_BLESS").is_some() {
+        std::fs::write(&golden_path, &got).unwrap();
+    }
+    let golden = std::fs::read_to_string(&golden_path)
+        .expect("tests/golden/default_layout.txt (DETFLOW_BLESS=1 writes it)");
+    assert_eq!(
+        got, golden,
+        "the file layout changed; if on purpose, rerun with DETFLOW_BLESS=1 and review the diff"
+    );
+}
+
+#[test]
+fn nexus_readers_find_the_image_through_default_and_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "3",
+        "--size",
+        "40x30",
+        "--name",
+        "nx",
+        "--path",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = common::run_python(
+        r#"
+import sys
+from nexusformat.nexus import nxload
+root = nxload(sys.argv[1])
+data = root.plottable_data
+assert data is not None, "no plottable data"
+signal = data.nxsignal
+assert signal.nxpath == "/entry/data/data", signal.nxpath
+assert tuple(signal.shape) == (3, 30, 40), signal.shape
+assert root["entry"].nxclass == "NXentry"
+assert root["entry/instrument/detector"].nxclass == "NXdetector"
+print("ok")
+"#,
+        &[&dir.path().join("nx_0001.h5")],
+    );
+    assert_eq!(got.trim(), "ok");
+}
+
+#[test]
+fn write_modes_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_str().unwrap();
+    // Single: one (H, W) file per frame; the summary lists them and the next number.
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "3",
+        "--size",
+        "8x6",
+        "--write-mode",
+        "single",
+        "--name",
+        "one",
+        "--path",
+        p,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    assert_eq!(s["files"].as_array().unwrap().len(), 3);
+    assert_eq!(s["file_number"], 4);
+    assert_eq!(
+        s["full_file_name"],
+        dir.path().join("one_0003.h5").to_str().unwrap()
+    );
+    // Stream with frames per file, a temp suffix and no auto increment refusing to overwrite.
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "7",
+        "--size",
+        "8x6",
+        "--frames-per-file",
+        "3",
+        "--temp-suffix",
+        ".tmp",
+        "--name",
+        "roll",
+        "--path",
+        p,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    assert_eq!(s["files"].as_array().unwrap().len(), 3, "{s}");
+    assert!(!dir.path().join("roll_0001.h5.tmp").exists());
+    let out = common::run(&[
+        "acquire", "--frames", "2", "--size", "8x6", "--name", "roll", "--path", p,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    // Capture mode with --capture smaller than --frames: the detector stops at the capture.
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "10",
+        "--capture",
+        "4",
+        "--size",
+        "8x6",
+        "--write-mode",
+        "capture",
+        "--name",
+        "cap",
+        "--path",
+        p,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    assert_eq!(
+        (s["frames_acquired"].as_u64(), s["frames_written"].as_u64()),
+        (Some(4), Some(4))
+    );
+    // Directory creation with strftime codes.
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "1",
+        "--size",
+        "8x6",
+        "--create-dirs",
+        "-2",
+        "--name",
+        "dated",
+        "--path",
+        &format!("{p}/%Y/%m"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = common::summary(&out);
+    let f = s["files"][0].as_str().unwrap();
+    assert!(!f.contains('%') && Path::new(f).exists(), "{f}");
+    // Without --create-dirs a missing directory is refused before anything is written.
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "1",
+        "--size",
+        "8x6",
+        "--path",
+        &format!("{p}/nope"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid path"));
+}

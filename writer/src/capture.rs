@@ -1,0 +1,465 @@
+//! One capture, from areaDetector's `Capture=1` to `Capture=0`: which files are opened, when,
+//! under which names, and what goes into them, in each write mode.
+//!
+//! A [`CaptureSession`] is started with the file settings and the frame geometry (the
+//! detector's configuration gives it, so no "priming" frame is needed). Frames are then
+//! [`push`](CaptureSession::push)ed in order, already encoded; the session opens, fills, rolls
+//! over and closes files as NDPluginFile would, and [`finish`](CaptureSession::finish) writes
+//! what is left. [`FileStatus`] mirrors the NDFile readbacks: FullFileName, FileNumber,
+//! FilePathExists, NumCaptured, WriteStatus and WriteMessage.
+//!
+//! | mode | files | frames per file |
+//! |---|---|---|
+//! | [`WriteMode::Single`] | one per frame, dataset (H, W) | 1 |
+//! | [`WriteMode::Capture`] | one, written when NumCapture frames are buffered (or at finish) | NumCapture |
+//! | [`WriteMode::Stream`] | one, appended to as frames arrive; a new one every `frames_per_file` | NumCapture (0: until stopped) |
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use detflow_hal::{FrameMeta, FrameShape};
+
+use crate::WriterError;
+use crate::codec::Codec;
+use crate::naming::{self, FileNaming};
+use crate::stream::{FileSummary, StreamSpec, StreamWriter};
+
+/// areaDetector FileWriteMode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// One file per frame, no frame dimension.
+    Single,
+    /// Buffer NumCapture frames in memory, then write them to one file.
+    Capture,
+    /// Append frames to an open file as they arrive.
+    #[default]
+    Stream,
+}
+
+impl FromStr for WriteMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "single" => Ok(WriteMode::Single),
+            "capture" => Ok(WriteMode::Capture),
+            "stream" => Ok(WriteMode::Stream),
+            _ => Err("expected single, capture or stream".into()),
+        }
+    }
+}
+
+impl fmt::Display for WriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteMode::Single => "single",
+            WriteMode::Capture => "capture",
+            WriteMode::Stream => "stream",
+        })
+    }
+}
+
+/// Everything NDPluginFile and NDFileHDF5 let a user set for one capture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureSettings {
+    /// Single, Capture or Stream.
+    pub mode: WriteMode,
+    /// Frames to capture (NumCapture). Stream: 0 means until stopped. Capture: at least 1.
+    /// Single: ignored (every frame is a file).
+    pub num_capture: u64,
+    /// Stream only: start a new file (next number) every this many frames; 0 never.
+    pub frames_per_file: u64,
+    /// Stream only: open the file at the first frame instead of at start.
+    pub lazy_open: bool,
+    /// FilePath (strftime codes allowed), FileName, FileNumber, AutoIncrement, FileTemplate.
+    pub naming: FileNaming,
+    /// CreateDirectory depth (0: create nothing; see [`naming::create_directories`]).
+    pub create_dirs: i32,
+    /// Write under name + suffix, rename on close.
+    pub temp_suffix: String,
+    /// Replace existing files instead of refusing them.
+    pub overwrite: bool,
+    /// Chunk codec.
+    pub codec: Codec,
+    /// SWMR mode.
+    pub swmr: bool,
+    /// NumFramesFlush: flush every this many frames (0: not by count).
+    pub flush_every: u64,
+    /// Flush at least this often while frames are waiting (`None`: not by time).
+    pub flush_interval: Option<std::time::Duration>,
+    /// StoreAttr.
+    pub store_attributes: bool,
+    /// StorePerform.
+    pub store_performance: bool,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings {
+            mode: WriteMode::Stream,
+            num_capture: 0,
+            frames_per_file: 0,
+            lazy_open: false,
+            naming: FileNaming {
+                path: String::new(),
+                name: String::new(),
+                number: 1,
+                auto_increment: true,
+                template: Default::default(),
+            },
+            create_dirs: 0,
+            temp_suffix: String::new(),
+            overwrite: false,
+            codec: Codec::None,
+            swmr: false,
+            flush_every: 0,
+            flush_interval: None,
+            store_attributes: true,
+            store_performance: true,
+        }
+    }
+}
+
+/// The frames a capture receives, known before the first one arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameGeometry {
+    /// Shape and pixel type.
+    pub shape: FrameShape,
+    /// ROI offset, X first.
+    pub dim_offset: [i32; 2],
+    /// Binning, X first.
+    pub dim_binning: [i32; 2],
+}
+
+/// The NDFile readbacks of a capture.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FileStatus {
+    /// FilePath after strftime expansion and normalisation (ends with `/`).
+    pub file_path: String,
+    /// FilePathExists_RBV.
+    pub file_path_exists: bool,
+    /// FullFileName_RBV: the file being written, or the last one built.
+    pub full_file_name: PathBuf,
+    /// FileNumber_RBV: the number the next file will use.
+    pub file_number: i32,
+    /// NumCaptured_RBV: frames captured (written, or buffered in Capture mode).
+    pub num_captured: u64,
+    /// True while frames are accepted.
+    pub capturing: bool,
+    /// WriteStatus: false after an error.
+    pub write_ok: bool,
+    /// WriteMessage.
+    pub write_message: String,
+    /// Every file closed so far.
+    pub files: Vec<FileSummary>,
+}
+
+/// What [`CaptureSession::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written or buffered; the capture goes on.
+    Accepted,
+    /// Written or buffered, and NumCapture is reached: the capture is complete and its
+    /// files are closed. Further frames are refused.
+    Complete,
+}
+
+/// One running capture.
+#[derive(Debug)]
+pub struct CaptureSession {
+    settings: CaptureSettings,
+    geometry: FrameGeometry,
+    status: FileStatus,
+    open: Option<StreamWriter>,
+    /// Frames in the open file.
+    in_file: u64,
+    /// Capture mode: the encoded frames, in order.
+    buffer: Vec<(FrameMeta, Vec<u8>)>,
+    finished: bool,
+}
+
+impl CaptureSession {
+    /// Start a capture: expand and create the directory, check it, and (Stream without
+    /// LazyOpen) open the first file. Refused settings leave nothing behind.
+    pub fn start(settings: CaptureSettings, geometry: FrameGeometry) -> Result<Self, WriterError> {
+        if settings.mode == WriteMode::Capture && settings.num_capture == 0 {
+            return Err(WriterError::Setting {
+                setting: "capture",
+                value: "0".into(),
+                reason: "Capture mode buffers NumCapture frames: it must be at least 1".into(),
+            });
+        }
+        let mut naming = settings.naming.clone();
+        naming.path = naming::expand_path_time(&naming.path, std::time::SystemTime::now())
+            .map_err(|e| WriterError::Setting {
+                setting: "path",
+                value: e.path,
+                reason: e.reason,
+            })?;
+        if settings.create_dirs != 0 && !naming::path_exists(&naming.path) {
+            naming::create_directories(&naming.path, settings.create_dirs).map_err(|e| {
+                WriterError::BadDirectory {
+                    setting: "path".into(),
+                    path: naming.path.clone().into(),
+                    reason: format!(
+                        "could not create it with create-dirs {}: {e}",
+                        settings.create_dirs
+                    ),
+                }
+            })?;
+        }
+        crate::stream::check_directory(naming.directory(), "path")?;
+        let status = FileStatus {
+            file_path: naming::normalise_path(&naming.path),
+            file_path_exists: naming::path_exists(&naming.path),
+            full_file_name: PathBuf::new(),
+            file_number: naming.number,
+            num_captured: 0,
+            capturing: true,
+            write_ok: true,
+            write_message: if settings.lazy_open {
+                "Lazy Open...".into()
+            } else {
+                String::new()
+            },
+            files: Vec::new(),
+        };
+        let mut session = CaptureSession {
+            settings: CaptureSettings { naming, ..settings },
+            geometry,
+            status,
+            open: None,
+            in_file: 0,
+            buffer: Vec::new(),
+            finished: false,
+        };
+        if session.settings.mode == WriteMode::Stream && !session.settings.lazy_open {
+            session.open_next()?;
+        }
+        Ok(session)
+    }
+
+    /// The readbacks.
+    pub fn status(&self) -> &FileStatus {
+        &self.status
+    }
+
+    /// The settings, with FilePath expanded and FileNumber advanced as files were named.
+    pub fn settings(&self) -> &CaptureSettings {
+        &self.settings
+    }
+
+    fn fail(&mut self, e: WriterError) -> WriterError {
+        self.status.write_ok = false;
+        self.status.write_message = e.to_string();
+        self.status.capturing = false;
+        self.finished = true;
+        // Close what is open so that every frame written stays readable, and list it: it
+        // holds frames even when closing reported an error too.
+        if let Some(w) = self.open.take() {
+            let (summary, closed) = w.close_reporting();
+            if let Err(close_error) = closed {
+                self.status.write_message = format!("{e}; then {close_error}");
+            }
+            self.status.files.push(summary);
+        }
+        e
+    }
+
+    fn spec(&self, path: PathBuf, num_capture: u64, frame_dimension: bool) -> StreamSpec {
+        let s = &self.settings;
+        StreamSpec {
+            num_capture,
+            frame_dimension,
+            dim_offset: self.geometry.dim_offset,
+            dim_binning: self.geometry.dim_binning,
+            store_attributes: s.store_attributes,
+            store_performance: s.store_performance,
+            swmr: s.swmr,
+            flush_every: s.flush_every,
+            flush_interval: s.flush_interval,
+            temp_suffix: s.temp_suffix.clone(),
+            overwrite: s.overwrite,
+            ..StreamSpec::new(path, self.geometry.shape, s.codec)
+        }
+    }
+
+    /// Frames the next file will hold at most (its NumCapture).
+    fn next_file_capacity(&self) -> u64 {
+        let s = &self.settings;
+        let left = if s.num_capture > 0 {
+            s.num_capture - self.status.num_captured
+        } else {
+            0
+        };
+        match (s.frames_per_file, left) {
+            (0, left) => left,
+            (per, 0) => per,
+            (per, left) => per.min(left),
+        }
+    }
+
+    fn build_name(&mut self) -> PathBuf {
+        let built = self.settings.naming.next_name();
+        let name = std::path::absolute(&built).unwrap_or(built);
+        self.status.full_file_name = name.clone();
+        self.status.file_number = self.settings.naming.number;
+        name
+    }
+
+    fn open_next(&mut self) -> Result<(), WriterError> {
+        let name = self.build_name();
+        let spec = self.spec(name, self.next_file_capacity(), true);
+        match StreamWriter::create(spec) {
+            Ok(w) => {
+                self.open = Some(w);
+                self.in_file = 0;
+                self.status.write_message.clear();
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn close_open(&mut self) -> Result<(), WriterError> {
+        if let Some(w) = self.open.take() {
+            match w.close() {
+                Ok(summary) => self.status.files.push(summary),
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Take one encoded frame. Errors stop the capture (the files written so far are closed
+    /// and readable) and are also kept in [`FileStatus::write_message`].
+    pub fn push(&mut self, meta: &FrameMeta, chunk: &[u8]) -> Result<Pushed, WriterError> {
+        if self.finished {
+            return Err(WriterError::Closed);
+        }
+        if meta.shape != self.geometry.shape {
+            // areaDetector: "Invalid frame. Ignoring." The capture goes on.
+            self.status.write_ok = false;
+            self.status.write_message = "Invalid frame. Ignoring.".into();
+            return Err(WriterError::FrameMismatch {
+                expected: self.geometry.shape,
+                got: meta.shape,
+            });
+        }
+        match self.settings.mode {
+            WriteMode::Single => {
+                let name = self.build_name();
+                let spec = self.spec(name, 1, false);
+                let written = StreamWriter::create(spec).and_then(|mut w| {
+                    w.write_frame(meta, chunk)?;
+                    w.close()
+                });
+                match written {
+                    Ok(summary) => self.status.files.push(summary),
+                    Err(e) => return Err(self.fail(e)),
+                }
+                self.status.num_captured += 1;
+            }
+            WriteMode::Capture => {
+                self.buffer.push((*meta, chunk.to_vec()));
+                self.status.num_captured += 1;
+                if self.status.num_captured >= self.settings.num_capture {
+                    self.write_buffer()?;
+                    self.finished = true;
+                    self.status.capturing = false;
+                    return Ok(Pushed::Complete);
+                }
+            }
+            WriteMode::Stream => {
+                if self.open.is_none() {
+                    self.open_next()?;
+                }
+                let w = self.open.as_mut().expect("a file is open");
+                if let Err(e) = w.write_frame(meta, chunk) {
+                    return Err(self.fail(e));
+                }
+                self.in_file += 1;
+                self.status.num_captured += 1;
+                let s = &self.settings;
+                if s.num_capture > 0 && self.status.num_captured >= s.num_capture {
+                    self.close_open()?;
+                    self.finished = true;
+                    self.status.capturing = false;
+                    return Ok(Pushed::Complete);
+                }
+                if s.frames_per_file > 0 && self.in_file >= s.frames_per_file {
+                    self.close_open()?;
+                    // The next file opens with the next frame, so a capture that ends right
+                    // here leaves no empty file behind.
+                }
+            }
+        }
+        Ok(Pushed::Accepted)
+    }
+
+    fn write_buffer(&mut self) -> Result<(), WriterError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let name = self.build_name();
+        let spec = self.spec(name, self.buffer.len() as u64, true);
+        let buffer = std::mem::take(&mut self.buffer);
+        let written = StreamWriter::create(spec).and_then(|mut w| {
+            for (meta, chunk) in &buffer {
+                w.write_frame(meta, chunk)?;
+            }
+            w.close()
+        });
+        match written {
+            Ok(summary) => {
+                self.status.files.push(summary);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Make every frame written so far visible to readers now (areaDetector FlushNow).
+    pub fn flush(&mut self) -> Result<(), WriterError> {
+        match self.open.as_mut() {
+            Some(w) => w.flush().map_err(|e| {
+                self.status.write_ok = false;
+                self.status.write_message = e.to_string();
+                e
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Flush the open file if its flush interval has passed with frames waiting; for the
+    /// writer thread to call while no frame arrives.
+    pub fn flush_if_due(&mut self) -> Result<(), WriterError> {
+        match self.open.as_mut() {
+            Some(w) => w.flush_if_due(),
+            None => Ok(()),
+        }
+    }
+
+    /// End the capture: close the open file, or write the frames buffered in Capture mode
+    /// (areaDetector keeps them until WriteFile; here stopping writes them). Returns the
+    /// final status.
+    pub fn finish(mut self) -> Result<FileStatus, (FileStatus, WriterError)> {
+        let result = if self.finished {
+            Ok(())
+        } else {
+            match self.settings.mode {
+                WriteMode::Capture => self.write_buffer(),
+                WriteMode::Stream => self.close_open(),
+                WriteMode::Single => Ok(()),
+            }
+        };
+        self.finished = true;
+        self.status.capturing = false;
+        let status = std::mem::take(&mut self.status);
+        match result {
+            Ok(()) => Ok(status),
+            Err(e) => Err((status, e)),
+        }
+    }
+}
