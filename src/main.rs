@@ -202,6 +202,10 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // SIGUSR1: flush now, so readers see every frame written so far (areaDetector FlushNow).
+    let flush_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, flush_request.clone())?;
+
     let handle = Acquisition::start(settings)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = if frames > 0 {
@@ -224,6 +228,9 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         if signal.load(Ordering::Acquire) != 0 && !stop_sent {
             handle.stop();
             stop_sent = true;
+        }
+        if flush_request.swap(false, Ordering::AcqRel) {
+            handle.flush_now();
         }
         let s = handle.status();
         bar.set_position(s.frames_written);

@@ -414,3 +414,94 @@ fn write_modes_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid path"));
 }
+
+#[test]
+fn sigusr1_flushes_now_without_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fnow_0001.h5");
+    let child = common::detflow()
+        .args([
+            "acquire",
+            "--frames",
+            "200",
+            "--size",
+            "32x24",
+            "--period",
+            "0.01",
+            "--swmr",
+            "--flush",
+            "0",
+            "--flush-interval",
+            "0",
+            "--name",
+            "fnow",
+            "--json",
+            "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&file);
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY-free libc call: send SIGUSR1 to the child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = common::run_python(
+        r#"
+import sys, h5py
+f = h5py.File(sys.argv[1], "r", swmr=True)
+print(len(f["/entry/instrument/NDAttributes/NDArrayUniqueId"]))
+"#,
+        &[&file],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: u64 = seen.trim().parse().unwrap();
+    assert!(
+        seen >= 20,
+        "after SIGUSR1 a reader sees the frames written so far, saw {seen}"
+    );
+    assert!(seen < 200, "the run was still going");
+    assert_eq!(common::summary(&out)["frames_written"], 200);
+}
+
+#[test]
+fn store_attributes_and_performance_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "3",
+        "--size",
+        "8x6",
+        "--no-attributes",
+        "--no-performance",
+        "--name",
+        "bare",
+        "--path",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = common::run_python(
+        r#"
+import sys, h5py
+f = h5py.File(sys.argv[1], "r")
+assert "NDAttributes" not in f["/entry/instrument"], list(f["/entry/instrument"])
+assert "NDAttributes" not in f["/entry/instrument/detector"]
+assert "performance" not in f["/entry/instrument"]
+assert f["/entry/data/data"].shape == (3, 6, 8)
+print("ok")
+"#,
+        &[&dir.path().join("bare_0001.h5")],
+    );
+    assert_eq!(got.trim(), "ok");
+}

@@ -551,6 +551,43 @@ mod tests {
     }
 
     #[test]
+    fn table_of_real_templates_against_c_printf() {
+        // (template, number): width, zero padding, overflow past the width, negative numbers,
+        // left justification, signs, and the templates beamlines use.
+        let table: &[(&str, i32)] = &[
+            ("%s%s_%4.4d.h5", 7),
+            ("%s%s_%4.4d.h5", 123_456),
+            ("%s%s_%4.4d.h5", -7),
+            ("%s%s_%3.3d.h5", 0),
+            ("%s%s_%06d.h5", -42),
+            ("%s%s_%6d.h5", 42),
+            ("%s%s_%-6d|.h5", 42),
+            ("%s%s_%+d.h5", 5),
+            ("%s%s_% d.h5", 5),
+            ("%s%s_%d.h5", i32::MIN),
+            ("%s%s_%.0d.h5", 0),
+            ("%s%s%%_%05i.h5", 99),
+            ("%s%s_%u.h5", -1),
+            ("%s%s_%x.h5", 255),
+            ("%s%s.h5", 3),
+            ("%s/%s_%2.2d/data.h5", 1),
+        ];
+        for &(template, number) in table {
+            let ours = t(template).format("/data/run1/", "scan", number);
+            assert_eq!(
+                ours,
+                c_format(template, "/data/run1/", "scan", number),
+                "{template} with {number}"
+            );
+        }
+        assert_eq!(
+            t("%s%s_%4.4d.h5").format("/d/", "s", 123_456),
+            "/d/s_123456.h5"
+        );
+        assert_eq!(t("%s%s_%4.4d.h5").format("/d/", "s", -7), "/d/s_-0007.h5");
+    }
+
+    #[test]
     fn bad_templates_name_the_problem() {
         let e = "%s%s_%q.h5".parse::<FileTemplate>().unwrap_err();
         assert_eq!(
