@@ -115,8 +115,11 @@ pub struct WriterSettings {
     pub auto_increment: bool,
     /// C-printf template taking path, name, number (FileTemplate).
     pub template: String,
-    /// `none` or `deflate[:LEVEL]`.
+    /// Chunk codec: `none`, `deflate[:LEVEL]`, `lz4`, `bslz4`, `bszstd[:LEVEL]`,
+    /// `zstd[:LEVEL]`, `blosc[:COMPRESSOR[:LEVEL]]`.
     pub codec: String,
+    /// Compression worker threads; 0: one per core.
+    pub workers: usize,
     /// `single`, `capture` or `stream` (FileWriteMode).
     pub write_mode: String,
     /// Frames to capture (NumCapture); unset: the number of frames acquired. In Stream mode 0
@@ -157,6 +160,7 @@ impl Default for WriterSettings {
             auto_increment: true,
             template: detflow_writer::naming::DEFAULT_TEMPLATE.into(),
             codec: "none".into(),
+            workers: 0,
             write_mode: "stream".into(),
             capture: None,
             frames_per_file: 0,
@@ -190,6 +194,8 @@ pub struct Validated {
     pub ring_slots: usize,
     /// Files: mode, naming, codec and the rest.
     pub capture: CaptureSettings,
+    /// Compression worker threads (at least 1).
+    pub workers: usize,
 }
 
 /// Parse `WIDTHxHEIGHT`.
@@ -283,6 +289,13 @@ impl Config {
                 "name",
                 &w.name,
                 "a file name cannot contain '/' or NUL",
+            ));
+        }
+        if w.workers > 256 {
+            return Err(bad(
+                "workers",
+                w.workers,
+                "expected 0 (one per core) to 256",
             ));
         }
         if w.number < 0 {
@@ -407,6 +420,10 @@ impl Config {
             seed: d.seed,
             frames,
             ring_slots: slots,
+            workers: match w.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             capture: CaptureSettings {
                 mode: write_mode,
                 num_capture,

@@ -257,6 +257,7 @@ impl Acquisition {
             frames,
             ring_slots,
             capture,
+            workers: _,
         } = settings;
         let codec = capture.codec;
         let mut detector = SimDetector::new(SimConfig {

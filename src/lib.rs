@@ -3,9 +3,9 @@
 //! This package is the `detflow` binary and the library the binary is built from: the
 //! [`config`] structure every front end writes, and the [`engine`] that runs one acquisition
 //! from a detector through the frame ring into an HDF5 file.
-#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 

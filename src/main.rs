@@ -22,8 +22,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Acquire frames from the simulated detector into one HDF5 file.
+    /// Acquire frames from the simulated detector into HDF5 files.
     Acquire(AcquireArgs),
+    /// Measure the pipeline's frame rate per codec and pixel type, next to this machine's
+    /// raw write speed and each codec's single-thread speed.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Codecs to run, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "none,deflate:1,lz4,bslz4,bszstd,zstd,blosc"
+    )]
+    codecs: String,
+    /// Pixel types to run, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "u16,u8")]
+    dtype: String,
+    /// Frame size.
+    #[arg(long, value_name = "WxH", default_value = "1024x1024")]
+    size: String,
+    /// Frames per run.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    frames: u64,
+    /// Directory for the files (each is removed after its run). [default: the temp dir]
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// Compression workers; 0: one per core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+    /// Print a JSON array, one object per run, instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// A Python interpreter with h5py and hdf5plugin: also run the plain h5py writer
+    /// (benches/h5py_writer.py) on the same frames, side by side.
+    #[arg(long, value_name = "PYTHON")]
+    compare_h5py: Option<PathBuf>,
 }
 
 /// Flags override the `--config` file, which overrides the defaults. A flag given twice
@@ -70,6 +106,9 @@ struct AcquireArgs {
     /// Seed of the simulation: equal seeds give equal frames. [default: 0]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Compression worker threads; 0: one per core. [default: 0]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Frame slots in the ring between detector and writer; 0 sizes it automatically
     /// (64 slots, fewer for frames over 8 MiB). [default: 0]
     #[arg(long, value_name = "N")]
@@ -144,7 +183,7 @@ impl AcquireArgs {
              exposure => d.exposure, period => d.period, seed => d.seed);
         let w = &mut c.writer;
         set!(codec => w.codec, path => w.path, name => w.name, number => w.number,
-             template => w.template, write_mode => w.write_mode, frames_per_file => w.frames_per_file,
+             template => w.template, workers => w.workers, write_mode => w.write_mode, frames_per_file => w.frames_per_file,
              create_dirs => w.create_dirs, temp_suffix => w.temp_suffix, flush => w.flush);
         if let Some(n) = self.capture {
             w.capture = Some(n);
@@ -254,6 +293,48 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.path.clone().unwrap_or_else(std::env::temp_dir);
+    let plan = detflow::bench::plan(
+        &args.codecs,
+        &args.dtype,
+        &args.size,
+        args.frames,
+        dir,
+        args.workers,
+        args.compare_h5py.clone(),
+    )?;
+    if !args.json {
+        println!(
+            "{} frames of {}x{} per run, {} workers, files in {}",
+            plan.frames,
+            plan.size.0,
+            plan.size.1,
+            if plan.workers == 0 {
+                "one per core".to_string()
+            } else {
+                plan.workers.to_string()
+            },
+            plan.dir.display()
+        );
+        println!("{}", detflow::bench::header());
+    }
+    let rows = detflow::bench::run(&plan, |row| {
+        if !args.json {
+            println!("{}", detflow::bench::line(row));
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "raw fps: plain sequential write of the same bytes, same directory, closed; \
+             codec fps/t: the codec on one core in memory; of bound: fps / (workers x codec fps/t)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(s).context("summary to JSON")?);
@@ -290,6 +371,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Acquire(args) => acquire(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => code,
