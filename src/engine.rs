@@ -494,14 +494,11 @@ fn run_writer(
         }
         publish(&session);
     }
-    let status = match session.finish() {
-        Ok(status) => status,
-        Err((status, e)) => {
-            record(error, format!("writer: {e}"));
-            failed = true;
-            status
-        }
-    };
+    let (status, finished) = session.finish();
+    if let Err(e) = finished {
+        record(error, format!("writer: {e}"));
+        failed = true;
+    }
     {
         let mut shared = files.lock().unwrap();
         *shared = status;

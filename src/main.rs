@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Acquire frames from the simulated detector into HDF5 files.
-    Acquire(AcquireArgs),
+    Acquire(Box<AcquireArgs>),
     /// Measure the pipeline's frame rate per codec and pixel type, next to this machine's
     /// raw write speed and each codec's single-thread speed.
     Bench(BenchArgs),

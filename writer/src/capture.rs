@@ -423,10 +423,9 @@ impl CaptureSession {
     /// Make every frame written so far visible to readers now (areaDetector FlushNow).
     pub fn flush(&mut self) -> Result<(), WriterError> {
         match self.open.as_mut() {
-            Some(w) => w.flush().map_err(|e| {
+            Some(w) => w.flush().inspect_err(|e| {
                 self.status.write_ok = false;
                 self.status.write_message = e.to_string();
-                e
             }),
             None => Ok(()),
         }
@@ -443,8 +442,8 @@ impl CaptureSession {
 
     /// End the capture: close the open file, or write the frames buffered in Capture mode
     /// (areaDetector keeps them until WriteFile; here stopping writes them). Returns the
-    /// final status.
-    pub fn finish(mut self) -> Result<FileStatus, (FileStatus, WriterError)> {
+    /// final status, and the error if closing or writing failed.
+    pub fn finish(mut self) -> (FileStatus, Result<(), WriterError>) {
         let result = if self.finished {
             Ok(())
         } else {
@@ -456,10 +455,6 @@ impl CaptureSession {
         };
         self.finished = true;
         self.status.capturing = false;
-        let status = std::mem::take(&mut self.status);
-        match result {
-            Ok(()) => Ok(status),
-            Err(e) => Err((status, e)),
-        }
+        (std::mem::take(&mut self.status), result)
     }
 }
