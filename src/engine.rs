@@ -17,15 +17,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use detflow_hal::{
-    ColorMode, Detector, EpicsTimestamp, Error as _, ErrorKind, FrameMeta, FrameShape, FrameSource,
-    PixelType,
-};
+use detflow_hal::{ColorMode, EpicsTimestamp, ErrorKind, FrameMeta, FrameShape, PixelType};
 use detflow_ring::{Consumer, NextError, Producer, RingConfig, SlotMeta};
 use detflow_sim::{SimConfig, SimDetector, SimMode, SimParams};
 use detflow_writer::{CaptureSession, Codec, FileStatus, FrameGeometry, Pushed};
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::config::Validated;
 
 /// How long a thread waits on the ring or the detector before it looks at the stop flag.
@@ -259,14 +257,27 @@ impl Acquisition {
             capture,
             workers: _,
         } = settings;
+        let detector: Box<dyn Backend> = Box::new(
+            SimDetector::new(SimConfig {
+                max_width: sensor.0,
+                max_height: sensor.1,
+                seed,
+                params: demo_params(mode, sensor, acquisition.pixel_type),
+            })
+            .context("cannot create the simulated detector")?,
+        );
+        Self::start_with(detector, acquisition, frames, ring_slots, capture)
+    }
+
+    /// Start an acquisition on any backend (`acquisition` configures it).
+    pub fn start_with(
+        mut detector: Box<dyn Backend>,
+        acquisition: detflow_hal::AcquisitionConfig,
+        frames: u64,
+        ring_slots: usize,
+        capture: detflow_writer::CaptureSettings,
+    ) -> anyhow::Result<AcquisitionHandle> {
         let codec = capture.codec;
-        let mut detector = SimDetector::new(SimConfig {
-            max_width: sensor.0,
-            max_height: sensor.1,
-            seed,
-            params: demo_params(mode, sensor, acquisition.pixel_type),
-        })
-        .context("cannot create the simulated detector")?;
         let shape = detector
             .configure(&acquisition)
             .context("the detector refused the configuration")?;
@@ -344,7 +355,7 @@ fn record(error: &Mutex<Option<String>>, message: String) {
 /// The detector thread: grant a slot, let the detector fill it, commit; until the detector
 /// finishes its sequence, the run is stopped, or the writer fails.
 fn run_detector(
-    mut detector: SimDetector,
+    mut detector: Box<dyn Backend>,
     mut producer: Producer,
     counters: &Counters,
     error: &Mutex<Option<String>>,
@@ -369,8 +380,8 @@ fn run_detector(
                 counters.acquired.fetch_add(1, Ordering::Relaxed);
             }
             // Not due yet: give the slot back (nothing published) and look at the flags again.
-            Err(e) if e.kind() == ErrorKind::Timeout => {}
-            Err(e) if e.kind() == ErrorKind::NotAcquiring => break,
+            Err(e) if e.kind == ErrorKind::Timeout => {}
+            Err(e) if e.kind == ErrorKind::NotAcquiring => break,
             Err(e) => {
                 record(error, format!("detector: {e}"));
                 counters.stop.store(true, Ordering::Release);

@@ -5,6 +5,7 @@
 //! from a detector through the frame ring into an HDF5 file.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod engine;
