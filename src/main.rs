@@ -88,7 +88,9 @@ struct AcquireArgs {
     /// Acquire period in seconds; 0 is as fast as possible. [default: 0]
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     period: Option<f64>,
-    /// Chunk codec: none, deflate[:LEVEL]. [default: none]
+    /// Chunk codec: none, deflate[:LEVEL] (HDF5 filter 1), lz4 (32004), bslz4 and
+    /// bszstd[:LEVEL] (bitshuffle, 32008), zstd[:LEVEL] (32015), blosc[:COMPRESSOR[:LEVEL]]
+    /// (32001; lz4, lz4hc, blosclz, zlib, zstd). [default: none]
     #[arg(long, value_name = "CODEC")]
     codec: Option<String>,
     /// Directory for the file (areaDetector FilePath); must exist. [default: .]

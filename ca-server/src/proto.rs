@@ -258,7 +258,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Parsed, FrameError> {
         header.count = u32at(20);
         len = 24;
     }
-    if header.payload_size % 8 != 0 {
+    if !header.payload_size.is_multiple_of(8) {
         return Err(FrameError::Misaligned {
             command,
             payload_size: header.payload_size,

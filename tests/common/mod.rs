@@ -32,7 +32,7 @@ pub fn summary(out: &Output) -> serde_json::Value {
 }
 
 /// Python packages the interop tests need.
-pub const PY_PACKAGES: &[&str] = &["numpy", "h5py", "nexusformat"];
+pub const PY_PACKAGES: &[&str] = &["numpy", "h5py", "nexusformat", "hdf5plugin"];
 
 /// A Python interpreter in a virtual environment under target/ with [`PY_PACKAGES`]
 /// installed. Made once per target directory; a failure panics with pip's output, because

@@ -616,7 +616,8 @@ impl StreamWriter {
             .spec
             .flush_interval
             .is_some_and(|d| self.last_flush.elapsed() >= d);
-        let flush_due = (self.spec.flush_every > 0 && self.frames % self.spec.flush_every == 0)
+        let flush_due = (self.spec.flush_every > 0
+            && self.frames.is_multiple_of(self.spec.flush_every))
             || interval_passed;
         let batch_full = open
             .attrs

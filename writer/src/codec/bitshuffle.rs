@@ -1,0 +1,537 @@
+//! The bitshuffle transform of kiyo-masui/bitshuffle (`bshuf_trans_bit_elem` and its blocked
+//! wrapper), written here because no maintained Rust crate has it.
+//!
+//! For a block of `n` elements (`n` a multiple of 8) of `elem_size` bytes, the output holds
+//! `8 * elem_size` bit-rows of `n / 8` bytes: row `8 * b + k` holds bit `k` of byte `b` of every
+//! element, element `j` at bit `j % 8` of byte `j / 8`. The [`Kernel`] picks AVX2 or SSE2 code
+//! at run time on x86-64 and falls back to portable scalar code elsewhere; all kernels give the
+//! same bytes. [`bitshuffle`] applies the transform block by block exactly as the HDF5 filter
+//! 32008 does, which is what the `bslz4`/`bszstd` chunks compress.
+
+/// Elements per block are a multiple of this (`BSHUF_BLOCKED_MULT`).
+pub const BLOCKED_MULT: usize = 8;
+
+/// The filter's default block size in elements (`bshuf_default_block_size`): about 8 KiB of
+/// data, a multiple of 8, at least 128 elements. 4096 for 2-byte and 2048 for 4-byte elements.
+///
+/// # Panics
+///
+/// If `elem_size` is 0.
+pub fn default_block_size(elem_size: usize) -> usize {
+    assert!(elem_size > 0, "bitshuffle element size must be at least 1");
+    ((8192 / elem_size) / BLOCKED_MULT * BLOCKED_MULT).max(128)
+}
+
+/// The blocks [`bitshuffle`] cuts `n_elems` elements into, as `(first element, elements)`:
+/// every full block of `block_size`, then the rest rounded down to a multiple of 8 if that is
+/// not zero. The last `n_elems % 8` elements belong to no block and are stored raw.
+///
+/// # Panics
+///
+/// If `block_size` is zero or not a multiple of 8.
+pub fn blocks(n_elems: usize, block_size: usize) -> impl Iterator<Item = (usize, usize)> {
+    assert!(
+        block_size > 0 && block_size.is_multiple_of(BLOCKED_MULT),
+        "bitshuffle block size {block_size} is not a positive multiple of 8"
+    );
+    let full = n_elems / block_size;
+    let last = (n_elems % block_size) / BLOCKED_MULT * BLOCKED_MULT;
+    (0..full)
+        .map(move |i| (i * block_size, block_size))
+        .chain((last > 0).then_some((full * block_size, last)))
+}
+
+/// Which implementation of the transform runs. Only constructible for code this CPU can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernel(Isa);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Sse2,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs (AVX2, then SSE2, then scalar).
+    pub fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = Kernel::avx2() {
+            return k;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = Kernel::sse2() {
+            return k;
+        }
+        Kernel::scalar()
+    }
+
+    /// The portable reference implementation (one 8x8 bit transpose per byte of 8 elements).
+    pub fn scalar() -> Kernel {
+        Kernel(Isa::Scalar)
+    }
+
+    /// SSE2 (16 elements per step), if this CPU has it: always on x86-64.
+    pub fn sse2() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("sse2") {
+            return Some(Kernel(Isa::Sse2));
+        }
+        None
+    }
+
+    /// AVX2 (32 elements per step), if this CPU has it.
+    pub fn avx2() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Kernel(Isa::Avx2));
+        }
+        None
+    }
+
+    /// `"scalar"`, `"sse2"` or `"avx2"`.
+    pub fn name(&self) -> &'static str {
+        match self.0 {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Sse2 => "sse2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// `bshuf_trans_bit_elem`: bit-transpose one block of `input.len() / elem_size` elements
+    /// into `output` (same length).
+    ///
+    /// # Panics
+    ///
+    /// If the lengths differ, or the block is not a whole multiple of 8 elements.
+    pub fn trans_bit_elem(&self, input: &[u8], output: &mut [u8], elem_size: usize) {
+        assert_eq!(
+            input.len(),
+            output.len(),
+            "bitshuffle input and output lengths"
+        );
+        assert!(
+            elem_size > 0 && input.len().is_multiple_of(elem_size * BLOCKED_MULT),
+            "bitshuffle block of {} bytes is not a multiple of 8 elements of {elem_size} bytes",
+            input.len()
+        );
+        let groups = input.len() / elem_size / BLOCKED_MULT;
+        let done = match self.0 {
+            Isa::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a Kernel with Isa::Sse2 is only made after SSE2 was detected; the
+            // lengths were checked above.
+            Isa::Sse2 => unsafe { x86::trans_sse2(input, output, elem_size) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a Kernel with Isa::Avx2 is only made after AVX2 was detected; the
+            // lengths were checked above.
+            Isa::Avx2 => unsafe { x86::trans_avx2(input, output, elem_size) },
+        };
+        trans_scalar(input, output, elem_size, done, groups);
+    }
+}
+
+/// Swap bits across the diagonal of the 8x8 bit matrix whose row `i` is byte `i` of `x`
+/// (`TRANS_BIT_8X8` for little-endian loads). Its own inverse.
+#[inline(always)]
+fn transpose_8x8(mut x: u64) -> u64 {
+    let mut t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x = x ^ t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x = x ^ t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
+}
+
+/// The scalar kernel on groups `first..groups` of 8 elements.
+fn trans_scalar(input: &[u8], output: &mut [u8], elem_size: usize, first: usize, groups: usize) {
+    let row = groups; // bytes per bit-row: one per group of 8 elements
+    for g in first..groups {
+        let elems = &input[g * 8 * elem_size..(g + 1) * 8 * elem_size];
+        for b in 0..elem_size {
+            let mut x = 0u64;
+            for j in 0..8 {
+                x |= u64::from(elems[j * elem_size + b]) << (8 * j);
+            }
+            let x = transpose_8x8(x);
+            for k in 0..8 {
+                output[(8 * b + k) * row + g] = (x >> (8 * k)) as u8;
+            }
+        }
+    }
+}
+
+/// The inverse of [`Kernel::trans_bit_elem`] (`bshuf_untrans_bit_elem`), scalar: decoding is
+/// for tests and tools, not the acquisition path.
+///
+/// # Panics
+///
+/// As [`Kernel::trans_bit_elem`].
+pub fn untrans_bit_elem(input: &[u8], output: &mut [u8], elem_size: usize) {
+    assert_eq!(
+        input.len(),
+        output.len(),
+        "bitshuffle input and output lengths"
+    );
+    assert!(
+        elem_size > 0 && input.len().is_multiple_of(elem_size * BLOCKED_MULT),
+        "bitshuffle block of {} bytes is not a multiple of 8 elements of {elem_size} bytes",
+        input.len()
+    );
+    let row = input.len() / elem_size / BLOCKED_MULT;
+    for g in 0..row {
+        let elems = &mut output[g * 8 * elem_size..(g + 1) * 8 * elem_size];
+        for b in 0..elem_size {
+            let mut x = 0u64;
+            for k in 0..8 {
+                x |= u64::from(input[(8 * b + k) * row + g]) << (8 * k);
+            }
+            let x = transpose_8x8(x);
+            for j in 0..8 {
+                elems[j * elem_size + b] = (x >> (8 * j)) as u8;
+            }
+        }
+    }
+}
+
+/// `bshuf_bitshuffle`: the blocked transform of a whole buffer, as the HDF5 filter stores it
+/// with no compression (filter 32008, compression 0). `block_size` 0 means
+/// [`default_block_size`]. The trailing `n % 8` elements are copied unchanged.
+///
+/// # Panics
+///
+/// If the lengths differ, `input` is not whole elements, or `block_size` is not a multiple of 8.
+pub fn bitshuffle(
+    kernel: Kernel,
+    input: &[u8],
+    output: &mut [u8],
+    elem_size: usize,
+    block_size: usize,
+) {
+    blocked(input, output, elem_size, block_size, |i, o| {
+        kernel.trans_bit_elem(i, o, elem_size)
+    });
+}
+
+/// The inverse of [`bitshuffle`].
+///
+/// # Panics
+///
+/// As [`bitshuffle`].
+pub fn bitunshuffle(input: &[u8], output: &mut [u8], elem_size: usize, block_size: usize) {
+    blocked(input, output, elem_size, block_size, |i, o| {
+        untrans_bit_elem(i, o, elem_size)
+    });
+}
+
+fn blocked(
+    input: &[u8],
+    output: &mut [u8],
+    elem_size: usize,
+    block_size: usize,
+    mut f: impl FnMut(&[u8], &mut [u8]),
+) {
+    assert_eq!(
+        input.len(),
+        output.len(),
+        "bitshuffle input and output lengths"
+    );
+    assert!(
+        elem_size > 0 && input.len().is_multiple_of(elem_size),
+        "{} bytes are not whole elements of {elem_size} bytes",
+        input.len()
+    );
+    let block_size = if block_size == 0 {
+        default_block_size(elem_size)
+    } else {
+        block_size
+    };
+    let n = input.len() / elem_size;
+    for (start, len) in blocks(n, block_size) {
+        let r = start * elem_size..(start + len) * elem_size;
+        f(&input[r.clone()], &mut output[r]);
+    }
+    let tail = (n - n % BLOCKED_MULT) * elem_size;
+    output[tail..].copy_from_slice(&input[tail..]);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! SIMD kernels. Each step loads `V` consecutive elements, splits their bytes into one
+    //! vector per byte position by repeated even/odd byte deinterleaving (pack of the low
+    //! and the high byte of each 16-bit lane), then takes bit `k` of every byte with
+    //! `movemask` after shifting it into the sign position: `V / 8` bytes of each bit-row.
+
+    use std::arch::x86_64::*;
+
+    /// Run the step for `elem_size` 1, 2, 4 or 8; returns how many 8-element groups were
+    /// done (the caller finishes the rest with the scalar kernel).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support SSE2. (Every access is a checked slice; for a correct result
+    /// `input.len() == output.len()`, a multiple of `8 * elem_size`.)
+    #[target_feature(enable = "sse2")]
+    pub(super) unsafe fn trans_sse2(input: &[u8], output: &mut [u8], elem_size: usize) -> usize {
+        match elem_size {
+            1 => sse2::<1>(input, output, 0),
+            2 => sse2::<2>(input, output, 0),
+            4 => sse2::<4>(input, output, 0),
+            8 => sse2::<8>(input, output, 0),
+            _ => 0,
+        }
+    }
+
+    /// As [`trans_sse2`], with AVX2.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 (which implies SSE2). Lengths as for [`trans_sse2`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn trans_avx2(input: &[u8], output: &mut [u8], elem_size: usize) -> usize {
+        match elem_size {
+            // Up to 3 groups remain after the 32-element steps: one SSE2 step may fit.
+            1 => {
+                let done = avx2::<1>(input, output);
+                sse2::<1>(input, output, done)
+            }
+            2 => {
+                let done = avx2::<2>(input, output);
+                sse2::<2>(input, output, done)
+            }
+            4 => {
+                let done = avx2::<4>(input, output);
+                sse2::<4>(input, output, done)
+            }
+            8 => {
+                let done = avx2::<8>(input, output);
+                sse2::<8>(input, output, done)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Reverse the low `bits` bits of `i`: after `log2(ES)` deinterleaving rounds, stream `s`
+    /// holds byte `reverse(s)` of each element (the first round splits on the lowest bit).
+    #[inline(always)]
+    const fn reverse(i: usize, bits: u32) -> usize {
+        if bits == 0 {
+            0
+        } else {
+            i.reverse_bits() >> (usize::BITS - bits)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn deint_128(a: __m128i, b: __m128i) -> (__m128i, __m128i) {
+        let low = _mm_set1_epi16(0x00ff);
+        let even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+        let odd = _mm_packus_epi16(_mm_srli_epi16::<8>(a), _mm_srli_epi16::<8>(b));
+        (even, odd)
+    }
+
+    /// SSE2 steps from group `from` on; returns the groups done.
+    #[target_feature(enable = "sse2")]
+    fn sse2<const ES: usize>(input: &[u8], output: &mut [u8], from: usize) -> usize {
+        const V: usize = 16;
+        let n = input.len() / ES;
+        let row = n / 8;
+        let steps = (n - 8 * from) / V;
+        for step in 0..steps {
+            let s_elem = 8 * from + step * V;
+            let mut v = [_mm_setzero_si128(); ES];
+            for (i, x) in v.iter_mut().enumerate() {
+                let src = &input[s_elem * ES + 16 * i..][..16];
+                // SAFETY: src is 16 readable bytes; loadu has no alignment requirement.
+                *x = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
+            }
+            let mut width = ES;
+            while width > 1 {
+                let mut next = [_mm_setzero_si128(); ES];
+                for stream in (0..ES).step_by(width) {
+                    for i in 0..width / 2 {
+                        let (e, o) = deint_128(v[stream + 2 * i], v[stream + 2 * i + 1]);
+                        next[stream + i] = e;
+                        next[stream + width / 2 + i] = o;
+                    }
+                }
+                v = next;
+                width /= 2;
+            }
+            for (stream, &x) in v.iter().enumerate() {
+                let b = reverse(stream, ES.trailing_zeros());
+                let mut x = x;
+                for k in (0..8).rev() {
+                    let bits = _mm_movemask_epi8(x) as u16;
+                    let at = (8 * b + k) * row + s_elem / 8;
+                    output[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+                    x = _mm_slli_epi16::<1>(x);
+                }
+            }
+        }
+        from + steps * (V / 8)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn deint_256(a: __m256i, b: __m256i) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi16(0x00ff);
+        let even = _mm256_packus_epi16(_mm256_and_si256(a, low), _mm256_and_si256(b, low));
+        let odd = _mm256_packus_epi16(_mm256_srli_epi16::<8>(a), _mm256_srli_epi16::<8>(b));
+        // packus works per 128-bit lane: quarters come out as a0 b0 a1 b1; put them in order.
+        (
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(even),
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(odd),
+        )
+    }
+
+    /// AVX2 steps from group 0; returns the groups done.
+    #[target_feature(enable = "avx2")]
+    fn avx2<const ES: usize>(input: &[u8], output: &mut [u8]) -> usize {
+        const V: usize = 32;
+        let n = input.len() / ES;
+        let row = n / 8;
+        let steps = n / V;
+        for s in 0..steps {
+            let mut v = [_mm256_setzero_si256(); ES];
+            for (i, x) in v.iter_mut().enumerate() {
+                let src = &input[s * V * ES + 32 * i..][..32];
+                // SAFETY: src is 32 readable bytes; loadu has no alignment requirement.
+                *x = unsafe { _mm256_loadu_si256(src.as_ptr().cast()) };
+            }
+            let mut width = ES;
+            while width > 1 {
+                let mut next = [_mm256_setzero_si256(); ES];
+                for stream in (0..ES).step_by(width) {
+                    for i in 0..width / 2 {
+                        let (e, o) = deint_256(v[stream + 2 * i], v[stream + 2 * i + 1]);
+                        next[stream + i] = e;
+                        next[stream + width / 2 + i] = o;
+                    }
+                }
+                v = next;
+                width /= 2;
+            }
+            for (stream, &x) in v.iter().enumerate() {
+                let b = reverse(stream, ES.trailing_zeros());
+                let mut x = x;
+                for k in (0..8).rev() {
+                    let bits = _mm256_movemask_epi8(x) as u32;
+                    let at = (8 * b + k) * row + s * (V / 8);
+                    output[at..at + 4].copy_from_slice(&bits.to_le_bytes());
+                    x = _mm256_slli_epi16::<1>(x);
+                }
+            }
+        }
+        steps * (V / 8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition, bit by bit.
+    fn naive(input: &[u8], elem_size: usize) -> Vec<u8> {
+        let n = input.len() / elem_size;
+        let row = n / 8;
+        let mut out = vec![0u8; input.len()];
+        for j in 0..n {
+            for b in 0..elem_size {
+                for k in 0..8 {
+                    if input[j * elem_size + b] >> k & 1 == 1 {
+                        out[(8 * b + k) * row + j / 8] |= 1 << (j % 8);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn kernels() -> Vec<Kernel> {
+        [Some(Kernel::scalar()), Kernel::sse2(), Kernel::avx2()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn default_block_sizes_match_the_c_library() {
+        assert_eq!(default_block_size(1), 8192);
+        assert_eq!(default_block_size(2), 4096);
+        assert_eq!(default_block_size(4), 2048);
+        assert_eq!(default_block_size(8), 1024);
+        assert_eq!(default_block_size(3), 2728);
+        assert_eq!(default_block_size(128), 128);
+    }
+
+    #[test]
+    fn blocks_round_the_last_one_down_to_eight() {
+        let b: Vec<_> = blocks(4096 * 2 + 100, 4096).collect();
+        assert_eq!(b, [(0, 4096), (4096, 4096), (8192, 96)]);
+        assert_eq!(blocks(7, 4096).count(), 0);
+        assert_eq!(blocks(8192, 4096).count(), 2);
+    }
+
+    /// `bshuf_bitshuffle(u16 ramp 0..15, size=16, elem_size=2)` from the C library.
+    #[test]
+    fn matches_the_c_reference_vector() {
+        let ramp: Vec<u8> = (0u16..16).flat_map(|v| v.to_le_bytes()).collect();
+        let mut expected = [0u8; 32];
+        expected[..8].copy_from_slice(&[170, 170, 204, 204, 240, 240, 0, 255]);
+        for k in kernels() {
+            let mut out = [0u8; 32];
+            bitshuffle(k, &ramp, &mut out, 2, 0);
+            assert_eq!(out, expected, "{}", k.name());
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_definition_on_a_long_block() {
+        for es in [1usize, 2, 3, 4, 8, 16] {
+            // 8 * 13 elements: whole SIMD steps plus leftover groups.
+            for n in [8usize, 16, 24, 32, 40, 64, 104, 4096] {
+                let input: Vec<u8> = (0..n * es)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+                    .collect();
+                let want = naive(&input, es);
+                for k in kernels() {
+                    let mut out = vec![0u8; input.len()];
+                    k.trans_bit_elem(&input, &mut out, es);
+                    assert_eq!(out, want, "{} es={es} n={n}", k.name());
+                    let mut back = vec![0u8; input.len()];
+                    untrans_bit_elem(&out, &mut back, es);
+                    assert_eq!(back, input);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn simd_equals_scalar_on_random_buffers(
+            es in prop::sample::select(vec![1usize, 2, 4, 8]),
+            data in prop::collection::vec(any::<u8>(), 0..40_000),
+            block in prop::sample::select(vec![0usize, 8, 128, 136, 1024]),
+        ) {
+            let len = data.len() / es * es;
+            let input = &data[..len];
+            let mut want = vec![0u8; len];
+            bitshuffle(Kernel::scalar(), input, &mut want, es, block);
+            for k in kernels() {
+                let mut out = vec![0u8; len];
+                bitshuffle(k, input, &mut out, es, block);
+                prop_assert_eq!(&out, &want, "{}", k.name());
+            }
+            let mut back = vec![0u8; len];
+            bitunshuffle(&want, &mut back, es, block);
+            prop_assert_eq!(&back[..], input);
+        }
+    }
+}
