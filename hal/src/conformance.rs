@@ -30,6 +30,31 @@
 //! | [`check_small_buffer`] | a buffer one byte short of a frame is refused with [`ErrorKind::InvalidConfig`] |
 //! | [`check_stop_ends_continuous`] | `stop()` during a `Continuous` run ends it: `is_acquiring()` false, then `NotAcquiring`; stopping an idle detector is no error |
 //! | [`check_pixel_types`] | every pixel type in `info()` configures and delivers one frame of exactly `width * height * size` bytes |
+//! | [`check_state_machine`] | `configure` during an acquisition is refused with [`ErrorKind::InvalidConfig`] and the run goes on; a second `start()` while acquiring neither fails nor restarts the run; a configuration can be applied again once stopped |
+//! | [`check_roi_and_binning`] | a ROI reaching past the sensor is refused with [`ErrorKind::InvalidConfig`]; an offset ROI, a 2 x 2 and a 2 x 1 binning either deliver frames of exactly `roi.size / binning` or are refused with [`ErrorKind::InvalidConfig`] (hardware without that feature) |
+//! | [`check_timeout`] | (paced backends) a `read_frame` with a 5 ms timeout before the first frame is due returns [`ErrorKind::Timeout`] within 5 ms + 50 ms, and the frame is not lost |
+//! | [`check_pacing`] | (paced backends) a run of [`ConformanceConfig::pacing_frames`] frames at [`ConformanceConfig::pacing_period`] has a mean frame interval (timestamps) within [`ConformanceConfig::pacing_tolerance`] of the period, and its wall time is not shorter than the period allows |
+//! | [`check_no_allocation`] | (with [`ConformanceConfig::allocations`]) `read_frame` allocates nothing after the first frame of a run; see [`CountingAllocator`] |
+//!
+//! A backend whose frames are paced by something else (a network receiver paced by its sender)
+//! sets [`ConformanceConfig::paced`] to false: the timeout and pacing checks are skipped.
+//!
+//! # Counting allocations
+//!
+//! The test binary installs [`CountingAllocator`] as its global allocator; it counts the
+//! allocations of each thread, so tests running in parallel do not disturb each other:
+//!
+//! ```ignore
+//! use detflow_hal::conformance::{ConformanceConfig, CountingAllocator};
+//!
+//! #[global_allocator]
+//! static ALLOC: CountingAllocator = CountingAllocator;
+//!
+//! let cfg = ConformanceConfig {
+//!     allocations: Some(CountingAllocator::thread_allocations),
+//!     ..ConformanceConfig::default()
+//! };
+//! ```
 //!
 //! The runs use a small ROI at the sensor origin ([`ConformanceConfig::roi_width`] x
 //! [`ConformanceConfig::roi_height`], clipped to the sensor), the internal trigger and the
@@ -51,7 +76,7 @@ use crate::{
 };
 
 /// Settings of the conformance runs. `Default` suits a simulator or a bench-top detector.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ConformanceConfig {
     /// ROI width used by the runs, clipped to the sensor width. Default 16.
     pub roi_width: u32,
@@ -67,6 +92,21 @@ pub struct ConformanceConfig {
     pub period: Duration,
     /// Longest wait for one frame before the check fails. Default 5 s.
     pub timeout: Duration,
+    /// The backend paces frames by its own exposure and period (a detector, a replay); false
+    /// for backends paced from outside (a network receiver), which skips [`check_timeout`]
+    /// and [`check_pacing`]. Default true.
+    pub paced: bool,
+    /// Period of the [`check_pacing`] run. Default 20 ms.
+    pub pacing_period: Duration,
+    /// Frames of the [`check_pacing`] run, at least 3. Default 10.
+    pub pacing_frames: u32,
+    /// Largest relative error of the mean frame interval in [`check_pacing`]. Default 0.1
+    /// (±10 %).
+    pub pacing_tolerance: f64,
+    /// Allocations made so far by the calling thread, usually
+    /// [`CountingAllocator::thread_allocations`]; `None` skips [`check_no_allocation`].
+    /// Default `None`.
+    pub allocations: Option<fn() -> u64>,
 }
 
 impl Default for ConformanceConfig {
@@ -79,6 +119,11 @@ impl Default for ConformanceConfig {
             exposure: Duration::from_millis(1),
             period: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            paced: true,
+            pacing_period: Duration::from_millis(20),
+            pacing_frames: 10,
+            pacing_tolerance: 0.1,
+            allocations: None,
         }
     }
 }
@@ -117,6 +162,15 @@ pub fn check_all<T: FrameSource>(
     check_small_buffer(det, cfg)?;
     check_stop_ends_continuous(det, cfg)?;
     check_pixel_types(det, cfg)?;
+    check_state_machine(det, cfg)?;
+    check_roi_and_binning(det, cfg)?;
+    if cfg.paced {
+        check_timeout(det, cfg)?;
+        check_pacing(det, cfg)?;
+    }
+    if cfg.allocations.is_some() {
+        check_no_allocation(det, cfg)?;
+    }
     Ok(())
 }
 
@@ -347,6 +401,327 @@ pub fn check_pixel_types<T: FrameSource>(
     Ok(())
 }
 
+/// `configure` during an acquisition is refused with `InvalidConfig` and the run goes on; a
+/// second `start()` while acquiring is no error and does not restart the run.
+pub fn check_state_machine<T: FrameSource>(
+    det: &mut T,
+    cfg: &ConformanceConfig,
+) -> Result<(), ConformanceFailure> {
+    let fail = failure("state_machine");
+    let c = run_config(det, cfg, ImageMode::Multiple, 3);
+    let shape = configure(det, &c, &fail)?;
+    det.start()
+        .map_err(|e| fail(format!("start() failed: {e:?}")))?;
+    let mut buf = vec![0u8; shape.bytes()];
+    let first = read(det, &mut buf, cfg.timeout)
+        .map_err(|e| fail(format!("frame 0 of a Multiple run of 3: {e}")))?;
+    let refused = det.configure(&c);
+    let again = det.start();
+    let result = (|| {
+        match refused {
+            Err(e) if e.kind() == ErrorKind::InvalidConfig => {}
+            Err(e) => {
+                return Err(fail(format!(
+                    "configure while acquiring: expected kind InvalidConfig, got {:?} ({e:?})",
+                    e.kind()
+                )));
+            }
+            Ok(_) => return Err(fail("configure was accepted while acquiring".into())),
+        }
+        if let Err(e) = again {
+            return Err(fail(format!(
+                "a second start() while acquiring failed: {e:?}"
+            )));
+        }
+        if !det.is_acquiring() {
+            return Err(fail("the run ended after a refused configure".into()));
+        }
+        let mut ids = vec![first.unique_id];
+        while det.is_acquiring() && ids.len() < 8 {
+            let m = read(det, &mut buf, cfg.timeout)
+                .map_err(|e| fail(format!("frame {} after the refusal: {e}", ids.len())))?;
+            ids.push(m.unique_id);
+        }
+        if ids.len() != 3 {
+            return Err(fail(format!(
+                "a Multiple run of 3 with a second start() delivered {} frames (ids {ids:?})",
+                ids.len()
+            )));
+        }
+        Ok(())
+    })();
+    stop(det, &fail)?;
+    result?;
+    // Once stopped, the same configuration applies again.
+    configure(det, &c, &fail)?;
+    Ok(())
+}
+
+/// A ROI reaching past the sensor is refused; an offset ROI and 2 x 2 / 2 x 1 binnings give
+/// exactly `roi.size / binning`, or are refused as unsupported.
+pub fn check_roi_and_binning<T: FrameSource>(
+    det: &mut T,
+    cfg: &ConformanceConfig,
+) -> Result<(), ConformanceFailure> {
+    let fail = failure("roi_and_binning");
+    let info = det.info();
+    let base = run_config(det, cfg, ImageMode::Single, 1);
+    let mut outside = base.clone();
+    outside.roi.min_x = info.max_width - outside.roi.size_x + 1;
+    match det.configure(&outside) {
+        Err(e) if e.kind() == ErrorKind::InvalidConfig => {}
+        Err(e) => {
+            return Err(fail(format!(
+                "a ROI reaching past the sensor: expected kind InvalidConfig, got {:?} ({e:?})",
+                e.kind()
+            )));
+        }
+        Ok(s) => {
+            return Err(fail(format!(
+                "a ROI reaching past the sensor ({:?} on {} x {}) was accepted, giving {s:?}",
+                outside.roi, info.max_width, info.max_height
+            )));
+        }
+    }
+    let (w, h) = (base.roi.size_x, base.roi.size_y);
+    let mut cases = Vec::new();
+    if info.max_width > 2 && info.max_height > 2 && w > 1 && h > 1 {
+        let mut c = base.clone();
+        c.roi = Roi {
+            min_x: 1,
+            min_y: 1,
+            size_x: w.min(info.max_width - 1) - 1,
+            size_y: h.min(info.max_height - 1) - 1,
+        };
+        cases.push(("offset roi", c));
+    }
+    for (x, y) in [(2, 2), (2, 1)] {
+        if w >= x && h >= y {
+            let mut c = base.clone();
+            c.binning = Binning { x, y };
+            cases.push((if y == 2 { "binning 2x2" } else { "binning 2x1" }, c));
+        }
+    }
+    for (what, c) in cases {
+        let shape = match det.configure(&c) {
+            Err(e) if e.kind() == ErrorKind::InvalidConfig => continue,
+            Err(e) => {
+                return Err(fail(format!(
+                    "{what}: expected a shape or kind InvalidConfig, got {:?} ({e:?})",
+                    e.kind()
+                )));
+            }
+            Ok(shape) => shape,
+        };
+        let expected = c.output_shape().unwrap_or((0, 0));
+        if (shape.width, shape.height) != expected {
+            return Err(fail(format!(
+                "{what} ({:?}, {:?}): configure returned {} x {}, expected {} x {}",
+                c.roi, c.binning, shape.width, shape.height, expected.0, expected.1
+            )));
+        }
+        let frames = acquire(det, shape, cfg, &fail)?;
+        if frames.len() != 1 {
+            return Err(fail(format!(
+                "{what}: a Single run delivered {} frames",
+                frames.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A read with a short timeout before the first frame is due returns `Timeout` on time, and
+/// the frame is delivered by a later read.
+pub fn check_timeout<T: FrameSource>(
+    det: &mut T,
+    cfg: &ConformanceConfig,
+) -> Result<(), ConformanceFailure> {
+    let fail = failure("timeout");
+    let slow = Duration::from_millis(200);
+    let c = AcquisitionConfig {
+        exposure: slow,
+        period: slow,
+        ..run_config(det, cfg, ImageMode::Single, 1)
+    };
+    let shape = configure(det, &c, &fail)?;
+    let mut buf = vec![0u8; shape.bytes()];
+    det.start()
+        .map_err(|e| fail(format!("start() failed: {e:?}")))?;
+    let short = Duration::from_millis(5);
+    let t0 = Instant::now();
+    let r = det.read_frame(&mut buf, short);
+    let took = t0.elapsed();
+    let result = match r {
+        Err(e) if e.kind() == ErrorKind::Timeout => {
+            if took < short || took > short + Duration::from_millis(50) {
+                Err(fail(format!(
+                    "read_frame with a {short:?} timeout returned Timeout after {took:?}"
+                )))
+            } else {
+                read(det, &mut buf, cfg.timeout)
+                    .map(|_| ())
+                    .map_err(|e| fail(format!("the frame after the timeout: {e}")))
+            }
+        }
+        Err(e) => Err(fail(format!(
+            "a frame due in {slow:?} read with a {short:?} timeout: expected kind Timeout, got {:?} ({e:?})",
+            e.kind()
+        ))),
+        Ok(m) => Err(fail(format!(
+            "frame {} was delivered after {took:?}, before its exposure of {slow:?} ended",
+            m.unique_id
+        ))),
+    };
+    stop(det, &fail)?;
+    result
+}
+
+/// Frames come at the configured period: the mean interval between timestamps is within the
+/// tolerance, and the run takes at least `(n - 1) * period`.
+pub fn check_pacing<T: FrameSource>(
+    det: &mut T,
+    cfg: &ConformanceConfig,
+) -> Result<(), ConformanceFailure> {
+    let fail = failure("pacing");
+    let n = cfg.pacing_frames.max(3);
+    let period = cfg.pacing_period;
+    let c = AcquisitionConfig {
+        exposure: Duration::ZERO,
+        period,
+        ..run_config(det, cfg, ImageMode::Multiple, n)
+    };
+    let shape = configure(det, &c, &fail)?;
+    let t0 = Instant::now();
+    let frames = acquire(det, shape, cfg, &fail)?;
+    let wall = t0.elapsed();
+    if frames.len() != n as usize {
+        return Err(fail(format!(
+            "a paced Multiple run of {n} delivered {} frames",
+            frames.len()
+        )));
+    }
+    let span =
+        frames[frames.len() - 1].timestamp.unix_seconds() - frames[0].timestamp.unix_seconds();
+    let mean = span / f64::from(n - 1);
+    let want = period.as_secs_f64();
+    if (mean - want).abs() > cfg.pacing_tolerance * want {
+        return Err(fail(format!(
+            "mean frame interval {:.3} ms, period {:.3} ms: off by more than {:.0} %",
+            mean * 1e3,
+            want * 1e3,
+            cfg.pacing_tolerance * 100.0
+        )));
+    }
+    let least = period * (n - 1);
+    if wall + Duration::from_millis(1) < least {
+        return Err(fail(format!(
+            "{n} frames at {period:?} took {wall:?}, less than {least:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// After the first frame of a run, `read_frame` allocates nothing (counted by
+/// [`ConformanceConfig::allocations`]).
+pub fn check_no_allocation<T: FrameSource>(
+    det: &mut T,
+    cfg: &ConformanceConfig,
+) -> Result<(), ConformanceFailure> {
+    let fail = failure("no_allocation");
+    let Some(count) = cfg.allocations else {
+        return Ok(());
+    };
+    let n = cfg.num_images.max(2) + 3;
+    let shape = configure(det, &run_config(det, cfg, ImageMode::Multiple, n), &fail)?;
+    det.start()
+        .map_err(|e| fail(format!("start() failed: {e:?}")))?;
+    let mut buf = vec![0u8; shape.bytes()];
+    let mut result = read(det, &mut buf, cfg.timeout)
+        .map(|_| ())
+        .map_err(|e| fail(format!("frame 0: {e}")));
+    let mut i = 1;
+    while result.is_ok() && det.is_acquiring() && i < n {
+        let started = Instant::now();
+        loop {
+            let before = count();
+            let r = det.read_frame(&mut buf, cfg.timeout);
+            let after = count();
+            match r {
+                Ok(_) if after != before => {
+                    result = Err(fail(format!(
+                        "read_frame of frame {i} made {} allocations",
+                        after - before
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Timeout && started.elapsed() < cfg.timeout => {
+                    continue;
+                }
+                Err(e) => {
+                    result = Err(fail(format!(
+                        "frame {i}: read_frame failed with kind {:?}: {e:?}",
+                        e.kind()
+                    )));
+                }
+            }
+            break;
+        }
+        i += 1;
+    }
+    stop(det, &fail)?;
+    result
+}
+
+/// A global allocator that counts each thread's allocations, for [`check_no_allocation`].
+/// It forwards to [`std::alloc::System`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountingAllocator;
+
+std::thread_local! {
+    /// Allocations by this thread. Const-initialised without a destructor, so touching it
+    /// inside the allocator never allocates.
+    static ALLOCATIONS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+impl CountingAllocator {
+    /// Allocations (including reallocations) made so far by the calling thread while this
+    /// allocator was the global allocator.
+    pub fn thread_allocations() -> u64 {
+        ALLOCATIONS.try_with(|c| c.get()).unwrap_or(0)
+    }
+
+    fn count() {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract holds as it does for `System`; counting touches only a
+// const-initialised thread-local `Cell`, which neither allocates nor unwinds.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::count();
+        // SAFETY: the caller upholds `alloc`'s contract; forwarded unchanged.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::count();
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        Self::count();
+        // SAFETY: as for `dealloc`; `new_size` is the caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
 fn failure(check: &'static str) -> impl Fn(String) -> ConformanceFailure {
     move |message| ConformanceFailure { check, message }
 }
@@ -484,6 +859,10 @@ mod tests {
         repeat_ids: bool,
         /// Fault: a binning of 0 is taken as 1.
         accept_zero_binning: bool,
+        /// Fault: every frame allocates.
+        allocates: bool,
+        /// Fault: configure is accepted while acquiring.
+        configure_while_acquiring: bool,
     }
 
     impl ErrorType for Toy {
@@ -501,6 +880,12 @@ mod tests {
             }
         }
         fn configure(&mut self, c: &AcquisitionConfig) -> Result<FrameShape, ErrorKind> {
+            if self.acquiring && !self.configure_while_acquiring {
+                return Err(ErrorKind::InvalidConfig);
+            }
+            if c.roi.min_x + c.roi.size_x > 4 || c.roi.min_y + c.roi.size_y > 4 {
+                return Err(ErrorKind::InvalidConfig);
+            }
             let mut c = c.clone();
             if self.accept_zero_binning {
                 c.binning.x = c.binning.x.max(1);
@@ -522,6 +907,9 @@ mod tests {
         }
         fn start(&mut self) -> Result<(), ErrorKind> {
             let (_, frames) = self.config.ok_or(ErrorKind::InvalidConfig)?;
+            if self.acquiring {
+                return Ok(());
+            }
             self.remaining = frames;
             self.acquiring = true;
             Ok(())
@@ -551,6 +939,9 @@ mod tests {
             if !self.repeat_ids {
                 self.next_id += 1;
             }
+            if self.allocates {
+                core::hint::black_box(vec![0u8; 16]);
+            }
             Ok(FrameMeta {
                 unique_id: self.next_id,
                 timestamp: EpicsTimestamp::now(),
@@ -560,9 +951,44 @@ mod tests {
         }
     }
 
+    #[global_allocator]
+    static ALLOC: CountingAllocator = CountingAllocator;
+
+    /// The toy is not paced: it delivers at once.
+    fn toy_config() -> ConformanceConfig {
+        ConformanceConfig {
+            paced: false,
+            allocations: Some(CountingAllocator::thread_allocations),
+            ..ConformanceConfig::default()
+        }
+    }
+
     #[test]
     fn a_correct_backend_passes() {
-        check_all(&mut Toy::default(), &ConformanceConfig::default()).unwrap();
+        check_all(&mut Toy::default(), &toy_config()).unwrap();
+    }
+
+    #[test]
+    fn allocation_and_state_faults_are_caught() {
+        let mut det = Toy {
+            allocates: true,
+            ..Toy::default()
+        };
+        let e = check_all(&mut det, &toy_config()).unwrap_err();
+        assert_eq!(e.check, "no_allocation", "{e}");
+        assert!(e.message.contains("made 1 allocations"), "{e}");
+
+        let mut det = Toy {
+            configure_while_acquiring: true,
+            ..Toy::default()
+        };
+        let e = check_all(&mut det, &toy_config()).unwrap_err();
+        assert_eq!(e.check, "state_machine", "{e}");
+
+        let before = CountingAllocator::thread_allocations();
+        let v = std::vec![1u8; 3];
+        assert_eq!(CountingAllocator::thread_allocations(), before + 1);
+        drop(v);
     }
 
     #[test]
@@ -571,7 +997,7 @@ mod tests {
             repeat_ids: true,
             ..Toy::default()
         };
-        let e = check_all(&mut det, &ConformanceConfig::default()).unwrap_err();
+        let e = check_all(&mut det, &toy_config()).unwrap_err();
         assert_eq!(e.check, "multiple_run");
         assert!(
             e.to_string().contains("unique ids not strictly increasing"),
@@ -582,7 +1008,7 @@ mod tests {
             accept_zero_binning: true,
             ..Toy::default()
         };
-        let e = check_all(&mut det, &ConformanceConfig::default()).unwrap_err();
+        let e = check_all(&mut det, &toy_config()).unwrap_err();
         assert_eq!(e.check, "refuses_invalid_config");
         assert!(e.message.starts_with("binning x = 0 was accepted"), "{e}");
     }

@@ -53,15 +53,26 @@ pub use time::EpicsTimestamp;
 pub enum ErrorKind {
     /// No frame arrived within the timeout. The acquisition is still running; call again.
     Timeout,
-    /// The detector produced frames faster than they were read and some were lost.
+    /// The detector produced frames faster than they were read and some were lost (its FIFO
+    /// overflowed). One error is returned per lost frame; the acquisition goes on.
     Overrun,
     /// A configuration value is out of range or unsupported by this hardware.
     InvalidConfig,
     /// A frame was requested while the detector is not acquiring (never started, stopped,
     /// or finished its `Single`/`Multiple` sequence).
     NotAcquiring,
-    /// The control or data bus failed (I2C/SPI/PCIe/network).
+    /// The control or data bus failed (I2C/SPI/PCIe/network): a NACK, a bus timeout. Nothing
+    /// was lost; the call may be retried.
     Bus,
+    /// A frame arrived damaged (its checksum or footer does not match) and was discarded. One
+    /// error is returned per such frame; the acquisition goes on.
+    Corrupted,
+    /// A frame arrived with parts missing (packets of a network stream) and was discarded. One
+    /// error is returned per such frame; the acquisition goes on.
+    Incomplete,
+    /// A frame the detector produced never arrived (a gap in the frame numbers that is not an
+    /// overrun). One error is returned per lost frame; the acquisition goes on.
+    FrameLost,
     /// Anything else.
     Other,
 }
@@ -74,6 +85,9 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::NotAcquiring => "detector is not acquiring",
             ErrorKind::Bus => "bus error",
+            ErrorKind::Corrupted => "a frame arrived corrupted",
+            ErrorKind::Incomplete => "a frame arrived incomplete",
+            ErrorKind::FrameLost => "a frame was lost on the way",
             ErrorKind::Other => "detector error",
         })
     }

@@ -1,17 +1,17 @@
-//! `SimDetector`: the HAL's control and data planes over the image generator. It checks an
-//! [`AcquisitionConfig`], paces frames on the monotonic clock against absolute deadlines and
-//! renders each frame straight into the caller's buffer with its [`FrameMeta`].
+//! `SimDetector`: the simulated detector as its users see it. It is a [`SensorDriver`] over
+//! the simulated chip's I2C bus and data port ([`SimChip`]), plus the chip handle for fault
+//! injection and inspection. Every control operation goes over the bus; frames come through
+//! the data port's FIFO into the caller's buffer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use detflow_hal::{
-    AcquisitionConfig, ColorMode, Detector, EpicsTimestamp, ErrorType, FrameMeta, FrameShape,
-    FrameSource, ImageMode, PixelType, Roi, SensorInfo, TriggerMode,
+    AcquisitionConfig, Detector, ErrorType, FrameMeta, FrameShape, FrameSource, SensorInfo,
 };
 
-use crate::control::ParamStore;
-use crate::error::SimError;
-use crate::image::{AnyPlan, Readout};
+use crate::driver::SensorDriver;
+use crate::error::SensorError;
+use crate::firmware::{FaultRates, I2C_ADDRESS, SimChip, SimI2c, SimPort};
 use crate::params::SimParams;
 
 /// Largest sensor width or height accepted by [`SimDetector::new`].
@@ -44,16 +44,37 @@ impl Default for SimConfig {
     }
 }
 
-/// A simulated area detector producing ADSimDetector's test patterns through the detflow HAL.
+/// How the simulated hardware is built, beyond [`SimConfig`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimOptions {
+    /// Frames the data port FIFO holds, `1..=64`. Default 16.
+    pub fifo_depth: usize,
+    /// Random faults, active once the detector is built. Default none.
+    pub faults: FaultRates,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            fifo_depth: 16,
+            faults: FaultRates::default(),
+        }
+    }
+}
+
+/// A simulated area detector producing ADSimDetector's test patterns through the detflow HAL:
+/// the generic [`SensorDriver`] over a [`SimChip`].
 ///
 /// All eight pixel types are supported. Until [`Detector::configure`] is called the detector
 /// uses [`AcquisitionConfig::default`] with the ROI set to the whole sensor.
 ///
 /// Frames are a pure function of the seed, the simulation parameters, the pixel type, the
-/// ROI and binning, and the number of frames generated since the last reset (see
+/// ROI and binning, and the number of frames exposed since the last reset (see
 /// [`set_params`](Self::set_params)): two detectors driven the same way deliver the same bytes.
-/// Frames are paced, not dropped: a reader that falls behind gets the late frames at once
-/// until it is back on schedule.
+/// Frames are paced on the detector's clock against absolute deadlines and wait in a FIFO of
+/// [`SimOptions::fifo_depth`] frames; a reader that falls further behind loses frames as
+/// overruns, reported as errors of kind `Overrun`. With exposure and period both 0 the
+/// detector runs as fast as it is read and never overruns.
 ///
 /// ```
 /// use std::time::Duration;
@@ -85,59 +106,29 @@ impl Default for SimConfig {
 /// ```
 #[derive(Debug)]
 pub struct SimDetector {
-    max_width: u32,
-    max_height: u32,
-    seed: u64,
-    store: ParamStore,
-    config: AcquisitionConfig,
-    readout: Readout,
-    shape: FrameShape,
-    /// Precomputed frames for the current parameters and readout; `None` when stale.
-    plan: Option<AnyPlan>,
-    /// Frames generated since the last reset: the ramp step and sine time of the next frame.
-    frames_since_reset: u64,
-    /// areaDetector's ArrayCounter: frames delivered since creation or
-    /// [`reset_array_counter`](Self::reset_array_counter); the next frame's unique id is one
-    /// more.
-    array_counter: u64,
-    /// The acquisition in progress, `None` when idle.
-    run: Option<Run>,
-}
-
-/// Timing of one acquisition: frame `n` is due at `start + n * frame_period + exposure`.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start: Instant,
-    exposure: Duration,
-    /// `max(period, exposure)`.
-    frame_period: Duration,
-    /// Frames delivered in this run.
-    delivered: u64,
-    /// Frames this run delivers, `None` for Continuous.
-    limit: Option<u64>,
-}
-
-impl Run {
-    /// When frame `n` of the run is read out; `None` if beyond what the clock can represent.
-    fn due(&self, n: u64) -> Option<Instant> {
-        let nanos = self.frame_period.as_nanos() * u128::from(n) + self.exposure.as_nanos();
-        self.start
-            .checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
-    }
+    driver: SensorDriver<SimI2c, SimPort>,
+    chip: SimChip,
+    params: SimParams,
 }
 
 impl SimDetector {
-    /// A detector with the sensor, seed and parameters of `config`.
+    /// A detector with the sensor, seed and parameters of `config` and default
+    /// [`SimOptions`].
     ///
     /// Errors: a sensor dimension outside `1..=16384`, or a parameter
     /// [`set_params`](Self::set_params) would refuse.
-    pub fn new(config: SimConfig) -> Result<Self, SimError> {
+    pub fn new(config: SimConfig) -> Result<Self, SensorError> {
+        Self::with_options(config, SimOptions::default())
+    }
+
+    /// A detector with the given hardware options (FIFO depth, fault rates).
+    pub fn with_options(config: SimConfig, options: SimOptions) -> Result<Self, SensorError> {
         for (setting, value) in [
             ("max_width", config.max_width),
             ("max_height", config.max_height),
         ] {
             if !(1..=MAX_SENSOR_SIZE).contains(&value) {
-                return Err(SimError::out_of_range(
+                return Err(SensorError::out_of_range(
                     setting,
                     value.into(),
                     1,
@@ -145,285 +136,105 @@ impl SimDetector {
                 ));
             }
         }
-        let mut det = SimDetector {
-            max_width: config.max_width,
-            max_height: config.max_height,
-            seed: config.seed,
-            store: ParamStore::new(config.params)?,
-            config: AcquisitionConfig {
-                roi: Roi::full(config.max_width, config.max_height),
-                ..AcquisitionConfig::default()
-            },
-            readout: Readout {
-                sensor_width: 0,
-                sensor_height: 0,
-                min_x: 0,
-                min_y: 0,
-                bin_x: 1,
-                bin_y: 1,
-                width: 0,
-                height: 0,
-            },
-            shape: FrameShape {
-                width: 0,
-                height: 0,
-                pixel_type: PixelType::U16,
-                color_mode: ColorMode::Mono,
-            },
-            plan: None,
-            frames_since_reset: 0,
-            array_counter: 0,
-            run: None,
-        };
-        (det.readout, det.shape) = det.check(&det.config)?;
-        Ok(det)
+        config.params.validate()?;
+        let chip = SimChip::new(
+            config.max_width,
+            config.max_height,
+            options.fifo_depth,
+            config.seed,
+        );
+        let mut driver = SensorDriver::new(chip.i2c(), chip.port(), I2C_ADDRESS)?;
+        driver.set_params(&config.params)?;
+        chip.set_fault_rates(options.faults);
+        Ok(SimDetector {
+            driver,
+            chip,
+            params: config.params,
+        })
+    }
+
+    /// The simulated chip: fault injection ([`SimChip::inject`],
+    /// [`SimChip::set_fault_rates`]), what was injected, and register peeks.
+    pub fn chip(&self) -> &SimChip {
+        &self.chip
+    }
+
+    /// The driver, for what the HAL does not cover ([`SensorDriver::trigger`]).
+    pub fn driver(&mut self) -> &mut SensorDriver<SimI2c, SimPort> {
+        &mut self.driver
     }
 
     /// The current simulation parameters.
     pub fn params(&self) -> &SimParams {
-        self.store.params()
+        &self.params
     }
 
-    /// Replaces the simulation parameters and resets the image, as writing any
-    /// ADSimDetector simulation PV does: the background is drawn anew, the ramp and the sine
-    /// time start over from frame 0. Allowed during an acquisition; the next frame uses the
-    /// new parameters.
+    /// Writes the simulation parameters to the pattern generator and resets the image, as
+    /// writing any ADSimDetector simulation PV does: the background is drawn anew, the ramp
+    /// and the sine time start over from frame 0. Allowed during an acquisition; the next
+    /// frame uses the new parameters.
     ///
     /// Errors (kind `InvalidConfig`, nothing changed): a non-finite number, a peak width of 0,
-    /// or more than 256 peaks along an axis.
-    pub fn set_params(&mut self, params: SimParams) -> Result<(), SimError> {
-        self.store.write(params)
+    /// or more than 256 peaks along an axis; a bus error (kind `Bus`).
+    pub fn set_params(&mut self, params: SimParams) -> Result<(), SensorError> {
+        self.driver.set_params(&params)?;
+        self.params = params;
+        Ok(())
     }
 
     /// The shape of the frames [`read_frame`](FrameSource::read_frame) delivers with the
     /// current configuration.
     pub fn shape(&self) -> FrameShape {
-        self.shape
+        self.driver.shape()
     }
 
     /// Frames delivered since creation or the last [`reset_array_counter`](Self::reset_array_counter)
     /// (areaDetector's ArrayCounter).
     pub fn array_counter(&self) -> u64 {
-        self.array_counter
+        self.driver.array_counter()
     }
 
     /// Sets the array counter to 0, so that the next frame's unique id is 1.
     pub fn reset_array_counter(&mut self) {
-        self.array_counter = 0;
-    }
-
-    /// Checks `c` against the sensor; returns what it reads out.
-    fn check(&self, c: &AcquisitionConfig) -> Result<(Readout, FrameShape), SimError> {
-        if c.trigger_mode == TriggerMode::External {
-            return Err(SimError::NoTriggerInput);
-        }
-        let axes = [
-            (
-                'x',
-                "width",
-                c.roi.min_x,
-                c.roi.size_x,
-                c.binning.x,
-                self.max_width,
-            ),
-            (
-                'y',
-                "height",
-                c.roi.min_y,
-                c.roi.size_y,
-                c.binning.y,
-                self.max_height,
-            ),
-        ];
-        let mut out = [0u32; 2];
-        for (n, (axis, extent, min, size, bin, max)) in axes.into_iter().enumerate() {
-            let (size_name, bin_name) = if axis == 'x' {
-                ("roi size_x", "binning x")
-            } else {
-                ("roi size_y", "binning y")
-            };
-            if size == 0 {
-                return Err(SimError::out_of_range(size_name, 0, 1, max.into()));
-            }
-            if u64::from(min) + u64::from(size) > u64::from(max) {
-                return Err(SimError::RoiOutsideSensor {
-                    axis,
-                    min,
-                    size,
-                    extent,
-                    max,
-                });
-            }
-            if bin == 0 || bin > size {
-                return Err(SimError::out_of_range(bin_name, bin.into(), 1, size.into()));
-            }
-            out[n] = size / bin;
-        }
-        if c.image_mode == ImageMode::Multiple && c.num_images == 0 {
-            return Err(SimError::out_of_range("num_images", 0, 1, u32::MAX.into()));
-        }
-        let readout = Readout {
-            sensor_width: self.max_width as usize,
-            sensor_height: self.max_height as usize,
-            min_x: c.roi.min_x as usize,
-            min_y: c.roi.min_y as usize,
-            bin_x: c.binning.x as usize,
-            bin_y: c.binning.y as usize,
-            width: out[0] as usize,
-            height: out[1] as usize,
-        };
-        let shape = FrameShape {
-            width: out[0],
-            height: out[1],
-            pixel_type: c.pixel_type,
-            color_mode: ColorMode::Mono,
-        };
-        Ok((readout, shape))
-    }
-
-    /// Applies a pending reset and rebuilds the precomputed frames if they are stale.
-    fn prepare(&mut self) -> &mut AnyPlan {
-        if self.store.take_reset() {
-            self.frames_since_reset = 0;
-            self.plan = None;
-        }
-        self.plan.get_or_insert_with(|| {
-            AnyPlan::build(
-                self.config.pixel_type,
-                self.store.params(),
-                self.readout,
-                self.seed,
-            )
-        })
+        self.driver.reset_array_counter();
     }
 }
 
 impl ErrorType for SimDetector {
-    type Error = SimError;
+    type Error = SensorError;
 }
 
 impl Detector for SimDetector {
     fn info(&self) -> SensorInfo {
-        let name = |s: &str| heapless::String::try_from(s).unwrap_or_default();
-        SensorInfo {
-            manufacturer: name("Simulated detector"),
-            model: name("Basic simulator"),
-            max_width: self.max_width,
-            max_height: self.max_height,
-            pixel_types: PixelType::ALL.into_iter().collect(),
-        }
+        self.driver.info()
     }
-
-    /// Checks and applies `config`. Refused with kind `InvalidConfig`: an external trigger, a
-    /// ROI of size 0 or reaching past the sensor, a binning of 0 or larger than the ROI,
-    /// `num_images` 0 in Multiple mode, or any call during an acquisition. A new pixel type
-    /// resets the image (§4.2); a new ROI or binning does not, it only re-cuts the planes.
-    fn configure(&mut self, config: &AcquisitionConfig) -> Result<FrameShape, SimError> {
-        if self.run.is_some() {
-            return Err(SimError::Busy);
-        }
-        let (readout, shape) = self.check(config)?;
-        if config.pixel_type != self.config.pixel_type {
-            self.store.request_reset();
-        }
-        if readout != self.readout {
-            self.plan = None;
-        }
-        self.config = config.clone();
-        self.readout = readout;
-        self.shape = shape;
-        Ok(shape)
+    fn configure(&mut self, config: &AcquisitionConfig) -> Result<FrameShape, SensorError> {
+        self.driver.configure(config)
     }
-
-    /// Starts a run of the configured image mode; the clock of its deadlines starts now.
-    /// Starting while acquiring changes nothing.
-    fn start(&mut self) -> Result<(), SimError> {
-        if self.run.is_some() {
-            return Ok(());
-        }
-        self.prepare();
-        let c = &self.config;
-        self.run = Some(Run {
-            start: Instant::now(),
-            exposure: c.exposure,
-            frame_period: c.period.max(c.exposure),
-            delivered: 0,
-            limit: match c.image_mode {
-                ImageMode::Single => Some(1),
-                ImageMode::Multiple => Some(c.num_images.into()),
-                ImageMode::Continuous => None,
-            },
-        });
-        Ok(())
+    fn start(&mut self) -> Result<(), SensorError> {
+        self.driver.start()
     }
-
-    fn stop(&mut self) -> Result<(), SimError> {
-        self.run = None;
-        Ok(())
+    fn stop(&mut self) -> Result<(), SensorError> {
+        self.driver.stop()
     }
-
     fn is_acquiring(&self) -> bool {
-        self.run.is_some()
+        self.driver.is_acquiring()
     }
 }
 
 impl FrameSource for SimDetector {
-    /// Sleeps until the next frame is due (at most `timeout`), renders it into the first
-    /// `shape().bytes()` bytes of `buf` and returns its metadata. A timeout loses nothing: the
-    /// next call delivers the same frame. After the last frame of a Single or Multiple run the
-    /// detector is idle.
-    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, SimError> {
-        let Some(run) = self.run else {
-            return Err(SimError::NotAcquiring);
-        };
-        let needed = self.shape.bytes();
-        if buf.len() < needed {
-            return Err(SimError::BufferTooSmall {
-                len: buf.len(),
-                needed,
-            });
-        }
-        let called = Instant::now();
-        let give_up = called.checked_add(timeout);
-        let due = run.due(run.delivered);
-        loop {
-            let now = Instant::now();
-            if due.is_some_and(|due| now >= due) {
-                break;
-            }
-            let wake = match (due, give_up) {
-                (Some(d), Some(g)) => d.min(g),
-                (d, g) => d.or(g).unwrap_or(now + Duration::from_secs(3600)),
-            };
-            if give_up.is_some_and(|g| now >= g) {
-                return Err(SimError::Timeout(timeout));
-            }
-            std::thread::sleep(wake.saturating_duration_since(now));
-        }
-
-        let k = self.frames_since_reset;
-        self.prepare().render(k, &mut buf[..needed]);
-        self.frames_since_reset += 1;
-        self.array_counter += 1;
-        let timestamp = EpicsTimestamp::now();
-        let delivered = run.delivered + 1;
-        self.run = if run.limit.is_some_and(|n| delivered >= n) {
-            None
-        } else {
-            Some(Run { delivered, ..run })
-        };
-        Ok(FrameMeta {
-            unique_id: self.array_counter,
-            timestamp,
-            unix_time_s: timestamp.unix_seconds(),
-            shape: self.shape,
-        })
+    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, SensorError> {
+        self.driver.read_frame(buf, timeout)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use detflow_hal::{Binning, Error as _, ErrorKind};
+    use std::time::Instant;
+
+    use detflow_hal::{
+        Binning, ColorMode, EpicsTimestamp, Error as _, ErrorKind, ImageMode, PixelType, Roi,
+    };
 
     use super::*;
     use crate::params::SimMode;
@@ -490,12 +301,6 @@ mod tests {
             msg(&mut det, c),
             "roi x: min_x=10 + size_x=60 reaches past the sensor width of 64 pixels"
         );
-        let mut c = base.clone();
-        c.trigger_mode = TriggerMode::External;
-        assert_eq!(
-            msg(&mut det, c),
-            "trigger mode External: the simulated detector has no trigger input"
-        );
         let c = fast(ImageMode::Multiple, 0);
         assert_eq!(
             msg(&mut det, c),
@@ -542,7 +347,7 @@ mod tests {
         det.start().unwrap();
         assert_eq!(
             det.configure(&fast(ImageMode::Single, 1)).unwrap_err(),
-            SimError::Busy
+            SensorError::Busy
         );
         for _ in 0..10 {
             det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
@@ -577,11 +382,13 @@ mod tests {
         let mut buf = vec![0xAAu8; shape.bytes() + 10];
         let mut ids = Vec::new();
         for _ in 0..2 {
+            // Timestamps are readout times on the detector's clock: after the start, before
+            // the frame leaves the FIFO.
+            let started = EpicsTimestamp::now();
             det.start().unwrap();
             while det.is_acquiring() {
-                let before = EpicsTimestamp::now();
                 let m = det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
-                assert!(m.timestamp >= before && m.timestamp <= EpicsTimestamp::now());
+                assert!(m.timestamp >= started && m.timestamp <= EpicsTimestamp::now());
                 assert!((m.unix_time_s - m.timestamp.unix_seconds()).abs() < 1e-6);
                 assert_eq!(m.shape, shape);
                 ids.push(m.unique_id);

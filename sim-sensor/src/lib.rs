@@ -1,12 +1,20 @@
-//! A simulated 2D area detector behind the detflow HAL, reproducing EPICS ADSimDetector's test
-//! patterns (linear ramp, Gaussian peaks, sines, offset and noise). It stands at the head of
-//! the pipeline wherever no hardware is present: the engine, the benches and the tests of the
+//! A simulated 2D area detector behind the detflow HAL, modelled as detector firmware: a
+//! register map on an I2C bus, a frame clock, a FIFO of limited depth in front of a data port
+//! that copies frames into the caller's buffer, and EPICS ADSimDetector's test patterns
+//! (linear ramp, Gaussian peaks, sines, offset and noise). It stands at the head of the
+//! pipeline wherever no hardware is present: the engine, the benches and the tests of the
 //! other crates drive it like any backend and get deterministic, seeded frames.
 //!
-//! - [`SimDetector`] implements [`detflow_hal::Detector`] and [`detflow_hal::FrameSource`];
-//!   build it from a [`SimConfig`] (sensor size, seed, [`SimParams`]).
+//! - [`regs`] is the register map, the one definition the firmware, the driver and
+//!   `REGISTERS.md` follow.
+//! - [`SensorDriver`] implements [`detflow_hal::Detector`] and [`detflow_hal::FrameSource`]
+//!   over any `embedded_hal::i2c::I2c` bus and any [`DataPort`], knowing only the register map.
+//! - [`SimChip`] is the simulated hardware: [`SimI2c`], [`SimPort`] and fault injection
+//!   ([`Fault`], [`FaultRates`]: NACKs, bus timeouts, dropped, corrupted and overrun frames).
+//! - [`SimDetector`] is the driver over a [`SimChip`]; build it from a [`SimConfig`] (sensor
+//!   size, seed, [`SimParams`]) and optionally [`SimOptions`] (FIFO depth, fault rates).
 //! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise`.
-//! - Errors are [`SimError`], mapped onto [`detflow_hal::ErrorKind`].
+//! - Errors are [`SensorError`] (alias [`SimError`]), mapped onto [`detflow_hal::ErrorKind`].
 //!
 //! What is precomputed and how each pattern is defined (wrapping integer arithmetic,
 //! ROI cut from the full-sensor pattern, binned pixels summed) is described in the `image`
@@ -34,14 +42,23 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod control;
 mod detector;
+mod driver;
 mod error;
+mod firmware;
 mod image;
 mod params;
 mod pixel;
+pub mod port;
+pub mod regs;
 mod rng;
 
-pub use detector::{MAX_SENSOR_SIZE, SimConfig, SimDetector};
-pub use error::SimError;
+pub use detector::{MAX_SENSOR_SIZE, SimConfig, SimDetector, SimOptions};
+pub use driver::{CONTROL_RETRIES, SensorDriver};
+pub use error::{SensorError, SimError};
+pub use firmware::{
+    Fault, FaultCounts, FaultRates, I2C_ADDRESS, MAX_FIFO_DEPTH, SimBusError, SimChip, SimI2c,
+    SimPort, SimPortError,
+};
 pub use params::{SimMode, SimParams, Sine, SineOperation, UnknownSimMode};
+pub use port::{DataPort, FrameFooter, FrameHeader, frame_checksum};

@@ -5,7 +5,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::error::SimError;
+use crate::error::SensorError;
 
 /// Which test pattern the simulated detector draws (ADSimDetector `SimMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -197,7 +197,7 @@ impl Default for SimParams {
 impl SimParams {
     /// Refuses values no image can be built from: non-finite numbers, zero peak widths and
     /// grids of more than 256 x 256 peaks.
-    pub(crate) fn validate(&self) -> Result<(), SimError> {
+    pub(crate) fn validate(&self) -> Result<(), SensorError> {
         let floats = [
             ("gain", self.gain),
             ("gain_x", self.gain_x),
@@ -214,13 +214,13 @@ impl SimParams {
         ];
         for (setting, value) in floats {
             if !value.is_finite() {
-                return Err(SimError::NotFinite { setting, value });
+                return Err(SensorError::NotFinite { setting, value });
             }
         }
         for (setting, s) in sines {
             for value in [s.amplitude, s.frequency, s.phase_deg] {
                 if !value.is_finite() {
-                    return Err(SimError::NotFinite { setting, value });
+                    return Err(SensorError::NotFinite { setting, value });
                 }
             }
         }
@@ -229,7 +229,7 @@ impl SimParams {
             ("peak_width_y", self.peak_width_y),
         ] {
             if value == 0 {
-                return Err(SimError::out_of_range(setting, 0, 1, u32::MAX.into()));
+                return Err(SensorError::out_of_range(setting, 0, 1, u32::MAX.into()));
             }
         }
         for (setting, value) in [
@@ -237,7 +237,7 @@ impl SimParams {
             ("peak_num_y", self.peak_num_y),
         ] {
             if value > MAX_PEAK_NUM {
-                return Err(SimError::out_of_range(
+                return Err(SensorError::out_of_range(
                     setting,
                     value.into(),
                     0,

@@ -1,11 +1,14 @@
-//! The HAL conformance suite, run against the simulated detector in every mode and with a
-//! paced configuration.
+//! The HAL conformance suite, run against the simulated detector in every mode, with a paced
+//! configuration, and with allocations counted.
 
 use std::time::Duration;
 
-use detflow_hal::conformance::{self, ConformanceConfig};
+use detflow_hal::conformance::{self, ConformanceConfig, CountingAllocator};
 use detflow_hal::{Detector, PixelType};
 use detflow_sim::{SimConfig, SimDetector, SimMode, SimParams};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
 
 fn detector(mode: SimMode) -> SimDetector {
     SimDetector::new(SimConfig {
@@ -26,8 +29,11 @@ fn detector(mode: SimMode) -> SimDetector {
 fn every_mode_conforms() {
     for mode in SimMode::ALL {
         let mut det = detector(mode);
-        conformance::check_all(&mut det, &ConformanceConfig::default())
-            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let cfg = ConformanceConfig {
+            allocations: Some(CountingAllocator::thread_allocations),
+            ..ConformanceConfig::default()
+        };
+        conformance::check_all(&mut det, &cfg).unwrap_or_else(|e| panic!("{mode}: {e}"));
         assert!(!det.is_acquiring());
     }
 }
@@ -43,6 +49,7 @@ fn conforms_when_paced() {
         exposure: Duration::from_millis(2),
         period: Duration::from_millis(10),
         timeout: Duration::from_secs(2),
+        ..ConformanceConfig::default()
     };
     conformance::check_all(&mut det, &cfg).unwrap();
 }

@@ -8,6 +8,10 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod cycle;
+pub mod replay;
+pub mod udp;
+
 use detflow_hal::{AcquisitionConfig, ErrorKind, FrameMeta, FrameShape, FrameSource, SensorInfo};
 
 /// A backend's error with its type erased: the portable kind and the backend's words.

@@ -1,0 +1,431 @@
+//! The replay backend: a detector whose frames are those of an existing HDF5 file, so that
+//! pipelines can be run on real data. It accepts any 3-D dataset `(frames, rows, columns)` of
+//! one of the eight pixel types that HDF5 can read, compressed or not (deflate, shuffle,
+//! szip, and any filter registered with this HDF5), and plays it at the configured period,
+//! wrapping to the first frame after the last.
+//!
+//! Each frame is read by HDF5 straight into the caller's buffer (a hyperslab of the ROI), with
+//! the dataspaces and memory type made at `configure`, so a frame costs no allocation.
+//! Binning is not supported (refused with `InvalidConfig`); the ROI is any window of the
+//! frame.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use detflow_hal::{
+    AcquisitionConfig, ColorMode, Detector, EpicsTimestamp, ErrorKind, ErrorType, FrameMeta,
+    FrameShape, FrameSource, ImageMode, PixelType, SensorInfo, TriggerMode,
+};
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
+
+/// Dataset replayed when the file name has no `::DATASET`: where `detflow acquire` writes.
+pub const DEFAULT_DATASET: &str = "/entry/data/data";
+
+/// A replay error: the message and the HAL kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReplayError {
+    /// The HAL kind.
+    pub kind: ErrorKind,
+    /// What went wrong, naming the file, dataset or setting.
+    pub message: String,
+}
+
+impl detflow_hal::Error for ReplayError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ReplayError {
+    ReplayError {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Splits `FILE[::DATASET]`.
+pub fn parse_source(s: &str) -> (PathBuf, String) {
+    match s.rsplit_once("::") {
+        Some((file, ds)) if !ds.is_empty() => (PathBuf::from(file), ds.to_owned()),
+        _ => (PathBuf::from(s), DEFAULT_DATASET.to_owned()),
+    }
+}
+
+fn pixel_type(d: &TypeDescriptor) -> Option<PixelType> {
+    Some(match d {
+        TypeDescriptor::Unsigned(IntSize::U1) => PixelType::U8,
+        TypeDescriptor::Unsigned(IntSize::U2) => PixelType::U16,
+        TypeDescriptor::Unsigned(IntSize::U4) => PixelType::U32,
+        TypeDescriptor::Integer(IntSize::U1) => PixelType::I8,
+        TypeDescriptor::Integer(IntSize::U2) => PixelType::I16,
+        TypeDescriptor::Integer(IntSize::U4) => PixelType::I32,
+        TypeDescriptor::Float(FloatSize::U4) => PixelType::F32,
+        TypeDescriptor::Float(FloatSize::U8) => PixelType::F64,
+        _ => return None,
+    })
+}
+
+fn native_type(t: PixelType) -> hdf5::Result<hdf5::Datatype> {
+    match t {
+        PixelType::U8 => hdf5::Datatype::from_type::<u8>(),
+        PixelType::I8 => hdf5::Datatype::from_type::<i8>(),
+        PixelType::U16 => hdf5::Datatype::from_type::<u16>(),
+        PixelType::I16 => hdf5::Datatype::from_type::<i16>(),
+        PixelType::U32 => hdf5::Datatype::from_type::<u32>(),
+        PixelType::I32 => hdf5::Datatype::from_type::<i32>(),
+        PixelType::F32 => hdf5::Datatype::from_type::<f32>(),
+        PixelType::F64 => hdf5::Datatype::from_type::<f64>(),
+    }
+}
+
+/// What `configure` prepared for reading frames.
+#[derive(Debug)]
+struct Reader {
+    mem_type: hdf5::Datatype,
+    file_space: hdf5::Dataspace,
+    mem_space: hdf5::Dataspace,
+}
+
+/// Timing of one run: frame `n` is due at `start + n * frame_period + exposure`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: Instant,
+    start_unix_ns: u128,
+    exposure: Duration,
+    frame_period: Duration,
+    delivered: u64,
+    limit: Option<u64>,
+}
+
+/// Plays the frames of a 3-D HDF5 dataset as a detector.
+#[derive(Debug)]
+pub struct ReplayDetector {
+    path: PathBuf,
+    name: String,
+    dataset: hdf5::Dataset,
+    frames: u64,
+    width: u32,
+    height: u32,
+    pixel_type: PixelType,
+    config: AcquisitionConfig,
+    shape: FrameShape,
+    reader: Option<Reader>,
+    run: Option<Run>,
+    /// Index in the dataset of the next frame.
+    next_index: u64,
+    array_counter: u64,
+}
+
+impl ReplayDetector {
+    /// Opens `dataset` of `path` read-only and checks it is 3-D with at least one frame, of a
+    /// pixel type detflow knows, and that HDF5 can decode its filters.
+    pub fn open(path: &Path, dataset: &str) -> Result<Self, ReplayError> {
+        let bad = |m: String| err(ErrorKind::InvalidConfig, m);
+        let file = hdf5::File::open(path)
+            .map_err(|e| bad(format!("replay {}: cannot open: {e}", path.display())))?;
+        let ds = file.dataset(dataset).map_err(|e| {
+            bad(format!(
+                "replay {}::{dataset}: no such dataset: {e}",
+                path.display()
+            ))
+        })?;
+        let shape = ds.shape();
+        let [frames, height, width] = shape[..] else {
+            return Err(bad(format!(
+                "replay {}::{dataset}: shape {shape:?} is not 3-D (frames, rows, columns)",
+                path.display()
+            )));
+        };
+        if frames == 0 || height == 0 || width == 0 || height > 65_535 || width > 65_535 {
+            return Err(bad(format!(
+                "replay {}::{dataset}: shape {shape:?} holds no frame detflow can replay",
+                path.display()
+            )));
+        }
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| bad(format!("replay {}::{dataset}: {e}", path.display())))?;
+        let pixel_type = pixel_type(&desc).ok_or_else(|| {
+            bad(format!(
+                "replay {}::{dataset}: pixel type {desc} is not one of u8 u16 u32 i8 i16 i32 f32 f64",
+                path.display()
+            ))
+        })?;
+        for f in ds.filters() {
+            let id = f.id();
+            let _lock = hdf5_sys::LOCK.lock();
+            // SAFETY: H5Zfilter_avail only reads the filter table; the HDF5 lock is held.
+            let available = unsafe { hdf5_sys::h5z::H5Zfilter_avail(id) } > 0;
+            if !available {
+                return Err(bad(format!(
+                    "replay {}::{dataset}: compressed with HDF5 filter {id}, which this HDF5 cannot decode",
+                    path.display()
+                )));
+            }
+        }
+        let (width, height) = (width as u32, height as u32);
+        let config = AcquisitionConfig {
+            roi: detflow_hal::Roi::full(width, height),
+            pixel_type,
+            ..AcquisitionConfig::default()
+        };
+        Ok(ReplayDetector {
+            path: path.to_owned(),
+            name: dataset.to_owned(),
+            dataset: ds,
+            frames: frames as u64,
+            width,
+            height,
+            pixel_type,
+            shape: FrameShape {
+                width,
+                height,
+                pixel_type,
+                color_mode: ColorMode::Mono,
+            },
+            config,
+            reader: None,
+            run: None,
+            next_index: 0,
+            array_counter: 0,
+        })
+    }
+
+    /// Frames in the dataset.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// `(width, height)` of the dataset's frames.
+    pub fn frame_size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Pixel type of the dataset.
+    pub fn pixel_type(&self) -> PixelType {
+        self.pixel_type
+    }
+
+    fn prepare(&self, c: &AcquisitionConfig) -> hdf5::Result<Reader> {
+        let n = c.roi.size_x as usize * c.roi.size_y as usize;
+        Ok(Reader {
+            mem_type: native_type(c.pixel_type)?,
+            file_space: self.dataset.space()?,
+            mem_space: hdf5::Dataspace::try_new(n)?,
+        })
+    }
+
+    /// Reads frame `index` of the ROI into `buf` (exactly one frame long).
+    fn read_into(&mut self, index: u64, buf: &mut [u8]) -> Result<(), ReplayError> {
+        if self.reader.is_none() {
+            let r = self
+                .prepare(&self.config)
+                .map_err(|e| err(ErrorKind::Other, format!("replay: {e}")))?;
+            self.reader = Some(r);
+        }
+        let r = self.reader.as_ref().expect("prepared above");
+        let roi = self.config.roi;
+        let start: [u64; 3] = [index, roi.min_y.into(), roi.min_x.into()];
+        let count: [u64; 3] = [1, roi.size_y.into(), roi.size_x.into()];
+        let _lock = hdf5_sys::LOCK.lock();
+        // SAFETY: the ids are live (owned by `r` and `self.dataset`); `start` and `count` have
+        // the dataspace's rank of 3; `buf` holds exactly `count` elements of the memory type,
+        // which `mem_space` describes; the HDF5 lock is held for both calls.
+        let status = unsafe {
+            let s = hdf5_sys::h5s::H5Sselect_hyperslab(
+                r.file_space.id(),
+                hdf5_sys::h5s::H5S_seloper_t::H5S_SELECT_SET,
+                start.as_ptr(),
+                std::ptr::null(),
+                count.as_ptr(),
+                std::ptr::null(),
+            );
+            if s < 0 {
+                s
+            } else {
+                hdf5_sys::h5d::H5Dread(
+                    self.dataset.id(),
+                    r.mem_type.id(),
+                    r.mem_space.id(),
+                    r.file_space.id(),
+                    hdf5_sys::h5p::H5P_DEFAULT,
+                    buf.as_mut_ptr().cast(),
+                )
+            }
+        };
+        if status < 0 {
+            return Err(err(
+                ErrorKind::Other,
+                format!(
+                    "replay {}::{}: HDF5 could not read frame {index}",
+                    self.path.display(),
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ErrorType for ReplayDetector {
+    type Error = ReplayError;
+}
+
+impl Detector for ReplayDetector {
+    fn info(&self) -> SensorInfo {
+        let name = |s: &str| heapless::String::try_from(s).unwrap_or_default();
+        let mut pixel_types = heapless::Vec::new();
+        let _ = pixel_types.push(self.pixel_type);
+        SensorInfo {
+            manufacturer: name("detflow"),
+            model: name("HDF5 replay"),
+            max_width: self.width,
+            max_height: self.height,
+            pixel_types,
+        }
+    }
+
+    /// Refused with `InvalidConfig`: while acquiring, a ROI of size 0 or past the frame, a
+    /// binning other than 1 x 1, another pixel type than the file's, an external trigger,
+    /// `num_images` 0 in Multiple mode.
+    fn configure(&mut self, c: &AcquisitionConfig) -> Result<FrameShape, ReplayError> {
+        let bad = |m: String| Err(err(ErrorKind::InvalidConfig, m));
+        if self.run.is_some() {
+            return bad("cannot configure while acquiring: stop first".into());
+        }
+        let r = c.roi;
+        if r.size_x == 0
+            || r.size_y == 0
+            || u64::from(r.min_x) + u64::from(r.size_x) > u64::from(self.width)
+            || u64::from(r.min_y) + u64::from(r.size_y) > u64::from(self.height)
+        {
+            return bad(format!(
+                "roi {r:?} does not fit the replayed frames of {} x {}",
+                self.width, self.height
+            ));
+        }
+        if c.binning.x != 1 || c.binning.y != 1 {
+            return bad(format!(
+                "binning {} x {}: replay does not bin",
+                c.binning.x, c.binning.y
+            ));
+        }
+        if c.pixel_type != self.pixel_type {
+            return bad(format!(
+                "dtype {}: the replayed dataset is {}",
+                c.pixel_type, self.pixel_type
+            ));
+        }
+        if c.trigger_mode == TriggerMode::External {
+            return bad("trigger mode External: replay has no trigger input".into());
+        }
+        if c.image_mode == ImageMode::Multiple && c.num_images == 0 {
+            return bad("num_images 0 in Multiple mode".into());
+        }
+        let reader = self
+            .prepare(c)
+            .map_err(|e| err(ErrorKind::Other, format!("replay: {e}")))?;
+        self.reader = Some(reader);
+        self.config = c.clone();
+        self.shape = FrameShape {
+            width: r.size_x,
+            height: r.size_y,
+            pixel_type: c.pixel_type,
+            color_mode: ColorMode::Mono,
+        };
+        Ok(self.shape)
+    }
+
+    /// Starts playing from the first frame of the dataset.
+    fn start(&mut self) -> Result<(), ReplayError> {
+        if self.run.is_some() {
+            return Ok(());
+        }
+        let c = &self.config;
+        self.next_index = 0;
+        self.run = Some(Run {
+            start: Instant::now(),
+            start_unix_ns: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            exposure: c.exposure,
+            frame_period: c.period.max(c.exposure),
+            delivered: 0,
+            limit: match c.image_mode {
+                ImageMode::Single => Some(1),
+                ImageMode::Multiple => Some(c.num_images.into()),
+                ImageMode::Continuous => None,
+            },
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), ReplayError> {
+        self.run = None;
+        Ok(())
+    }
+
+    fn is_acquiring(&self) -> bool {
+        self.run.is_some()
+    }
+}
+
+impl FrameSource for ReplayDetector {
+    /// Waits until the next frame is due (at most `timeout`), reads it into `buf`. A timeout
+    /// loses nothing.
+    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, ReplayError> {
+        let Some(run) = self.run else {
+            return Err(err(ErrorKind::NotAcquiring, "replay is not acquiring"));
+        };
+        let needed = self.shape.bytes();
+        if buf.len() < needed {
+            return Err(err(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "buffer of {} bytes is smaller than one frame of {needed} bytes",
+                    buf.len()
+                ),
+            ));
+        }
+        let offset =
+            run.frame_period.as_nanos() * u128::from(run.delivered) + run.exposure.as_nanos();
+        let due = run.start.checked_add(Duration::from_nanos(
+            u64::try_from(offset).unwrap_or(u64::MAX),
+        ));
+        if let Some(due) = due {
+            let now = Instant::now();
+            if due > now {
+                let wait = due - now;
+                if wait > timeout {
+                    std::thread::sleep(timeout);
+                    return Err(err(
+                        ErrorKind::Timeout,
+                        format!("no frame due within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(wait);
+            }
+        }
+        let index = self.next_index;
+        self.read_into(index, &mut buf[..needed])?;
+        self.next_index = (index + 1) % self.frames;
+        self.array_counter += 1;
+        let delivered = run.delivered + 1;
+        self.run = if run.limit.is_some_and(|n| delivered >= n) {
+            None
+        } else {
+            Some(Run { delivered, ..run })
+        };
+        let ns = run.start_unix_ns + offset;
+        let timestamp =
+            EpicsTimestamp::from_unix((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32);
+        Ok(FrameMeta {
+            unique_id: self.array_counter,
+            timestamp,
+            unix_time_s: timestamp.unix_seconds(),
+            shape: self.shape,
+        })
+    }
+}
