@@ -13,6 +13,19 @@
 //! | [`WriteMode::Single`] | one per frame, dataset (H, W) | 1 |
 //! | [`WriteMode::Capture`] | one, written when NumCapture frames are buffered (or at finish) | NumCapture |
 //! | [`WriteMode::Stream`] | one, appended to as frames arrive; a new one every `frames_per_file` | NumCapture (0: until stopped) |
+//!
+//! Every frame written is also reported as a value reference (Sardana SEP2, [`crate::refs`]):
+//! `h5file:///abs/file.h5::/entry/data/data[i]` (frame `i` of the file), or without `[i]` in
+//! Single mode, where the dataset is the one frame. [`FileStatus::value_refs`] keeps them all
+//! (compactly), and [`CaptureSettings::refs`] also writes them as JSON lines as frames are
+//! written (in Capture mode, when the buffer is written).
+//!
+//! With a [`CaptureSettings::ref_pattern`] (`h5file:///data/scan_{index:04d}.h5`), each frame
+//! is a point in its own file, as Sardana's dummy 2D controller stores them: the session runs
+//! in Single mode and names files from the pattern instead of the FileTemplate. `{index}` is
+//! the FileNumber (the first point uses `naming.number`, and AutoIncrement advances it), so a
+//! second acquisition started with the next number continues the series instead of
+//! overwriting it (the dummy restarts at 0 on every count).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -22,7 +35,9 @@ use detflow_hal::{FrameMeta, FrameShape};
 
 use crate::WriterError;
 use crate::codec::Codec;
+use crate::layout;
 use crate::naming::{self, FileNaming};
+use crate::refs::{RefLog, RefPattern, RefSink, ValueRef};
 use crate::stream::{FileSummary, StreamSpec, StreamWriter};
 
 /// areaDetector FileWriteMode.
@@ -92,6 +107,12 @@ pub struct CaptureSettings {
     pub store_attributes: bool,
     /// StorePerform.
     pub store_performance: bool,
+    /// Also write each frame's value reference to this file, one JSON line per frame
+    /// ([`crate::refs::RefRecord`]), as the frames are written.
+    pub refs: Option<PathBuf>,
+    /// Name files from this reference pattern instead of the FileTemplate: one file (one
+    /// frame, Single layout) per point. See the module docs and [`check_ref_pattern`].
+    pub ref_pattern: Option<RefPattern>,
 }
 
 impl Default for CaptureSettings {
@@ -117,6 +138,42 @@ impl Default for CaptureSettings {
             flush_interval: None,
             store_attributes: true,
             store_performance: true,
+            refs: None,
+            ref_pattern: None,
+        }
+    }
+}
+
+/// Why detflow cannot write the files `pattern` names, if it cannot: it writes HDF5 files
+/// (so `h5file://`), with frames at [`layout::LINK_PATH`] (also reachable as
+/// [`layout::IMAGE_PATH`]), one frame per file (so no `[i]`).
+pub fn check_ref_pattern(pattern: &RefPattern) -> Result<(), String> {
+    match pattern.value_ref(0) {
+        ValueRef::File { .. } => Err(
+            "detflow writes HDF5 files: use an h5file:// pattern (file:// references are for \
+             other formats)"
+                .into(),
+        ),
+        ValueRef::H5 {
+            dataset, selection, ..
+        } => {
+            if let Some(d) = dataset.as_deref() {
+                let d = format!("/{}", d.trim_start_matches('/'));
+                if d != layout::LINK_PATH && d != layout::IMAGE_PATH {
+                    return Err(format!(
+                        "detflow stores frames at {} (and {}); leave out '::dataset' or name \
+                         one of those",
+                        layout::LINK_PATH,
+                        layout::IMAGE_PATH
+                    ));
+                }
+            }
+            if selection != crate::refs::FrameSelection::All {
+                return Err(
+                    "each point is its own one-frame file: leave out the [..] selection".into(),
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -153,6 +210,8 @@ pub struct FileStatus {
     pub write_message: String,
     /// Every file closed so far.
     pub files: Vec<FileSummary>,
+    /// The value reference of every frame written, in order (see [`RefLog`]).
+    pub value_refs: RefLog,
 }
 
 /// What [`CaptureSession::push`] did with a frame.
@@ -177,6 +236,8 @@ pub struct CaptureSession {
     /// Capture mode: the encoded frames, in order.
     buffer: Vec<(FrameMeta, Vec<u8>)>,
     finished: bool,
+    /// The `refs` JSON lines file.
+    ref_sink: Option<RefSink>,
 }
 
 impl CaptureSession {
@@ -189,6 +250,24 @@ impl CaptureSession {
                 value: "0".into(),
                 reason: "Capture mode buffers NumCapture frames: it must be at least 1".into(),
             });
+        }
+        let mut settings = settings;
+        if let Some(pattern) = &settings.ref_pattern {
+            check_ref_pattern(pattern).map_err(|reason| WriterError::Setting {
+                setting: "ref-pattern",
+                value: pattern.to_string(),
+                reason,
+            })?;
+            if settings.mode == WriteMode::Capture {
+                return Err(WriterError::Setting {
+                    setting: "ref-pattern",
+                    value: pattern.to_string(),
+                    reason: "a pattern writes one file per point; Capture mode buffers frames \
+                             for one file"
+                        .into(),
+                });
+            }
+            settings.mode = WriteMode::Single;
         }
         let mut naming = settings.naming.clone();
         naming.path = naming::expand_path_time(&naming.path, std::time::SystemTime::now())
@@ -209,7 +288,25 @@ impl CaptureSession {
                 }
             })?;
         }
-        crate::stream::check_directory(naming.directory(), "path")?;
+        match &settings.ref_pattern {
+            Some(pattern) => {
+                let first = pattern.value_ref(naming.number.max(0) as u64);
+                let dir = first.path().parent().unwrap_or(std::path::Path::new("/"));
+                if settings.create_dirs != 0 && !dir.exists() {
+                    naming::create_directories(&dir.to_string_lossy(), settings.create_dirs)
+                        .map_err(|e| WriterError::BadDirectory {
+                            setting: "ref-pattern".into(),
+                            path: dir.to_path_buf(),
+                            reason: format!(
+                                "could not create it with create-dirs {}: {e}",
+                                settings.create_dirs
+                            ),
+                        })?;
+                }
+                crate::stream::check_directory(dir, "ref-pattern")?;
+            }
+            None => crate::stream::check_directory(naming.directory(), "path")?,
+        }
         let status = FileStatus {
             file_path: naming::normalise_path(&naming.path),
             file_path_exists: naming::path_exists(&naming.path),
@@ -224,6 +321,23 @@ impl CaptureSession {
                 String::new()
             },
             files: Vec::new(),
+            value_refs: RefLog::new(
+                geometry.shape.pixel_type,
+                [
+                    u64::from(geometry.shape.height),
+                    u64::from(geometry.shape.width),
+                ],
+            ),
+        };
+        let ref_sink = match &settings.refs {
+            Some(path) => Some(
+                RefSink::create(path).map_err(|e| WriterError::BadDirectory {
+                    setting: "refs".into(),
+                    path: path.clone(),
+                    reason: format!("cannot create the references file: {e}"),
+                })?,
+            ),
+            None => None,
         };
         let mut session = CaptureSession {
             settings: CaptureSettings { naming, ..settings },
@@ -233,9 +347,16 @@ impl CaptureSession {
             in_file: 0,
             buffer: Vec::new(),
             finished: false,
+            ref_sink,
         };
         if session.settings.mode == WriteMode::Stream && !session.settings.lazy_open {
-            session.open_next()?;
+            if let Err(e) = session.open_next() {
+                // Refused settings leave nothing behind.
+                if let Some(sink) = session.ref_sink.take() {
+                    let _ = std::fs::remove_file(sink.path());
+                }
+                return Err(e);
+            }
         }
         Ok(session)
     }
@@ -301,7 +422,20 @@ impl CaptureSession {
     }
 
     fn build_name(&mut self) -> PathBuf {
-        let built = self.settings.naming.next_name();
+        let built = match &self.settings.ref_pattern {
+            Some(pattern) => {
+                let naming = &mut self.settings.naming;
+                let built = pattern
+                    .value_ref(naming.number.max(0) as u64)
+                    .path()
+                    .to_path_buf();
+                if naming.auto_increment {
+                    naming.number = naming.number.wrapping_add(1);
+                }
+                built
+            }
+            None => self.settings.naming.next_name(),
+        };
         let name = std::path::absolute(&built).unwrap_or(built);
         self.status.full_file_name = name.clone();
         self.status.file_number = self.settings.naming.number;
@@ -332,6 +466,38 @@ impl CaptureSession {
         Ok(())
     }
 
+    /// The dataset the references name: the pattern's, or the NeXus link to the frames.
+    fn ref_dataset(&self) -> String {
+        self.settings
+            .ref_pattern
+            .as_ref()
+            .and_then(|p| p.value_ref(0).dataset().map(str::to_owned))
+            .unwrap_or_else(|| layout::LINK_PATH.to_owned())
+    }
+
+    /// Report frames `indices` of `path` (`None`: the file's one frame, no frame axis).
+    fn report(
+        &mut self,
+        path: &std::path::Path,
+        indices: impl Iterator<Item = Option<u64>>,
+    ) -> Result<(), WriterError> {
+        let dataset = self.ref_dataset();
+        for index in indices {
+            let record = self.status.value_refs.push(path, &dataset, index);
+            if let Some(sink) = self.ref_sink.as_mut()
+                && let Err(e) = sink.write(&record)
+            {
+                let e = WriterError::BadDirectory {
+                    setting: "refs".into(),
+                    path: sink.path().to_path_buf(),
+                    reason: format!("cannot write a reference: {e}"),
+                };
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
     /// Take one encoded frame. Errors stop the capture (the files written so far are closed
     /// and readable) and are also kept in [`FileStatus::write_message`].
     pub fn push(&mut self, meta: &FrameMeta, chunk: &[u8]) -> Result<Pushed, WriterError> {
@@ -355,11 +521,16 @@ impl CaptureSession {
                     w.write_frame(meta, chunk)?;
                     w.close()
                 });
-                match written {
-                    Ok(summary) => self.status.files.push(summary),
+                let path = match written {
+                    Ok(summary) => {
+                        let path = summary.path.clone();
+                        self.status.files.push(summary);
+                        path
+                    }
                     Err(e) => return Err(self.fail(e)),
-                }
+                };
                 self.status.num_captured += 1;
+                self.report(&path, std::iter::once(None))?;
             }
             WriteMode::Capture => {
                 self.buffer.push((*meta, chunk.to_vec()));
@@ -381,6 +552,8 @@ impl CaptureSession {
                 }
                 self.in_file += 1;
                 self.status.num_captured += 1;
+                let path = w.path().to_path_buf();
+                self.report(&path, std::iter::once(Some(self.in_file - 1)))?;
                 let s = &self.settings;
                 if s.num_capture > 0 && self.status.num_captured >= s.num_capture {
                     self.close_open()?;
@@ -413,8 +586,9 @@ impl CaptureSession {
         });
         match written {
             Ok(summary) => {
+                let (path, frames) = (summary.path.clone(), summary.frames);
                 self.status.files.push(summary);
-                Ok(())
+                self.report(&path, (0..frames).map(Some))
             }
             Err(e) => Err(self.fail(e)),
         }
@@ -422,6 +596,9 @@ impl CaptureSession {
 
     /// Make every frame written so far visible to readers now (areaDetector FlushNow).
     pub fn flush(&mut self) -> Result<(), WriterError> {
+        if let Some(sink) = self.ref_sink.as_mut() {
+            let _ = sink.flush();
+        }
         match self.open.as_mut() {
             Some(w) => w.flush().inspect_err(|e| {
                 self.status.write_ok = false;
@@ -455,6 +632,14 @@ impl CaptureSession {
         };
         self.finished = true;
         self.status.capturing = false;
+        let result = match (result, self.ref_sink.take().map(|mut s| (s.flush(), s))) {
+            (Ok(()), Some((Err(e), sink))) => Err(WriterError::BadDirectory {
+                setting: "refs".into(),
+                path: sink.path().to_path_buf(),
+                reason: format!("cannot write the references: {e}"),
+            }),
+            (result, _) => result,
+        };
         (std::mem::take(&mut self.status), result)
     }
 }

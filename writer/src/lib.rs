@@ -37,13 +37,20 @@ pub mod capture;
 pub mod codec;
 pub mod layout;
 pub mod naming;
+pub mod refs;
 mod sink;
 pub mod stream;
+pub mod vds;
 
-pub use capture::{CaptureSession, CaptureSettings, FileStatus, FrameGeometry, Pushed, WriteMode};
+pub use capture::{
+    CaptureSession, CaptureSettings, FileStatus, FrameGeometry, Pushed, WriteMode,
+    check_ref_pattern,
+};
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
+pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
+pub use vds::{MasterReport, PointDescription, VdsSpec, build_master};
 
 /// Everything the writer can refuse or fail at; each says which setting or file and why.
 #[derive(Debug, Error)]
