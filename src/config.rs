@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use detflow_hal::{AcquisitionConfig, Binning, ImageMode, PixelType, Roi, TriggerMode};
 use detflow_sim::SimMode;
-use detflow_writer::{CaptureSettings, Codec, FileNaming, FileTemplate, WriteMode};
+use detflow_writer::{CaptureSettings, Codec, FileNaming, FileTemplate, RefPattern, WriteMode};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -66,6 +66,29 @@ pub struct DetectorSettings {
     pub period: f64,
     /// Seed of the simulation's random numbers: equal seeds give equal frames.
     pub seed: u64,
+    /// Where frames come from: `sim` (the simulated detector), `replay` (an HDF5 file, see
+    /// `replay`) or `udp` (a datagram stream, see `udp_listen`).
+    pub backend: String,
+    /// replay: `FILE[::DATASET]`, a 3-D dataset (default `/entry/data/data`). Its frame size
+    /// and pixel type replace `size` and `dtype`.
+    pub replay: String,
+    /// udp: `IP:PORT` to receive on; `size` and `dtype` must be what the sender sends.
+    pub udp_listen: String,
+    /// udp: a frame with packets missing is dropped (`drop`) or delivered zero-filled
+    /// (`flag`); either way it is counted as incomplete.
+    pub udp_incomplete: String,
+    /// sim: frames the detector's FIFO holds before it overruns, 1 to 64.
+    pub fifo_depth: usize,
+    /// sim: probability that an I2C transaction is NACKed, 0 to 1.
+    pub fault_nack: f64,
+    /// sim: probability that an I2C transaction times out, 0 to 1.
+    pub fault_bus_timeout: f64,
+    /// sim: probability that a frame is dropped on the sensor link, 0 to 1.
+    pub fault_drop: f64,
+    /// sim: probability that a frame arrives corrupted, 0 to 1.
+    pub fault_corrupt: f64,
+    /// sim: probability that a frame is lost to an injected FIFO overrun, 0 to 1.
+    pub fault_overrun: f64,
 }
 
 impl Default for DetectorSettings {
@@ -78,17 +101,43 @@ impl Default for DetectorSettings {
             exposure: 0.0,
             period: 0.0,
             seed: 0,
+            backend: "sim".into(),
+            replay: String::new(),
+            udp_listen: String::new(),
+            udp_incomplete: "drop".into(),
+            fifo_depth: 16,
+            fault_nack: 0.0,
+            fault_bus_timeout: 0.0,
+            fault_drop: 0.0,
+            fault_corrupt: 0.0,
+            fault_overrun: 0.0,
         }
     }
 }
 
 /// Frame ring settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RingSettings {
     /// Pre-allocated frame slots between the detector and the writer; 0 picks
     /// [`auto_slots`] for the frame size.
     pub slots: usize,
+    /// When the writer falls behind: `block` (the detector waits; frames the detector itself
+    /// cannot hold are counted by it) or `drop-newest` (the new frame is dropped and counted).
+    pub policy: String,
+    /// Place the ring in a shared mapping of this file (for example under /dev/shm) so that
+    /// another process can read frames in place; empty for none.
+    pub shm: String,
+}
+
+impl Default for RingSettings {
+    fn default() -> Self {
+        RingSettings {
+            slots: 0,
+            policy: "block".into(),
+            shm: String::new(),
+        }
+    }
 }
 
 /// The ring size used when none is given: 64 slots (enough that detector and writer rarely
@@ -149,6 +198,16 @@ pub struct WriterSettings {
     pub attributes: bool,
     /// Store performance/timestamp (StorePerform).
     pub performance: bool,
+    /// Write each frame's value reference (URI, dtype, shape) to this file as JSON lines, as
+    /// the frames are written.
+    pub refs: Option<String>,
+    /// Name files from a value-reference pattern instead of the template, one file per point
+    /// (Single layout), e.g. `h5file:///data/scan_{index:04d}.h5`; `{index}` is the file
+    /// number.
+    pub ref_pattern: Option<String>,
+    /// At the end, write a master file here whose virtual dataset stitches every frame
+    /// written, from the references.
+    pub vds: Option<String>,
 }
 
 impl Default for WriterSettings {
@@ -173,8 +232,34 @@ impl Default for WriterSettings {
             flush_interval: 1.0,
             attributes: true,
             performance: true,
+            refs: None,
+            ref_pattern: None,
+            vds: None,
         }
     }
+}
+
+/// Refuse an output file (`refs`, `vds`) whose directory does not exist.
+fn check_output_file(setting: &'static str, path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() || path.ends_with('/') {
+        return Err(bad(setting, path, "expected a file name"));
+    }
+    let p = std::path::Path::new(path);
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(bad(
+            setting,
+            path,
+            format!("its directory {dir:?} does not exist"),
+        ));
+    }
+    if p.is_dir() {
+        return Err(bad(setting, path, "is a directory"));
+    }
+    Ok(())
 }
 
 /// Settings checked and typed, ready for [`crate::engine::Acquisition::start`].
@@ -192,10 +277,110 @@ pub struct Validated {
     pub frames: u64,
     /// Ring slots.
     pub ring_slots: usize,
+    /// Ring policy.
+    pub ring_policy: detflow_ring::Policy,
+    /// Shared-memory file of the ring, if any.
+    pub ring_shm: Option<std::path::PathBuf>,
     /// Files: mode, naming, codec and the rest.
     pub capture: CaptureSettings,
     /// Compression worker threads (at least 1).
     pub workers: usize,
+    /// Where the frames come from.
+    pub backend: BackendSpec,
+}
+
+/// Which backend an acquisition runs, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSpec {
+    /// The simulated detector, its FIFO depth and fault rates.
+    Sim {
+        /// Frames the FIFO holds.
+        fifo_depth: usize,
+        /// Injected faults.
+        faults: detflow_sim::FaultRates,
+    },
+    /// The frames of an HDF5 dataset.
+    Replay {
+        /// The file.
+        file: PathBuf,
+        /// The dataset's path in it.
+        dataset: String,
+    },
+    /// A UDP datagram stream.
+    Udp {
+        /// Where to receive.
+        listen: std::net::SocketAddr,
+        /// What to do with incomplete frames.
+        incomplete: crate::backend::udp::Incomplete,
+    },
+}
+
+impl DetectorSettings {
+    /// The backend settings, checked.
+    fn backend(&self) -> Result<BackendSpec, ConfigError> {
+        let sim_only = [
+            ("fault-nack", self.fault_nack),
+            ("fault-bus-timeout", self.fault_bus_timeout),
+            ("fault-drop", self.fault_drop),
+            ("fault-corrupt", self.fault_corrupt),
+            ("fault-overrun", self.fault_overrun),
+        ];
+        for (setting, p) in sim_only {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(setting, p, "expected a probability from 0 to 1"));
+            }
+        }
+        match self.backend.as_str() {
+            "sim" => {
+                if !(1..=detflow_sim::MAX_FIFO_DEPTH).contains(&self.fifo_depth) {
+                    return Err(bad(
+                        "fifo-depth",
+                        self.fifo_depth,
+                        format!("expected 1 to {} frames", detflow_sim::MAX_FIFO_DEPTH),
+                    ));
+                }
+                Ok(BackendSpec::Sim {
+                    fifo_depth: self.fifo_depth,
+                    faults: detflow_sim::FaultRates {
+                        nack: self.fault_nack,
+                        bus_timeout: self.fault_bus_timeout,
+                        drop: self.fault_drop,
+                        corrupt: self.fault_corrupt,
+                        overrun: self.fault_overrun,
+                    },
+                })
+            }
+            "replay" => {
+                if self.replay.is_empty() {
+                    return Err(bad(
+                        "replay",
+                        &self.replay,
+                        "the replay backend needs FILE[::DATASET]",
+                    ));
+                }
+                let (file, dataset) = crate::backend::replay::parse_source(&self.replay);
+                if !file.is_file() {
+                    return Err(bad("replay", &self.replay, "no such file"));
+                }
+                Ok(BackendSpec::Replay { file, dataset })
+            }
+            "udp" => {
+                let listen = self.udp_listen.parse().map_err(|_| {
+                    bad(
+                        "udp-listen",
+                        &self.udp_listen,
+                        "expected IP:PORT, for example 127.0.0.1:9000",
+                    )
+                })?;
+                let incomplete = self
+                    .udp_incomplete
+                    .parse()
+                    .map_err(|e: String| bad("udp-incomplete", &self.udp_incomplete, e))?;
+                Ok(BackendSpec::Udp { listen, incomplete })
+            }
+            other => Err(bad("backend", other, "expected one of sim, replay, udp")),
+        }
+    }
 }
 
 /// Parse `WIDTHxHEIGHT`.
@@ -271,6 +456,30 @@ impl Config {
             ));
         }
 
+        let ring_policy: detflow_ring::Policy = self.ring.policy.parse().map_err(|_| {
+            bad(
+                "ring-policy",
+                &self.ring.policy,
+                "expected block or drop-newest",
+            )
+        })?;
+        let ring_shm = if self.ring.shm.is_empty() {
+            None
+        } else {
+            let p = std::path::PathBuf::from(&self.ring.shm);
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() || p.is_dir() {
+                return Err(bad(
+                    "ring-shm",
+                    &self.ring.shm,
+                    "expected a file path in an existing directory, for example /dev/shm/detflow",
+                ));
+            }
+            Some(p)
+        };
         let w = &self.writer;
         let template: FileTemplate = w
             .template
@@ -308,6 +517,68 @@ impl Config {
                 &w.temp_suffix,
                 "a suffix cannot contain '/'",
             ));
+        }
+        let ref_pattern = match &w.ref_pattern {
+            None => None,
+            Some(p) => {
+                let pattern: RefPattern = p
+                    .parse()
+                    .map_err(|e: detflow_writer::RefError| bad("ref-pattern", p, e.reason))?;
+                detflow_writer::check_ref_pattern(&pattern)
+                    .map_err(|reason| bad("ref-pattern", p, reason))?;
+                if write_mode == WriteMode::Capture {
+                    return Err(bad(
+                        "ref-pattern",
+                        p,
+                        "a pattern writes one file per point; write-mode capture buffers \
+                         frames for one file",
+                    ));
+                }
+                if d.frames != 1 && !(pattern.has_index() && w.auto_increment) {
+                    return Err(bad(
+                        "ref-pattern",
+                        p,
+                        "every point needs its own file: put {index} in the pattern, with \
+                         auto-increment on",
+                    ));
+                }
+                let first = pattern.value_ref(w.number.max(0) as u64);
+                let first = first.path();
+                if w.create_dirs == 0 && !first.parent().is_some_and(std::path::Path::is_dir) {
+                    return Err(bad(
+                        "ref-pattern",
+                        p,
+                        format!("the directory of {first:?} does not exist"),
+                    ));
+                }
+                if !w.overwrite && first.exists() {
+                    return Err(bad(
+                        "ref-pattern",
+                        p,
+                        format!("the file {first:?} exists; give another --number, or --overwrite"),
+                    ));
+                }
+                Some(pattern)
+            }
+        };
+        // A pattern stores each point as one frame in its own file: Single mode.
+        let write_mode = if ref_pattern.is_some() {
+            WriteMode::Single
+        } else {
+            write_mode
+        };
+        if let Some(refs) = &w.refs {
+            check_output_file("refs", refs)?;
+        }
+        if let Some(vds) = &w.vds {
+            check_output_file("vds", vds)?;
+            if !w.overwrite && std::path::Path::new(vds).exists() {
+                return Err(bad(
+                    "vds",
+                    vds,
+                    "the file exists; give another name, or --overwrite",
+                ));
+            }
         }
         let num_capture = w.capture.unwrap_or(d.frames);
         if write_mode == WriteMode::Capture && num_capture == 0 {
@@ -348,7 +619,7 @@ impl Config {
         let expanded =
             detflow_writer::naming::expand_path_time(&w.path, std::time::SystemTime::now())
                 .map_err(|e| bad("path", &w.path, e.reason))?;
-        if w.create_dirs == 0 {
+        if w.create_dirs == 0 && ref_pattern.is_none() {
             let dir = if expanded.is_empty() {
                 ".".to_owned()
             } else {
@@ -368,14 +639,17 @@ impl Config {
             ..naming.clone()
         }
         .peek_name();
-        if first.file_name().is_none() || first.as_os_str().to_string_lossy().ends_with('/') {
+        if ref_pattern.is_some() {
+            // Names come from the pattern, checked above.
+        } else if first.file_name().is_none() || first.as_os_str().to_string_lossy().ends_with('/')
+        {
             return Err(bad(
                 "template",
                 &w.template,
                 format!("it builds {first:?}, which is not a file name"),
             ));
         }
-        if w.create_dirs == 0 {
+        if w.create_dirs == 0 && ref_pattern.is_none() {
             if let Some(parent) = first.parent().filter(|p| !p.as_os_str().is_empty()) {
                 if !parent.is_dir() {
                     return Err(bad(
@@ -386,7 +660,11 @@ impl Config {
                 }
             }
         }
-        if !w.overwrite && write_mode != WriteMode::Capture && first.exists() {
+        if !w.overwrite
+            && write_mode != WriteMode::Capture
+            && ref_pattern.is_none()
+            && first.exists()
+        {
             return Err(bad(
                 "number",
                 w.number,
@@ -413,13 +691,17 @@ impl Config {
         acquisition.num_images = u32::try_from(frames.max(1))
             .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
 
+        let backend = d.backend()?;
         Ok(Validated {
+            backend,
             sensor: (width, height),
             acquisition,
             mode,
             seed: d.seed,
             frames,
             ring_slots: slots,
+            ring_policy,
+            ring_shm,
             workers: match w.workers {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
@@ -440,6 +722,8 @@ impl Config {
                     .then(|| Duration::from_secs_f64(w.flush_interval)),
                 store_attributes: w.attributes,
                 store_performance: w.performance,
+                refs: w.refs.as_ref().map(|r| absolute(std::path::Path::new(r))),
+                ref_pattern,
             },
         })
     }
@@ -605,6 +889,56 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn backend_settings_are_checked_by_name() {
+        let v = with(|_| {}).unwrap();
+        assert!(matches!(v.backend, BackendSpec::Sim { fifo_depth: 16, .. }));
+        type Case = (fn(&mut Config), &'static str, &'static str);
+        let cases: [Case; 6] = [
+            (
+                |c| c.detector.backend = "camera".into(),
+                "backend",
+                "camera",
+            ),
+            (|c| c.detector.backend = "replay".into(), "replay", ""),
+            (
+                |c| {
+                    c.detector.backend = "replay".into();
+                    c.detector.replay = "/nonexistent.h5::/d".into();
+                },
+                "replay",
+                "/nonexistent.h5::/d",
+            ),
+            (
+                |c| {
+                    c.detector.backend = "udp".into();
+                    c.detector.udp_listen = "localhost".into();
+                },
+                "udp-listen",
+                "localhost",
+            ),
+            (|c| c.detector.fault_drop = 1.5, "fault-drop", "1.5"),
+            (|c| c.detector.fifo_depth = 0, "fifo-depth", "0"),
+        ];
+        for (f, setting, value) in cases {
+            let e = with(f).unwrap_err();
+            assert_eq!((e.setting, e.value.as_str()), (setting, value), "{e}");
+        }
+        let v = with(|c| {
+            c.detector.backend = "udp".into();
+            c.detector.udp_listen = "127.0.0.1:9000".into();
+            c.detector.udp_incomplete = "flag".into();
+        })
+        .unwrap();
+        assert_eq!(
+            v.backend,
+            BackendSpec::Udp {
+                listen: "127.0.0.1:9000".parse().unwrap(),
+                incomplete: crate::backend::udp::Incomplete::Flag
+            }
+        );
     }
 
     #[test]

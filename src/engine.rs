@@ -17,17 +17,33 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use detflow_hal::{ColorMode, EpicsTimestamp, ErrorKind, FrameMeta, FrameShape, PixelType};
-use detflow_ring::{Consumer, NextError, Producer, RingConfig, SlotMeta};
-use detflow_sim::{SimConfig, SimDetector, SimMode, SimParams};
+use detflow_ring::{
+    Claimer, NextError, Policy, Producer, Reorder, Ring, RingConfig, RingCounters, SlotMeta,
+};
+use detflow_sim::{SimConfig, SimDetector, SimMode, SimOptions, SimParams};
 use detflow_writer::{CaptureSession, Codec, FileStatus, FrameGeometry, Pushed};
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::config::Validated;
+use crate::config::{BackendSpec, Validated};
 
 /// How long a thread waits on the ring or the detector before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(20);
+
+/// The ring between the detector and the writer, and the compressors behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RingOptions {
+    /// Frame slots.
+    pub slots: usize,
+    /// What the detector thread does when every slot is taken.
+    pub policy: Policy,
+    /// Place the ring in a shared mapping of this file, so another process can read frames.
+    pub shm: Option<PathBuf>,
+    /// Compression threads (used when the codec is not `none`).
+    pub workers: usize,
+}
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +81,17 @@ pub struct Status {
     pub frames_written: u64,
     /// Frames acquired but not written.
     pub frames_dropped: u64,
+    /// Frames the detector lost to a full FIFO (overrun); never acquired.
+    pub frames_overrun: u64,
+    /// Frames that arrived corrupted (checksum mismatch) and were discarded; never acquired.
+    pub frames_corrupted: u64,
+    /// Frames with parts missing (UDP packets): discarded, or with `udp_incomplete = "flag"`
+    /// delivered zero-filled (then also among the acquired frames).
+    pub frames_incomplete: u64,
+    /// Frames the detector produced that never arrived; never acquired.
+    pub frames_lost: u64,
+    /// Bus errors met and retried (a run fails after 10 in a row).
+    pub bus_errors: u64,
     /// Frames asked for (0 = until stopped).
     pub frames_requested: u64,
     /// Seconds since the start.
@@ -91,6 +118,9 @@ pub struct Status {
     pub ring_high_water: u64,
     /// Ring slots.
     pub ring_slots: usize,
+    /// The ring's counters: produced, dropped by its policy, high-water mark, and each
+    /// consumer's consumed and lagged counts.
+    pub ring: RingCounters,
     /// False once a write failed (areaDetector WriteStatus).
     pub write_ok: bool,
     /// The error, if any (areaDetector WriteMessage).
@@ -102,6 +132,14 @@ pub struct Status {
 struct Counters {
     /// Written by the detector thread only.
     acquired: AtomicU64,
+    /// Detector faults, written by the detector thread only: bus errors (retried), and
+    /// frames the detector lost, one count per frame, by cause. Lost frames are never
+    /// acquired (a flagged incomplete UDP frame is acquired and counted in `incomplete`).
+    bus_errors: AtomicU64,
+    overruns: AtomicU64,
+    corrupted: AtomicU64,
+    incomplete: AtomicU64,
+    lost: AtomicU64,
     /// Written by the writer thread only.
     written: AtomicU64,
     /// Written by the writer thread only.
@@ -129,6 +167,17 @@ pub struct Summary {
     pub frames_written: u64,
     /// Frames acquired but not written.
     pub frames_dropped: u64,
+    /// Frames the detector lost to a full FIFO (overrun); never acquired.
+    pub frames_overrun: u64,
+    /// Frames that arrived corrupted (checksum mismatch) and were discarded; never acquired.
+    pub frames_corrupted: u64,
+    /// Frames with parts missing (UDP packets): discarded, or with `udp_incomplete = "flag"`
+    /// delivered zero-filled (then also among the acquired frames).
+    pub frames_incomplete: u64,
+    /// Frames the detector produced that never arrived; never acquired.
+    pub frames_lost: u64,
+    /// Bus errors met and retried (a run fails after 10 in a row).
+    pub bus_errors: u64,
     /// Seconds from start to the file being closed.
     pub elapsed_s: f64,
     /// Frames written per second.
@@ -147,10 +196,17 @@ pub struct Summary {
     pub file_number: i32,
     /// Most ring slots filled at once.
     pub ring_high_water: u64,
+    /// The ring's counters (produced, dropped by policy, high water, per consumer).
+    pub ring: RingCounters,
     /// Why the run ended early, if it did: `"stopped"` or the error.
     pub stopped: Option<String>,
     /// The first error, if the run failed.
     pub error: Option<String>,
+    /// The value reference of every frame written (JSON: the first
+    /// [`detflow_writer::refs::SUMMARY_CAP`]; the `--refs` file has them all).
+    pub value_refs: detflow_writer::RefLog,
+    /// How many references there are in all.
+    pub value_refs_total: u64,
 }
 
 /// One acquisition: a detector thread, a ring and a writer thread.
@@ -162,6 +218,9 @@ pub struct Acquisition;
 pub struct AcquisitionHandle {
     counters: Arc<Counters>,
     ring: detflow_ring::RingStats,
+    /// Keeps the ring (and a shared-memory mapping) alive while the handle lives.
+    #[allow(dead_code)]
+    ring_handle: Ring,
     started: Instant,
     finished: Arc<Mutex<Option<Instant>>>,
     files: Arc<Mutex<FileStatus>>,
@@ -254,19 +313,53 @@ impl Acquisition {
             seed,
             frames,
             ring_slots,
+            ring_policy,
+            ring_shm,
             capture,
-            workers: _,
+            workers,
+            backend,
         } = settings;
-        let detector: Box<dyn Backend> = Box::new(
-            SimDetector::new(SimConfig {
-                max_width: sensor.0,
-                max_height: sensor.1,
-                seed,
-                params: demo_params(mode, sensor, acquisition.pixel_type),
-            })
-            .context("cannot create the simulated detector")?,
-        );
-        Self::start_with(detector, acquisition, frames, ring_slots, capture)
+        let (mut acquisition, mut ring_slots) = (acquisition, ring_slots);
+        let detector: Box<dyn Backend> = match backend {
+            BackendSpec::Sim { fifo_depth, faults } => Box::new(
+                SimDetector::with_options(
+                    SimConfig {
+                        max_width: sensor.0,
+                        max_height: sensor.1,
+                        seed,
+                        params: demo_params(mode, sensor, acquisition.pixel_type),
+                    },
+                    SimOptions { fifo_depth, faults },
+                )
+                .context("cannot create the simulated detector")?,
+            ),
+            BackendSpec::Replay { file, dataset } => {
+                let replay = crate::backend::replay::ReplayDetector::open(&file, &dataset)?;
+                // The file's frames decide the frame size and pixel type.
+                let (w, h) = replay.frame_size();
+                acquisition.roi = detflow_hal::Roi::full(w, h);
+                acquisition.pixel_type = replay.pixel_type();
+                let bytes = w as usize * h as usize * replay.pixel_type().size();
+                ring_slots = ring_slots.min(crate::config::auto_slots(bytes));
+                Box::new(replay)
+            }
+            BackendSpec::Udp { listen, incomplete } => Box::new(
+                crate::backend::udp::UdpReceiver::bind(
+                    listen,
+                    sensor,
+                    acquisition.pixel_type,
+                    incomplete,
+                )
+                .with_context(|| format!("cannot receive on udp {listen}"))?,
+            ),
+        };
+        let ring = RingOptions {
+            slots: ring_slots,
+            policy: ring_policy,
+            shm: ring_shm,
+            workers,
+        };
+        Self::start_with(detector, acquisition, frames, ring, capture)
     }
 
     /// Start an acquisition on any backend (`acquisition` configures it).
@@ -274,19 +367,31 @@ impl Acquisition {
         mut detector: Box<dyn Backend>,
         acquisition: detflow_hal::AcquisitionConfig,
         frames: u64,
-        ring_slots: usize,
+        ring: RingOptions,
         capture: detflow_writer::CaptureSettings,
     ) -> anyhow::Result<AcquisitionHandle> {
         let codec = capture.codec;
         let shape = detector
             .configure(&acquisition)
             .context("the detector refused the configuration")?;
-        let (producer, consumer) = detflow_ring::ring(RingConfig {
-            slots: ring_slots,
+        let (producer, ring_handle) = Ring::new(RingConfig {
+            slots: ring.slots,
             slot_bytes: shape.bytes(),
+            policy: ring.policy,
+            shm: ring.shm.clone(),
         })
         .context("cannot allocate the frame ring")?;
-        let ring = producer.ring_stats();
+        // One lossless consumer for the file: a pool of compressors, or the writer alone
+        // when chunks are the frames themselves.
+        let claimer = ring_handle
+            .worker_pool("writer")
+            .context("cannot attach the writer to the ring")?;
+        let ring_stats = ring_handle.stats();
+        let workers = if codec == Codec::None {
+            0
+        } else {
+            ring.workers.max(1)
+        };
 
         let session = CaptureSession::start(
             capture,
@@ -317,24 +422,23 @@ impl Acquisition {
                 finished.clone(),
                 files.clone(),
             );
+            let pipeline = Pipeline {
+                claimer,
+                codec,
+                pixel_type: shape.pixel_type,
+                workers,
+            };
             std::thread::Builder::new()
                 .name("detflow-writer".into())
                 .spawn(move || {
-                    run_writer(
-                        session,
-                        consumer,
-                        codec,
-                        shape.pixel_type,
-                        &counters,
-                        &error,
-                        &files,
-                    );
+                    run_writer(session, pipeline, &counters, &error, &files);
                     *finished.lock().unwrap() = Some(Instant::now());
                 })?
         };
         Ok(AcquisitionHandle {
             counters,
-            ring,
+            ring: ring_stats,
+            ring_handle,
             started,
             finished,
             files,
@@ -352,14 +456,32 @@ fn record(error: &Mutex<Option<String>>, message: String) {
     error.lock().unwrap().get_or_insert(message);
 }
 
+/// Bus errors in a row after which the detector thread gives up and the run fails.
+const MAX_BUS_ERRORS_IN_A_ROW: u32 = 10;
+
 /// The detector thread: grant a slot, let the detector fill it, commit; until the detector
 /// finishes its sequence, the run is stopped, or the writer fails.
+///
+/// Fault policy: a frame the detector reports lost (`Overrun`, `Corrupted`, `Incomplete`,
+/// `FrameLost`: one error per frame) is counted by cause and the run goes on; nothing was
+/// committed for it. A `Bus` error is counted and retried after a short pause growing with
+/// each error in a row (1 ms, 2 ms, … 10 ms); [`MAX_BUS_ERRORS_IN_A_ROW`] in a row fail the
+/// run. Any other error fails the run.
 fn run_detector(
     mut detector: Box<dyn Backend>,
     mut producer: Producer,
     counters: &Counters,
     error: &Mutex<Option<String>>,
 ) {
+    let policy = producer.policy();
+    // Drop-newest: a frame that finds every slot taken is still taken out of the detector
+    // (into this buffer) so the detector moves on, and counted as dropped.
+    let mut scratch = if policy == Policy::DropNewest {
+        vec![0u8; producer.slot_bytes()]
+    } else {
+        Vec::new()
+    };
+    let mut bus_in_a_row = 0u32;
     loop {
         // Acquire pairs with the Release stores in stop()/the writer: once seen, the reason
         // for stopping (the error text) is visible too.
@@ -369,19 +491,80 @@ fn run_detector(
         if !detector.is_acquiring() {
             break;
         }
-        // Block policy: wait for the writer to free a slot.
-        let Some(mut slot) = producer.grant_timeout(POLL) else {
-            continue;
-        };
-        match detector.read_frame(slot.bytes_mut(), POLL) {
-            Ok(meta) => {
-                let len = meta.shape.bytes();
-                slot.commit(slot_meta(&meta, len));
-                counters.acquired.fetch_add(1, Ordering::Relaxed);
+        let read = match policy {
+            // Block: wait for the writer to free a slot (the detector holds its frames
+            // meanwhile, and counts what its own buffer cannot hold as overruns).
+            Policy::Block => {
+                let Some(mut slot) = producer.grant_timeout(POLL) else {
+                    continue;
+                };
+                match detector.read_frame(slot.bytes_mut(), POLL) {
+                    Ok(meta) => {
+                        let len = meta.shape.bytes();
+                        slot.commit(slot_meta(&meta, len));
+                        Ok(())
+                    }
+                    // Nothing was written into the slot: give it back unpublished.
+                    Err(e) => Err(e),
+                }
             }
-            // Not due yet: give the slot back (nothing published) and look at the flags again.
+            Policy::DropNewest => match producer.try_grant() {
+                Some(mut slot) => match detector.read_frame(slot.bytes_mut(), POLL) {
+                    Ok(meta) => {
+                        let len = meta.shape.bytes();
+                        slot.commit(slot_meta(&meta, len));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                None => match detector.read_frame(&mut scratch, POLL) {
+                    Ok(_) => {
+                        producer.record_dropped(1);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            },
+        };
+        match read {
+            Ok(()) => {
+                counters.acquired.fetch_add(1, Ordering::Relaxed);
+                bus_in_a_row = 0;
+            }
+            // Not due yet: look at the flags again.
             Err(e) if e.kind == ErrorKind::Timeout => {}
             Err(e) if e.kind == ErrorKind::NotAcquiring => break,
+            // A frame lost by the detector: counted, nothing committed, the run goes on.
+            Err(e)
+                if matches!(
+                    e.kind,
+                    ErrorKind::Overrun
+                        | ErrorKind::Corrupted
+                        | ErrorKind::Incomplete
+                        | ErrorKind::FrameLost
+                ) =>
+            {
+                let counter = match e.kind {
+                    ErrorKind::Overrun => &counters.overruns,
+                    ErrorKind::Corrupted => &counters.corrupted,
+                    ErrorKind::Incomplete => &counters.incomplete,
+                    _ => &counters.lost,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind == ErrorKind::Bus => {
+                counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+                bus_in_a_row += 1;
+                if bus_in_a_row >= MAX_BUS_ERRORS_IN_A_ROW {
+                    record(
+                        error,
+                        format!("detector: {bus_in_a_row} bus errors in a row, the last: {e}"),
+                    );
+                    counters.stop.store(true, Ordering::Release);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(bus_in_a_row.into()));
+            }
             Err(e) => {
                 record(error, format!("detector: {e}"));
                 counters.stop.store(true, Ordering::Release);
@@ -400,22 +583,81 @@ fn run_detector(
     drop(producer);
 }
 
-/// The writer thread: read each committed slot in place, encode it, hand it to the capture
-/// session, release the slot. After a write error, or once the capture is complete, it keeps
-/// draining the ring, counting each frame as dropped, so the detector is never left blocked
-/// and the counts stay exact.
-fn run_writer(
-    mut session: CaptureSession,
-    mut consumer: Consumer,
+/// How frames go from the ring to the writer thread.
+struct Pipeline {
+    /// The writer's place in the ring: a pool of claims, one per committed frame.
+    claimer: Claimer,
     codec: Codec,
     pixel_type: PixelType,
+    /// Compression threads; 0 when the writer writes the slots themselves (`codec none`).
+    workers: usize,
+}
+
+/// What a compression worker hands the writer for one frame.
+struct Encoded {
+    meta: SlotMeta,
+    /// The encoded chunk, or `None` when the frame was not encoded because nothing more is
+    /// being written (the writer counts it as dropped).
+    chunk: Option<Vec<u8>>,
+}
+
+/// A compression worker: take a free buffer, claim the next frame, encode it in place into
+/// the buffer, release the slot, hand the chunk to the writer. The buffer is taken before the
+/// claim, so the frame the writer waits for always has one (no deadlock with the reordering).
+fn run_compressor(
+    claimer: Claimer,
+    codec: Codec,
+    pixel_type: PixelType,
+    free: Receiver<Vec<u8>>,
+    done: Sender<(u64, Encoded)>,
+    accepting: &AtomicBool,
+) {
+    let mut compressor = codec.compressor(pixel_type);
+    loop {
+        let Ok(mut buf) = free.recv() else { return };
+        let claim = loop {
+            match claimer.claim_timeout(POLL) {
+                Ok(claim) => break Some(claim),
+                Err(NextError::Timeout) => continue,
+                Err(NextError::Closed) => break None,
+            }
+        };
+        let Some(claim) = claim else { return };
+        let seq = claim.sequence();
+        let meta = *claim.meta();
+        // Relaxed: a hint; a frame encoded after the writer stopped accepting is dropped there.
+        let chunk = if accepting.load(Ordering::Relaxed) {
+            compressor.compress(claim.bytes(), &mut buf);
+            Some(buf)
+        } else {
+            None
+        };
+        // The slot is free as soon as its bytes are encoded.
+        drop(claim);
+        if done.send((seq, Encoded { meta, chunk })).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread: frames in ring order to the capture session, and the counts.
+///
+/// With `codec none` it claims each frame itself and writes the slot as the chunk (zero
+/// copy). Otherwise `workers` compression threads encode frames in parallel and the writer
+/// puts their chunks back in order ([`Reorder`]) before writing them. The only HDF5 calls
+/// are made here. Every queue is bounded: `2 x workers + 2` chunk buffers circulate, so a
+/// slow disk holds the compressors, which hold the ring, which holds the detector (or drops,
+/// by the ring's policy). After a write error, or once the capture is complete, frames keep
+/// being taken from the ring and counted as dropped, so the detector is never left blocked
+/// and `acquired = written + dropped` stays exact.
+fn run_writer(
+    mut session: CaptureSession,
+    pipeline: Pipeline,
     counters: &Counters,
     error: &Mutex<Option<String>>,
     files: &Mutex<FileStatus>,
 ) {
-    let mut compressor = codec.compressor(pixel_type);
-    let mut chunk = Vec::new();
-    let mut accepting = true;
+    let accepting = AtomicBool::new(true);
     let mut failed = false;
     let publish = |session: &CaptureSession| {
         let s = session.status();
@@ -437,74 +679,137 @@ fn run_writer(
         shared.write_ok = s.write_ok;
         shared.capturing = s.capturing;
     };
-    loop {
-        if counters.flush_now.swap(false, Ordering::AcqRel) && accepting {
-            if let Err(e) = session.flush() {
-                record(error, format!("writer: {e}"));
-            }
-        }
-        let slot = match consumer.next_timeout(POLL) {
-            Ok(slot) => slot,
-            Err(NextError::Timeout) => {
-                // Idle between slow frames: make the waiting ones visible on time.
-                if accepting && let Err(e) = session.flush_if_due() {
-                    record(error, format!("writer: {e}"));
-                }
-                continue;
-            }
-            Err(NextError::Closed) => break,
-        };
-        if !accepting {
+    // Write one frame (or count it dropped); returns the chunk's buffer for reuse.
+    let mut write = |session: &mut CaptureSession, meta: &SlotMeta, chunk: Option<&[u8]>| {
+        let accepted = accepting.load(Ordering::Relaxed);
+        let (Some(chunk), true) = (chunk, accepted) else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let Some(meta) = frame_meta(slot.meta()) else {
+            return;
+        };
+        let Some(frame) = frame_meta(meta) else {
             record(
                 error,
-                format!("ring slot {} holds unknown metadata", slot.sequence()),
+                format!(
+                    "ring slot of frame {} holds unknown metadata",
+                    meta.frame_id
+                ),
             );
             failed = true;
-            accepting = false;
+            accepting.store(false, Ordering::Relaxed);
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
+            return;
         };
-        let result = if codec == Codec::None {
-            // Zero copy: the chunk is the slot itself.
-            session.push(&meta, slot.bytes())
-        } else {
-            compressor.compress(slot.bytes(), &mut chunk);
-            // The slot is free as soon as its bytes are encoded.
-            drop(slot);
-            session.push(&meta, &chunk)
-        };
-        match result {
+        match session.push(&frame, chunk) {
             Ok(pushed) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);
-                let n = if codec == Codec::None {
-                    meta.shape.bytes()
-                } else {
-                    chunk.len()
-                };
                 counters
                     .compressed_bytes
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if pushed == Pushed::Complete {
                     // NumCapture reached: the files are closed; stop the detector.
-                    accepting = false;
+                    accepting.store(false, Ordering::Relaxed);
                     counters.stop.store(true, Ordering::Release);
                 }
             }
             Err(e) => {
                 record(error, format!("writer: {e}"));
                 failed = true;
-                accepting = false;
+                accepting.store(false, Ordering::Relaxed);
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 counters.state.store(3, Ordering::Release);
                 counters.write_failed.store(true, Ordering::Release);
             }
         }
-        publish(&session);
+        publish(session);
+    };
+    // Between frames: flush on request, or when the flush interval passed while idle.
+    let housekeeping = |session: &mut CaptureSession, idle: bool| {
+        let wanted = counters.flush_now.swap(false, Ordering::AcqRel);
+        if !accepting.load(Ordering::Relaxed) {
+            return;
+        }
+        let flushed = if wanted {
+            session.flush()
+        } else if idle {
+            session.flush_if_due()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = flushed {
+            record(error, format!("writer: {e}"));
+        }
+    };
+
+    if pipeline.workers == 0 {
+        // Zero copy: claims arrive in ring order and the chunk is the slot itself.
+        loop {
+            housekeeping(&mut session, false);
+            match pipeline.claimer.claim_timeout(POLL) {
+                Ok(claim) => write(&mut session, claim.meta(), Some(claim.bytes())),
+                Err(NextError::Timeout) => housekeeping(&mut session, true),
+                Err(NextError::Closed) => break,
+            }
+        }
+    } else {
+        let buffers = 2 * pipeline.workers + 2;
+        let (free_tx, free_rx) = bounded::<Vec<u8>>(buffers);
+        let (done_tx, done_rx) = bounded::<(u64, Encoded)>(buffers);
+        for _ in 0..buffers {
+            free_tx
+                .send(Vec::new())
+                .expect("the channel has room for every buffer");
+        }
+        std::thread::scope(|scope| {
+            for i in 0..pipeline.workers {
+                let (claimer, free, done) =
+                    (pipeline.claimer.clone(), free_rx.clone(), done_tx.clone());
+                let accepting = &accepting;
+                std::thread::Builder::new()
+                    .name(format!("detflow-compress-{i}"))
+                    .spawn_scoped(scope, move || {
+                        run_compressor(
+                            claimer,
+                            pipeline.codec,
+                            pipeline.pixel_type,
+                            free,
+                            done,
+                            accepting,
+                        )
+                    })
+                    .expect("a compression thread starts");
+            }
+            drop(done_tx);
+            let mut order: Option<Reorder<Encoded>> = None;
+            loop {
+                housekeeping(&mut session, false);
+                match done_rx.recv_timeout(POLL) {
+                    Ok((seq, item)) => {
+                        let order = order.get_or_insert_with(|| {
+                            let first = pipeline.claimer.start_sequence().unwrap_or(seq);
+                            Reorder::with_capacity(first, buffers)
+                        });
+                        order.push(seq, item);
+                        while let Some((_, item)) = order.pop() {
+                            write(&mut session, &item.meta, item.chunk.as_deref());
+                            if let Some(mut buf) = item.chunk {
+                                buf.clear();
+                                // The workers may all have ended; then the buffer is not needed.
+                                let _ = free_tx.send(buf);
+                            } else {
+                                let _ = free_tx.send(Vec::new());
+                            }
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => housekeeping(&mut session, true),
+                    // Every worker ended: the ring is closed and drained.
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            // Closing the free list ends workers still waiting for a buffer.
+            drop(free_tx);
+        });
     }
+
     let (status, finished) = session.finish();
     if let Err(e) = finished {
         record(error, format!("writer: {e}"));
@@ -550,11 +855,18 @@ impl AcquisitionHandle {
         let per_s = |v: f64| if elapsed > 0.0 { v / elapsed } else { 0.0 };
         let message = self.error.lock().unwrap().clone().unwrap_or_default();
         let files = self.files.lock().unwrap();
+        let ring = self.ring.snapshot();
         Status {
             state,
             frames_acquired: c.acquired.load(Ordering::Relaxed),
             frames_written: written,
-            frames_dropped: c.dropped.load(Ordering::Relaxed),
+            // Frames dropped by the ring's policy plus frames the writer could not write.
+            frames_dropped: c.dropped.load(Ordering::Relaxed) + ring.dropped,
+            frames_overrun: c.overruns.load(Ordering::Relaxed),
+            frames_corrupted: c.corrupted.load(Ordering::Relaxed),
+            frames_incomplete: c.incomplete.load(Ordering::Relaxed),
+            frames_lost: c.lost.load(Ordering::Relaxed),
+            bus_errors: c.bus_errors.load(Ordering::Relaxed),
             frames_requested: self.frames_requested,
             elapsed_s: elapsed,
             fps: per_s(written as f64),
@@ -566,8 +878,9 @@ impl AcquisitionHandle {
             file_path: files.file_path.clone(),
             file_path_exists: files.file_path_exists,
             files: files.files.iter().map(|f| f.path.clone()).collect(),
-            ring_high_water: self.ring.high_water(),
-            ring_slots: self.ring.slots(),
+            ring_high_water: ring.high_water,
+            ring_slots: ring.slots,
+            ring: ring.clone(),
             write_ok: !c.write_failed.load(Ordering::Acquire)
                 && message.is_empty()
                 && files.write_ok,
@@ -594,6 +907,7 @@ impl AcquisitionHandle {
         let stopped_early = self.counters.stop.load(Ordering::Acquire)
             && (s.frames_requested == 0 || s.frames_acquired < s.frames_requested);
         let error = (!s.write_message.is_empty()).then(|| s.write_message.clone());
+        let value_refs = self.files.lock().unwrap().value_refs.clone();
         Summary {
             files: s.files,
             full_file_name: s.full_file_name,
@@ -601,6 +915,11 @@ impl AcquisitionHandle {
             frames_acquired: s.frames_acquired,
             frames_written: s.frames_written,
             frames_dropped: s.frames_dropped,
+            frames_overrun: s.frames_overrun,
+            frames_corrupted: s.frames_corrupted,
+            frames_incomplete: s.frames_incomplete,
+            frames_lost: s.frames_lost,
+            bus_errors: s.bus_errors,
             elapsed_s: s.elapsed_s,
             fps: s.fps,
             mb_per_s: s.mb_per_s,
@@ -608,12 +927,15 @@ impl AcquisitionHandle {
             compressed_bytes: s.compressed_bytes,
             raw_bytes: s.raw_bytes,
             ring_high_water: s.ring_high_water,
+            ring: s.ring.clone(),
             stopped: match (&error, stopped_early) {
                 (Some(e), _) => Some(e.clone()),
                 (None, true) => Some("stopped".into()),
                 (None, false) => None,
             },
             error,
+            value_refs_total: value_refs.len(),
+            value_refs,
         }
     }
 }

@@ -27,6 +27,86 @@ enum Command {
     /// Measure the pipeline's frame rate per codec and pixel type, next to this machine's
     /// raw write speed and each codec's single-thread speed.
     Bench(BenchArgs),
+    /// Send the simulated detector's frames as UDP datagrams (the stream `acquire --backend
+    /// udp` receives): the same frames `acquire` makes for the same settings and seed.
+    UdpSend(UdpSendArgs),
+    /// Build a master HDF5 file whose virtual dataset stitches value references together
+    /// (one point per reference), e.g.
+    /// `detflow vds --out master.h5 h5file:///data/scan_0001.h5::/entry/data/data[0] ...`.
+    /// When no virtual dataset can be made, the master holds the references as strings and
+    /// says why (a warning here; the exit status is still 0).
+    Vds(VdsArgs),
+}
+
+#[derive(Debug, Args)]
+struct VdsArgs {
+    /// The master file to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Path of the virtual dataset in the master; also the source dataset of references
+    /// without `::dataset` unless --source-dataset is given.
+    #[arg(long, value_name = "PATH", default_value = "/entry/data/data")]
+    dataset: String,
+    /// Source dataset for references without `::dataset`. [default: --dataset]
+    #[arg(long, value_name = "PATH")]
+    source_dataset: Option<String>,
+    /// Pixel type of the frames (u16 or uint16, ...), used when no source exists yet.
+    #[arg(long, value_name = "TYPE", requires = "size")]
+    dtype: Option<String>,
+    /// Frame size, used when no source exists yet.
+    #[arg(long, value_name = "WxH", requires = "dtype")]
+    size: Option<String>,
+    /// Fill value for points without data. [default: NaN for floats, the maximum for
+    /// integers]
+    #[arg(long, value_name = "V", allow_negative_numbers = true)]
+    fill: Option<f64>,
+    /// Also read references from a JSON-lines file written by `acquire --refs` (their dtype
+    /// and shape serve when no source exists yet).
+    #[arg(long, value_name = "FILE")]
+    from_refs: Option<PathBuf>,
+    /// Replace an existing master file.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print one JSON object with the outcome instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Value references, one per point: h5file:///abs/file.h5[::dataset][[i] or [a:b]].
+    #[arg(value_name = "REF")]
+    refs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UdpSendArgs {
+    /// Receiver address, IP:PORT.
+    #[arg(long, value_name = "ADDR")]
+    to: std::net::SocketAddr,
+    /// Frames to send; 0 until Ctrl-C.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    frames: u64,
+    /// Frame size.
+    #[arg(long, value_name = "WxH", default_value = "1024x1024")]
+    size: String,
+    /// Pixel type: u8 u16 u32 i8 i16 i32 f32 f64.
+    #[arg(long, value_name = "TYPE", default_value = "u16")]
+    dtype: String,
+    /// Simulated image: peaks, ramp, sine, noise.
+    #[arg(long, value_name = "MODE", default_value = "peaks")]
+    mode: String,
+    /// Seed of the simulation.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Exposure time in seconds.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    exposure: f64,
+    /// Frame period in seconds; 0 is as fast as possible.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    period: f64,
+    /// Payload bytes per datagram.
+    #[arg(long, value_name = "N", default_value_t = detflow::backend::udp::DEFAULT_PAYLOAD)]
+    packet_bytes: usize,
+    /// Print one JSON object with what was sent instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +191,14 @@ struct AcquireArgs {
     /// Compression worker threads; 0: one per core. [default: 0]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// When the writer falls behind: block (the detector waits) or drop-newest (the new
+    /// frame is dropped and counted). [default: block]
+    #[arg(long, value_name = "POLICY")]
+    ring_policy: Option<String>,
+    /// Put the ring in a shared mapping of this file (e.g. /dev/shm/detflow) so another
+    /// process can read frames in place (examples/shm_reader.py).
+    #[arg(long, value_name = "PATH")]
+    ring_shm: Option<String>,
     /// Frame slots in the ring between detector and writer; 0 sizes it automatically
     /// (64 slots, fewer for frames over 8 MiB). [default: 0]
     #[arg(long, value_name = "N")]
@@ -164,9 +252,54 @@ struct AcquireArgs {
     /// Do not store performance/timestamp (StorePerform off).
     #[arg(long)]
     no_performance: bool,
+    /// Write each frame's value reference (h5file URI, dtype, shape) to FILE as JSON lines,
+    /// as the frames are written.
+    #[arg(long, value_name = "FILE")]
+    refs: Option<String>,
+    /// Name files from a value-reference pattern instead of --template: one file per point,
+    /// e.g. 'h5file:///data/scan_{index:04d}.h5' ({index} is the file number, from
+    /// --number).
+    #[arg(long, value_name = "P")]
+    ref_pattern: Option<String>,
+    /// At the end, write a master file whose virtual dataset (frames, H, W) stitches every
+    /// frame written.
+    #[arg(long, value_name = "FILE")]
+    vds: Option<String>,
     /// Print one JSON object with the outcome instead of text.
     #[arg(long)]
     json: bool,
+    /// Where frames come from: sim, replay (--replay) or udp (--udp-listen). [default: sim]
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    /// replay: the HDF5 file and 3-D dataset to play, FILE[::DATASET]
+    /// [default dataset: /entry/data/data]; its frame size and dtype replace --size/--dtype.
+    #[arg(long, value_name = "FILE[::DATASET]")]
+    replay: Option<String>,
+    /// udp: receive on IP:PORT; --size and --dtype must match the sender.
+    #[arg(long, value_name = "ADDR")]
+    udp_listen: Option<String>,
+    /// udp: frames with packets missing are dropped or flagged (delivered zero-filled);
+    /// both are counted as incomplete. [default: drop]
+    #[arg(long, value_name = "drop|flag")]
+    udp_incomplete: Option<String>,
+    /// sim: frames the detector's FIFO holds before it overruns (1 to 64). [default: 16]
+    #[arg(long, value_name = "N")]
+    fifo_depth: Option<usize>,
+    /// sim: inject I2C NACKs with this probability per transaction. [default: 0]
+    #[arg(long, value_name = "P")]
+    fault_nack: Option<f64>,
+    /// sim: inject I2C bus timeouts with this probability per transaction. [default: 0]
+    #[arg(long, value_name = "P")]
+    fault_bus_timeout: Option<f64>,
+    /// sim: drop frames on the sensor link with this probability. [default: 0]
+    #[arg(long, value_name = "P")]
+    fault_drop: Option<f64>,
+    /// sim: corrupt frames (checksum mismatch) with this probability. [default: 0]
+    #[arg(long, value_name = "P")]
+    fault_corrupt: Option<f64>,
+    /// sim: lose frames to FIFO overruns with this probability. [default: 0]
+    #[arg(long, value_name = "P")]
+    fault_overrun: Option<f64>,
 }
 
 impl AcquireArgs {
@@ -183,6 +316,11 @@ impl AcquireArgs {
         }
         set!(frames => d.frames, size => d.size, dtype => d.dtype, mode => d.mode,
              exposure => d.exposure, period => d.period, seed => d.seed);
+        set!(backend => d.backend, replay => d.replay, udp_listen => d.udp_listen,
+             udp_incomplete => d.udp_incomplete, fifo_depth => d.fifo_depth,
+             fault_nack => d.fault_nack, fault_bus_timeout => d.fault_bus_timeout,
+             fault_drop => d.fault_drop, fault_corrupt => d.fault_corrupt,
+             fault_overrun => d.fault_overrun);
         let w = &mut c.writer;
         set!(codec => w.codec, path => w.path, name => w.name, number => w.number,
              template => w.template, workers => w.workers, write_mode => w.write_mode, frames_per_file => w.frames_per_file,
@@ -213,7 +351,16 @@ impl AcquireArgs {
         if self.no_performance {
             w.performance = false;
         }
-        set!(ring_slots => c.ring.slots);
+        if let Some(r) = &self.refs {
+            w.refs = Some(r.clone());
+        }
+        if let Some(p) = &self.ref_pattern {
+            w.ref_pattern = Some(p.clone());
+        }
+        if let Some(v) = &self.vds {
+            w.vds = Some(v.clone());
+        }
+        set!(ring_slots => c.ring.slots, ring_policy => c.ring.policy, ring_shm => c.ring.shm);
         Ok(c)
     }
 }
@@ -227,6 +374,18 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let settings = config.validate()?;
     let frames = settings.frames;
+    let vds = config
+        .writer
+        .vds
+        .as_ref()
+        .map(|out| detflow_writer::VdsSpec {
+            description: Some(detflow_writer::PointDescription {
+                dtype: settings.acquisition.pixel_type,
+                frame_shape: frame_shape(&settings.acquisition),
+            }),
+            overwrite: config.writer.overwrite,
+            ..detflow_writer::VdsSpec::new(out)
+        });
 
     // First Ctrl-C or SIGTERM: stop cleanly (drain, close the file). A second one: exit now.
     let signal = Arc::new(AtomicUsize::new(0));
@@ -247,7 +406,15 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     let flush_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, flush_request.clone())?;
 
+    let udp = match &settings.backend {
+        detflow::config::BackendSpec::Udp { listen, .. } => Some(*listen),
+        _ => None,
+    };
     let handle = Acquisition::start(settings)?;
+    if let Some(listen) = udp {
+        // Senders (and tests) wait for this line: the socket is bound from here on.
+        eprintln!("detflow: receiving on udp {listen}");
+    }
     let bar = if std::io::stderr().is_terminal() {
         let bar = if frames > 0 {
             ProgressBar::new(frames)
@@ -283,7 +450,27 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
     let summary = handle.wait();
-    print_summary(&summary, args.json)?;
+    // The master file is built after the capture, from the references of the frames written.
+    let master = vds.map(|spec| {
+        let refs: Vec<String> = summary.value_refs.iter().map(|r| r.uri).collect();
+        if refs.is_empty() {
+            Err(anyhow::anyhow!(
+                "no frame was written: no master file {:?}",
+                spec.out
+            ))
+        } else {
+            detflow_writer::build_master(&refs, &spec).context("cannot write the master file")
+        }
+    });
+    let master = match master {
+        Some(Ok(report)) => Some(report),
+        Some(Err(e)) => {
+            eprintln!("detflow: {e:#}");
+            None
+        }
+        None => None,
+    };
+    print_summary(&summary, master.as_ref(), args.json)?;
 
     let sig = signal.load(Ordering::Acquire);
     Ok(if summary.error.is_some() {
@@ -337,9 +524,17 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
+fn print_summary(
+    s: &Summary,
+    master: Option<&detflow_writer::MasterReport>,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(s).context("summary to JSON")?);
+        let mut v = serde_json::to_value(s).context("summary to JSON")?;
+        if let Some(m) = master {
+            v["vds"] = serde_json::to_value(m).context("master report to JSON")?;
+        }
+        println!("{v}");
         return Ok(());
     }
     for f in &s.files {
@@ -366,7 +561,184 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
     if let Some(why) = &s.stopped {
         println!("stopped early   {why}");
     }
+    if let Some(m) = master {
+        print_master(m);
+    }
     Ok(())
+}
+
+/// `[rows, columns]` of the frames `acquisition` gives.
+fn frame_shape(acquisition: &detflow_hal::AcquisitionConfig) -> [u64; 2] {
+    let (roi, bin) = (&acquisition.roi, &acquisition.binning);
+    [
+        u64::from(roi.size_y / bin.y.max(1)),
+        u64::from(roi.size_x / bin.x.max(1)),
+    ]
+}
+
+fn print_master(m: &detflow_writer::MasterReport) {
+    if m.virtual_dataset {
+        println!(
+            "master          {} {} {:?} {} ({} of {} sources present, {} paths)",
+            m.out.display(),
+            m.dataset,
+            m.shape,
+            m.dtype.as_deref().unwrap_or("?"),
+            m.sources_present,
+            m.points,
+            m.source_paths
+        );
+    } else {
+        println!(
+            "master          {} holds the {} references as strings at {}",
+            m.out.display(),
+            m.points,
+            m.refs_dataset
+        );
+    }
+    for note in &m.notes {
+        eprintln!("detflow: note: {note}");
+    }
+    if let Some(why) = &m.reason {
+        eprintln!("detflow: warning: no virtual dataset: {why}");
+    }
+}
+
+fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
+    let mut refs = Vec::new();
+    let mut described = None;
+    if let Some(path) = &args.from_refs {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+            let uri = v["uri"]
+                .as_str()
+                .with_context(|| format!("{}:{}: no \"uri\" string", path.display(), n + 1))?;
+            refs.push(uri.to_owned());
+            if described.is_none() {
+                let dtype = v["dtype"]
+                    .as_str()
+                    .and_then(detflow_writer::refs::pixel_type_from_name);
+                let shape: Option<Vec<u64>> = v["shape"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+                if let (Some(dtype), Some(shape)) = (dtype, shape)
+                    && shape.len() >= 2
+                {
+                    let frame = [shape[shape.len() - 2], shape[shape.len() - 1]];
+                    described = Some(detflow_writer::PointDescription {
+                        dtype,
+                        frame_shape: frame,
+                    });
+                }
+            }
+        }
+    }
+    refs.extend(args.refs.iter().cloned());
+    if refs.is_empty() {
+        anyhow::bail!("no references given: list them after the options, or use --from-refs");
+    }
+    if let (Some(dtype), Some(size)) = (&args.dtype, &args.size) {
+        let dtype = detflow_writer::refs::pixel_type_from_name(dtype).with_context(|| {
+            format!("invalid dtype {dtype:?}: expected u8 u16 u32 i8 i16 i32 f32 f64")
+        })?;
+        let (w, h) = detflow::config::parse_size(size)?;
+        described = Some(detflow_writer::PointDescription {
+            dtype,
+            frame_shape: [u64::from(h), u64::from(w)],
+        });
+    }
+    let spec = detflow_writer::VdsSpec {
+        dataset: args.dataset.clone(),
+        source_dataset: args
+            .source_dataset
+            .clone()
+            .unwrap_or_else(|| args.dataset.clone()),
+        description: described,
+        fill: args.fill,
+        overwrite: args.overwrite,
+        ..detflow_writer::VdsSpec::new(&args.out)
+    };
+    let report = detflow_writer::build_master(&refs, &spec)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        if let Some(why) = &report.reason {
+            eprintln!("detflow: warning: no virtual dataset: {why}");
+        }
+    } else {
+        print_master(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
+    let bad = |setting: &'static str, value: &str, reason: &str| detflow::ConfigError {
+        setting,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let size = detflow::config::parse_size(&args.size)?;
+    let pixel_type = args
+        .dtype
+        .parse()
+        .map_err(|e: detflow_hal::UnknownPixelType| bad("dtype", &args.dtype, &e.to_string()))?;
+    let mode = args.mode.parse().map_err(|_| {
+        bad(
+            "mode",
+            &args.mode,
+            "expected one of peaks, ramp, sine, noise",
+        )
+    })?;
+    let seconds = |setting: &'static str, v: f64| {
+        if (0.0..=86_400.0).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(bad(
+                setting,
+                &v.to_string(),
+                "expected seconds between 0 and 86400",
+            ))
+        }
+    };
+    if args.packet_bytes == 0 || args.packet_bytes > detflow::backend::udp::MAX_PAYLOAD {
+        return Err(bad(
+            "packet-bytes",
+            &args.packet_bytes.to_string(),
+            &format!("expected 1 to {}", detflow::backend::udp::MAX_PAYLOAD),
+        )
+        .into());
+    }
+    let stream = detflow::backend::udp::SimStream {
+        to: args.to,
+        frames: args.frames,
+        size,
+        pixel_type,
+        mode,
+        seed: args.seed,
+        exposure: seconds("exposure", args.exposure)?,
+        period: seconds("period", args.period)?,
+        packet_bytes: args.packet_bytes,
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let report = detflow::backend::udp::send_sim(&stream, &stop)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "sent {} frames ({} datagrams, {} bytes) to {} in {:.3} s",
+            report.frames, report.packets, report.bytes, args.to, report.elapsed_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -374,6 +746,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Acquire(args) => acquire(args),
         Command::Bench(args) => bench(args),
+        Command::UdpSend(args) => udp_send(args),
+        Command::Vds(args) => vds(args),
     };
     match result {
         Ok(code) => code,

@@ -212,3 +212,66 @@ fn sigint_stops_cleanly_and_the_file_holds_what_was_written() {
 fn sigterm_stops_cleanly_too() {
     interrupt(libc::SIGTERM);
 }
+
+/// A writer slower than the detector (one worker on deflate:9, two slots) under each ring
+/// policy: the counts add up exactly and the file holds exactly the frames written.
+#[test]
+fn both_ring_policies_keep_the_counts_exact() {
+    for policy in ["block", "drop-newest"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = common::run(&[
+            "acquire",
+            "--frames",
+            "80",
+            "--size",
+            "256x256",
+            "--codec",
+            "deflate:9",
+            "--workers",
+            "1",
+            "--ring-slots",
+            "2",
+            "--ring-policy",
+            policy,
+            "--path",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{policy}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = common::summary(&out);
+        let (acquired, written, dropped) = (
+            s["frames_acquired"].as_u64().unwrap(),
+            s["frames_written"].as_u64().unwrap(),
+            s["frames_dropped"].as_u64().unwrap(),
+        );
+        assert_eq!(acquired, 80, "{policy}: {s}");
+        assert_eq!(acquired, written + dropped, "{policy}: {s}");
+        assert_eq!(
+            s["ring"]["dropped"].as_u64().unwrap(),
+            dropped,
+            "{policy}: drops are the ring's: {s}"
+        );
+        assert_eq!(
+            s["ring"]["produced"].as_u64().unwrap(),
+            written,
+            "{policy}: {s}"
+        );
+        match policy {
+            "block" => assert_eq!(dropped, 0, "block never drops here: {s}"),
+            _ => assert!(
+                dropped > 0,
+                "a two-slot ring before a slow writer drops: {s}"
+            ),
+        }
+        assert_eq!(
+            frames_in(&dir.path().join("detflow_0001.h5")) as u64,
+            written,
+            "{policy}"
+        );
+        assert!(s["ring"]["high_water"].as_u64().unwrap() <= 2);
+    }
+}

@@ -505,3 +505,72 @@ print("ok")
     );
     assert_eq!(got.trim(), "ok");
 }
+
+/// Another process reads frames in place from the ring's shared memory while an acquisition
+/// runs; the frame it reports is the one the file holds.
+#[test]
+fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = dir.path().join("ring.shm");
+    let child = common::detflow()
+        .args([
+            "acquire",
+            "--frames",
+            "150",
+            "--size",
+            "64x48",
+            "--period",
+            "0.02",
+            "--name",
+            "shm",
+            "--json",
+            "--ring-shm",
+        ])
+        .arg(&shm)
+        .arg("--path")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&dir.path().join("shm_0001.h5"));
+    std::thread::sleep(Duration::from_millis(500));
+    let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shm_reader.py");
+    let out = std::process::Command::new(common::python())
+        .arg(&reader)
+        .arg(&shm)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shm_reader.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = child.wait_with_output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(common::summary(&run)["frames_written"], 150);
+
+    let id = line["frame_id"].as_u64().unwrap();
+    assert!(id >= 1 && id < 150, "read while running: {line}");
+    assert_eq!(line["shape"], serde_json::json!([48, 64]));
+    assert_eq!(line["dtype"], "uint16");
+    let sum_in_file = common::run_python(
+        r#"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][()]
+k = int(np.nonzero(ids == int(sys.argv[2]))[0][0])
+print(int(f["/entry/data/data"][k].astype(np.int64).sum()))
+"#,
+        &[&dir.path().join("shm_0001.h5"), Path::new(&id.to_string())],
+    );
+    assert_eq!(
+        line["sum"].as_u64().unwrap(),
+        sum_in_file.trim().parse::<u64>().unwrap(),
+        "{line}"
+    );
+}
