@@ -11,13 +11,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use detflow_hal::{AcquisitionConfig, Detector, FrameSource, ImageMode, PixelType, Roi};
+use detflow_hal::{
+    AcquisitionConfig, ColorMode, Detector, FrameShape, FrameSource, ImageMode, PixelType, Roi,
+    SensorInfo,
+};
 use detflow_sim::{SimConfig, SimDetector, SimMode};
 use detflow_writer::Codec;
 use serde::Serialize;
 
+use crate::backend::cycle::FrameCycle;
 use crate::config::{Config, parse_size};
-use crate::engine::{Acquisition, demo_params};
+use crate::engine::{Acquisition, RingOptions, demo_params};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -111,7 +115,8 @@ pub struct BenchRow {
     pub ratio: f64,
     /// Process CPU time / (wall time x cores), 0..1.
     pub cpu_utilisation: f64,
-    /// A plain sequential write of the same bytes to the same directory, frames per second.
+    /// A plain sequential write of the same bytes to the same directory, file closed, frames
+    /// per second: the better of one just before and one just after the run.
     pub raw_write_fps: f64,
     /// The codec on one core in memory, frames per second (for `none`: a memcpy).
     pub codec_fps_1thread: f64,
@@ -195,6 +200,16 @@ fn codec_rate(codec: Codec, pixel_type: PixelType, frames: &[Vec<u8>]) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Write back every dirty page of the file system holding `dir`, so each measurement starts
+/// from the same state (the time this takes is not measured).
+fn settle(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: syncfs takes an open descriptor and no pointers.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
+}
+
 /// Frames per second of a plain sequential write of `frames` frames to a file in `dir`,
 /// closed, as the h5py baseline measures (no fsync).
 fn raw_write_rate(dir: &Path, frame: &[u8], frames: u64) -> anyhow::Result<f64> {
@@ -219,7 +234,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
     };
     let mut rows = Vec::new();
     for &pixel_type in &plan.dtypes {
-        let samples = sample_frames(plan.size, pixel_type, 8)?;
+        // Distinct frames (noise and peak heights vary), enough that compressors see variety.
+        let samples = sample_frames(plan.size, pixel_type, 16)?;
         let h5py = match &plan.compare_h5py {
             None => Vec::new(),
             Some(python) => {
@@ -255,10 +271,44 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
             cfg.writer.auto_increment = false;
             cfg.writer.workers = plan.workers;
             let settings = cfg.validate()?;
+            // Frames made beforehand and cycled, as a detector hands over finished frames:
+            // the pipeline is measured, not the simulator's arithmetic.
+            let shape = FrameShape {
+                width: plan.size.0,
+                height: plan.size.1,
+                pixel_type,
+                color_mode: ColorMode::Mono,
+            };
+            let info = SensorInfo {
+                manufacturer: heapless::String::try_from("detflow").unwrap_or_default(),
+                model: heapless::String::try_from("bench frame cycle").unwrap_or_default(),
+                max_width: plan.size.0,
+                max_height: plan.size.1,
+                pixel_types: heapless::Vec::from_slice(&[pixel_type]).unwrap_or_default(),
+            };
+            let detector = Box::new(FrameCycle::new(samples.clone(), shape, info));
+            let ring = RingOptions {
+                slots: settings.ring_slots,
+                policy: settings.ring_policy,
+                shm: None,
+                workers: settings.workers,
+            };
 
+            // The raw-write limit, measured just before and just after the run (the better of
+            // the two counts: the disk is shared and its speed swings).
+            settle(&plan.dir);
+            let raw_before = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+            settle(&plan.dir);
             let cpu0 = cpu_seconds();
             let wall = Instant::now();
-            let summary = Acquisition::start(settings)?.wait();
+            let summary = Acquisition::start_with(
+                detector,
+                settings.acquisition,
+                settings.frames,
+                ring,
+                settings.capture,
+            )?
+            .wait();
             let wall = wall.elapsed().as_secs_f64();
             let cpu = cpu_seconds() - cpu0;
             if let Some(e) = &summary.error {
@@ -267,7 +317,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
             for f in &summary.files {
                 let _ = std::fs::remove_file(f);
             }
-            let raw_write_fps = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+            settle(&plan.dir);
+            let raw_write_fps =
+                raw_write_rate(&plan.dir, &samples[0], plan.frames)?.max(raw_before);
             let codec_fps_1thread = codec_rate(codec, pixel_type, &samples);
             let fps = summary.frames_written as f64 / wall;
             let row = BenchRow {

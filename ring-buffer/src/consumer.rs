@@ -234,7 +234,8 @@ impl<'a> ReadSlot<'a> {
 
 impl Drop for ReadSlot<'_> {
     fn drop(&mut self) {
-        drop(self.token.take());
+        // End the tracked access (a no-op with std) before the slot is released.
+        self.token = None;
         let next = self.seq + 1;
         let consumer = &mut *self.consumer;
         consumer.next_seq = next;

@@ -26,7 +26,7 @@ pub const MAGIC: [u8; 8] = *b"DFLWRING";
 /// Version of the byte layout; bumped on any incompatible change.
 pub const LAYOUT_VERSION: u32 = 1;
 
-/// Size of [`ControlHeader`]: slot headers start at this offset.
+/// Size of the control header: slot headers start at this offset.
 pub const CONTROL_BYTES: usize = 256;
 
 /// Size of one slot header.
@@ -389,7 +389,10 @@ impl ControlHeader {
 }
 
 impl Drop for Region {
-    #[allow(irrefutable_let_patterns, reason = "under loom there is no file backing")]
+    #[allow(
+        irrefutable_let_patterns,
+        reason = "under loom there is no file backing"
+    )]
     fn drop(&mut self) {
         if let Backing::Heap(layout) = self.backing {
             // SAFETY: `base` was returned by `alloc` with exactly `layout` and is freed only

@@ -281,7 +281,8 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        drop(self.token.take());
+        // End the tracked access (a no-op with std) before the slot is released.
+        self.token = None;
         self.pool.release(self.seq);
     }
 }

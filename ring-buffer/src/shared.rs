@@ -281,6 +281,7 @@ impl WaitQueue {
                 spin_hint();
             }
         }
+        #[allow(clippy::reversed_empty_ranges, reason = "no yield phase under loom")]
         for _ in 0..YIELD_ROUNDS {
             if ready() {
                 return true;

@@ -57,7 +57,7 @@ fn child_producer_entry_point() {
     let _keep = ring;
     let started = Instant::now();
     for id in 0..frames {
-        if id % 64 == 0 && stop.exists() {
+        if id.is_multiple_of(64) && stop.exists() {
             break;
         }
         let mut slot = producer.grant(Duration::from_secs(1)).unwrap();
