@@ -555,7 +555,7 @@ fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
     assert_eq!(common::summary(&run)["frames_written"], 150);
 
     let id = line["frame_id"].as_u64().unwrap();
-    assert!(id >= 1 && id < 150, "read while running: {line}");
+    assert!((1..150).contains(&id), "read while running: {line}");
     assert_eq!(line["shape"], serde_json::json!([48, 64]));
     assert_eq!(line["dtype"], "uint16");
     let sum_in_file = common::run_python(
