@@ -72,6 +72,9 @@ pub struct StreamSpec {
     /// Replace an existing file. When false an existing file is refused (areaDetector
     /// overwrites silently).
     pub overwrite: bool,
+    /// Keep the file in memory only (HDF5's core driver without a backing store): every
+    /// HDF5 call is made, nothing reaches a disk. A null sink for benchmarks and tests.
+    pub in_memory: bool,
 }
 
 impl StreamSpec {
@@ -93,6 +96,7 @@ impl StreamSpec {
             flush_interval: None,
             temp_suffix: String::new(),
             overwrite: false,
+            in_memory: false,
         }
     }
 
@@ -290,19 +294,24 @@ impl StreamWriter {
         }
         let open_path = spec.open_path();
         let reserve = reserve_path(&open_path);
-        hold_space(&reserve, reserve_bytes(&spec)).map_err(|e| WriterError::BadDirectory {
-            setting: "path".into(),
-            path: dir.to_path_buf(),
-            reason: format!(
-                "cannot reserve {} bytes to close files safely: {e}",
-                reserve_bytes(&spec)
-            ),
-        })?;
+        if !spec.in_memory {
+            hold_space(&reserve, reserve_bytes(&spec)).map_err(|e| WriterError::BadDirectory {
+                setting: "path".into(),
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "cannot reserve {} bytes to close files safely: {e}",
+                    reserve_bytes(&spec)
+                ),
+            })?;
+        }
         let ctx = |what: &'static str| {
             let path = open_path.clone();
             move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
         };
         let mut builder = File::with_options();
+        if spec.in_memory {
+            builder.with_fapl(|p| p.core_options(64 << 20, false));
+        }
         if spec.swmr {
             // SWMR needs the 1.10 file format; stay on it so HDF5 1.10+ readers open the file.
             use hdf5::file::LibraryVersion;
@@ -349,7 +358,7 @@ impl StreamWriter {
                 attrs,
                 performance,
             }),
-            reserve: Some(reserve),
+            reserve: (!spec.in_memory).then_some(reserve),
             failed: false,
             perf_rows: Vec::with_capacity(spec.num_capture.min(1 << 16) as usize),
             spec,
