@@ -69,8 +69,9 @@ pub struct DetectorSettings {
     /// Where frames come from: `sim` (the simulated detector), `replay` (an HDF5 file, see
     /// `replay`) or `udp` (a datagram stream, see `udp_listen`).
     pub backend: String,
-    /// replay: `FILE[::DATASET]`, a 3-D dataset (default `/entry/data/data`). Its frame size
-    /// and pixel type replace `size` and `dtype`.
+    /// replay: `FILE[::DATASET]`, a 3-D dataset (default `/entry/data/data`), raw or compressed
+    /// with a filter HDF5 or detflow decodes (any `--codec`). Its frame size and pixel type
+    /// replace `size` and `dtype`.
     pub replay: String,
     /// udp: `IP:PORT` to receive on; `size` and `dtype` must be what the sender sends.
     pub udp_listen: String,

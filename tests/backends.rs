@@ -1,5 +1,6 @@
 //! The replay and UDP backends: both pass the HAL conformance suite; a file replayed with
-//! `--codec none` writes back exactly its frames; a seeded stream sent with `udp-send` writes
+//! `--codec none` writes back exactly its frames, also when it was written with a codec whose
+//! HDF5 filter this HDF5 lacks (detflow decodes those chunks itself); a seeded stream sent with `udp-send` writes
 //! exactly what the simulator writes directly; lost and incomplete UDP frames are counted;
 //! injected simulator faults reach the `--json` summary. Network traffic stays on 127.0.0.1.
 
@@ -38,6 +39,7 @@ fn frames_of(path: &Path) -> (Vec<usize>, Vec<u8>) {
     let d = f.dataset("/entry/data/data").unwrap();
     let shape = d.shape();
     let bytes = match d.dtype().unwrap().size() {
+        1 => d.read_raw::<u8>().unwrap(),
         2 => d
             .read_raw::<u16>()
             .unwrap()
@@ -115,6 +117,193 @@ fn a_replayed_file_writes_back_exactly_its_frames() {
             a == b,
             "{codec} {dtype}: replayed pixels differ from the source"
         );
+    }
+}
+
+/// Acquisition arguments of the compressed-replay tests: 7 seeded 40 x 24 frames.
+fn seeded(dtype: &'static str, codec: &'static str) -> [&'static str; 14] {
+    [
+        "--frames", "7", "--size", "40x24", "--dtype", dtype, "--mode", "peaks", "--seed", "11",
+        "--codec", codec, "--period", "0.001",
+    ]
+}
+
+#[test]
+fn files_compressed_with_filters_hdf5_lacks_replay_pixel_for_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reference = std::collections::HashMap::new();
+    for dtype in ["u16", "u8", "f32"] {
+        let (_, raw) = acquire(dir.path(), &format!("raw_{dtype}"), &seeded(dtype, "none"));
+        reference.insert(dtype, frames_of(&raw));
+    }
+    let cases = [
+        ("lz4", "u16"),
+        ("bslz4", "u16"),
+        ("bszstd", "u16"),
+        ("zstd", "u16"),
+        ("blosc", "u16"),
+        ("bslz4", "u8"),
+        ("blosc:zstd:3", "u8"),
+        ("zstd:9", "f32"),
+        ("bszstd:5", "f32"),
+        ("lz4", "f32"),
+    ];
+    for (codec, dtype) in cases {
+        let name = format!("src_{}_{dtype}", codec.replace(':', "_"));
+        let (_, source) = acquire(dir.path(), &name, &seeded(dtype, codec));
+        // This HDF5 cannot read the source itself: the test exercises detflow's decoding.
+        {
+            let f = hdf5::File::open(&source).unwrap();
+            let d = f.dataset("/entry/data/data").unwrap();
+            assert!(
+                d.read_raw::<u8>().is_err(),
+                "{codec}: HDF5 decoded it itself"
+            );
+        }
+        let (s, copy) = acquire(
+            dir.path(),
+            &format!("replay_{name}"),
+            &[
+                "--backend",
+                "replay",
+                "--replay",
+                source.to_str().unwrap(),
+                "--frames",
+                "9",
+                "--codec",
+                "none",
+                "--period",
+                "0.001",
+            ],
+        );
+        assert_eq!(s["frames_written"], 9, "{codec} {dtype}: {s}");
+        let (shape_a, a) = &reference[dtype];
+        let (shape_b, b) = frames_of(&copy);
+        assert_eq!(shape_a, &[7, 24, 40], "{codec} {dtype}");
+        assert_eq!(shape_b, [9, 24, 40], "{codec} {dtype}");
+        // Frames 7 and 8 wrap to 0 and 1.
+        let frame = a.len() / 7;
+        let want: Vec<u8> = a.iter().chain(&a[..2 * frame]).copied().collect();
+        assert!(
+            b == want,
+            "{codec} {dtype}: replayed pixels differ from a raw acquisition of the same seed"
+        );
+    }
+}
+
+#[test]
+fn a_detflow_decoded_replay_conforms_and_windows_the_roi() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, raw) = acquire(dir.path(), "raw", &seeded("u16", "none"));
+    let (_, source) = acquire(dir.path(), "bslz4", &seeded("u16", "bslz4"));
+    let mut det = ReplayDetector::open(&source, "/entry/data/data").unwrap();
+    assert_eq!((det.frames(), det.frame_size()), (7, (40, 24)));
+    conformance::check_all(&mut det, &ConformanceConfig::default()).unwrap();
+
+    let roi = Roi {
+        min_x: 3,
+        min_y: 2,
+        size_x: 5,
+        size_y: 4,
+    };
+    det.configure(&AcquisitionConfig {
+        roi,
+        pixel_type: PixelType::U16,
+        exposure: Duration::ZERO,
+        period: Duration::ZERO,
+        image_mode: ImageMode::Multiple,
+        num_images: 8,
+        ..AcquisitionConfig::default()
+    })
+    .unwrap();
+    det.start().unwrap();
+    let (_, all) = frames_of(&raw);
+    let frame = 40 * 24 * 2;
+    let mut buf = vec![0u8; 5 * 4 * 2];
+    for n in 0..8 {
+        det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+        let f = &all[(n % 7) * frame..][..frame];
+        let want: Vec<u8> = (2..6)
+            .flat_map(|y| &f[(y * 40 + 3) * 2..(y * 40 + 8) * 2])
+            .copied()
+            .collect();
+        assert_eq!(buf, want, "frame {n}");
+    }
+    assert!(!det.is_acquiring());
+}
+
+#[test]
+fn filters_neither_hdf5_nor_detflow_decode_are_refused_by_id_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.h5");
+    {
+        let f = hdf5::File::create(&path).unwrap();
+        // hdf5-metno refuses filters this HDF5 lacks, so they are added to the DCPL raw, as
+        // optional filters (as detflow and h5py record them).
+        let with_filters = |name: &str, chunk: [usize; 3], shuffle: bool, id: i32, cd: &[u32]| {
+            let mut dcpl = hdf5::plist::DatasetCreate::build();
+            dcpl.chunk(chunk);
+            if shuffle {
+                dcpl.shuffle();
+            }
+            let dcpl = dcpl.finish().unwrap();
+            let _lock = hdf5_sys::LOCK.lock();
+            // SAFETY: the DCPL id is live; cd points to cd.len() u32s that HDF5 copies.
+            let status = unsafe {
+                hdf5_sys::h5p::H5Pset_filter(
+                    dcpl.id(),
+                    id,
+                    hdf5_sys::h5z::H5Z_FLAG_OPTIONAL,
+                    cd.len(),
+                    cd.as_ptr(),
+                )
+            };
+            assert!(status >= 0);
+            f.new_dataset::<u16>()
+                .set_create_plist(&dcpl)
+                .chunk(chunk)
+                .shape([2, 4, 5])
+                .create(name)
+                .unwrap();
+        };
+        // An unknown filter.
+        with_filters("unknown", [1, 4, 5], false, 32099, &[1, 2]);
+        // LZ4, which detflow decodes, but two frames per chunk.
+        with_filters("two_per_chunk", [2, 4, 5], false, 32004, &[40]);
+        // LZ4 after shuffle: detflow decodes a single filter only.
+        with_filters("shuffled", [1, 4, 5], true, 32004, &[40]);
+        // LZ4 with one frame per chunk, no chunk written: playable, the frames are the fill.
+        with_filters("unwritten", [1, 4, 5], false, 32004, &[40]);
+    }
+    let mut det = ReplayDetector::open(&path, "/unwritten").unwrap();
+    det.configure(&AcquisitionConfig {
+        roi: Roi::full(5, 4),
+        pixel_type: PixelType::U16,
+        exposure: Duration::ZERO,
+        image_mode: ImageMode::Single,
+        ..AcquisitionConfig::default()
+    })
+    .unwrap();
+    det.start().unwrap();
+    let mut buf = vec![0xEEu8; 5 * 4 * 2];
+    det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+    assert_eq!(buf, [0; 40], "an unwritten chunk reads as the fill value 0");
+    let file = path.display().to_string();
+    for (ds, why) in [
+        ("/unknown", "nor can detflow"),
+        ("/two_per_chunk", "one frame per chunk"),
+        ("/shuffled", "single filter"),
+    ] {
+        let e = ReplayDetector::open(&path, ds).unwrap_err();
+        let want = format!("replay {file}::{ds}: compressed with HDF5 filter ");
+        assert!(e.message.starts_with(&want), "{ds}: {e}");
+        let id = if ds == "/unknown" { "32099" } else { "32004" };
+        assert!(
+            e.message.contains(&format!("filter {id}, which")),
+            "{ds}: {e}"
+        );
+        assert!(e.message.contains(why), "{ds}: {e}");
+        assert_eq!(e.kind(), detflow_hal::ErrorKind::InvalidConfig);
     }
 }
 

@@ -1,13 +1,26 @@
 //! The replay backend: a detector whose frames are those of an existing HDF5 file, so that
 //! pipelines can be run on real data. It accepts any 3-D dataset `(frames, rows, columns)` of
-//! one of the eight pixel types that HDF5 can read, compressed or not (deflate, shuffle,
-//! szip, and any filter registered with this HDF5), and plays it at the configured period,
-//! wrapping to the first frame after the last.
+//! one of the eight pixel types that HDF5 can read, compressed or not, and plays it at the
+//! configured period, wrapping to the first frame after the last.
 //!
-//! Each frame is read by HDF5 straight into the caller's buffer (a hyperslab of the ROI), with
-//! the dataspaces and memory type made at `configure`, so a frame costs no allocation.
-//! Binning is not supported (refused with `InvalidConfig`); the ROI is any window of the
-//! frame.
+//! Frames are read one of two ways:
+//!
+//! - **By HDF5**, for datasets whose filters this HDF5 decodes itself (none, deflate, shuffle,
+//!   szip, any registered filter), with any chunking: each frame is read straight into the
+//!   caller's buffer (a hyperslab of the ROI), with the dataspaces and memory type made at
+//!   `configure`, so a frame costs no allocation.
+//! - **By detflow**, for datasets compressed with a filter this HDF5 has no decoder for but
+//!   detflow's writer has ([`Codec::from_filter`]: lz4 32004, bitshuffle+LZ4/zstd 32008, zstd
+//!   32015, blosc 32001 — what `detflow acquire --codec` writes), provided that filter is the
+//!   dataset's only one and each chunk holds one frame (chunk dims `(1, rows, columns)`): each
+//!   frame's chunk is read raw (`H5Dread_chunk`, [`detflow_writer::read_chunk`]), decoded with
+//!   [`Codec::decode`] (which allocates the decoded frame), and the ROI copied out. A chunk
+//!   stored with the filter skipped (filter mask bit set) is used as is; a chunk never written
+//!   is read by HDF5 (its fill value).
+//!
+//! A dataset with a filter that neither can decode is refused at `open` with `InvalidConfig`,
+//! naming the filter id and the file. Binning is not supported (refused with
+//! `InvalidConfig`); the ROI is any window of the frame.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +29,8 @@ use detflow_hal::{
     AcquisitionConfig, ColorMode, Detector, EpicsTimestamp, ErrorKind, ErrorType, FrameMeta,
     FrameShape, FrameSource, ImageMode, PixelType, SensorInfo, TriggerMode,
 };
+use detflow_writer::Codec;
+use hdf5::filters::Filter;
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 
 /// Dataset replayed when the file name has no `::DATASET`: where `detflow acquire` writes.
@@ -79,6 +94,25 @@ fn native_type(t: PixelType) -> hdf5::Result<hdf5::Datatype> {
     }
 }
 
+/// The filter id and `cd_values` of one filter of a dataset's pipeline.
+fn filter_params(f: &Filter) -> (u32, Vec<u32>) {
+    match f {
+        Filter::User(id, cd_values) => (*id as u32, cd_values.clone()),
+        Filter::Deflate(level) => (f.id() as u32, vec![u32::from(*level)]),
+        _ => (f.id() as u32, Vec::new()),
+    }
+}
+
+/// How frames whose filter HDF5 cannot run are decoded (the second way in the module docs).
+#[derive(Debug)]
+struct ChunkDecoder {
+    codec: Codec,
+    /// Swap the bytes of each decoded element: the file's byte order is not this machine's.
+    swap: bool,
+    /// The stored chunk, reused frame after frame.
+    chunk: Vec<u8>,
+}
+
 /// What `configure` prepared for reading frames.
 #[derive(Debug)]
 struct Reader {
@@ -104,6 +138,8 @@ pub struct ReplayDetector {
     path: PathBuf,
     name: String,
     dataset: hdf5::Dataset,
+    /// Set when detflow decodes the chunks itself.
+    decoder: Option<ChunkDecoder>,
     frames: u64,
     width: u32,
     height: u32,
@@ -119,7 +155,7 @@ pub struct ReplayDetector {
 
 impl ReplayDetector {
     /// Opens `dataset` of `path` read-only and checks it is 3-D with at least one frame, of a
-    /// pixel type detflow knows, and that HDF5 can decode its filters.
+    /// pixel type detflow knows, and that HDF5 or detflow can decode its filters.
     pub fn open(path: &Path, dataset: &str) -> Result<Self, ReplayError> {
         let bad = |m: String| err(ErrorKind::InvalidConfig, m);
         let file = hdf5::File::open(path)
@@ -153,18 +189,24 @@ impl ReplayDetector {
                 path.display()
             ))
         })?;
-        for f in ds.filters() {
-            let id = f.id();
+        let filters = ds.filters();
+        let missing = filters.iter().map(|f| f.id()).find(|&id| {
             let _lock = hdf5_sys::LOCK.lock();
             // SAFETY: H5Zfilter_avail only reads the filter table; the HDF5 lock is held.
-            let available = unsafe { hdf5_sys::h5z::H5Zfilter_avail(id) } > 0;
-            if !available {
-                return Err(bad(format!(
-                    "replay {}::{dataset}: compressed with HDF5 filter {id}, which this HDF5 cannot decode",
-                    path.display()
-                )));
-            }
-        }
+            unsafe { hdf5_sys::h5z::H5Zfilter_avail(id) <= 0 }
+        });
+        let decoder = match missing {
+            None => None,
+            Some(id) => Some(
+                Self::chunk_decoder(&ds, &filters, pixel_type).map_err(|why| {
+                    bad(format!(
+                        "replay {}::{dataset}: compressed with HDF5 filter {id}, which this HDF5 \
+                     cannot decode; {why}",
+                        path.display()
+                    ))
+                })?,
+            ),
+        };
         let (width, height) = (width as u32, height as u32);
         let config = AcquisitionConfig {
             roi: detflow_hal::Roi::full(width, height),
@@ -175,6 +217,7 @@ impl ReplayDetector {
             path: path.to_owned(),
             name: dataset.to_owned(),
             dataset: ds,
+            decoder,
             frames: frames as u64,
             width,
             height,
@@ -190,6 +233,45 @@ impl ReplayDetector {
             run: None,
             next_index: 0,
             array_counter: 0,
+        })
+    }
+
+    /// The decoder for a dataset with a filter this HDF5 cannot run, or why detflow cannot
+    /// decode it either.
+    fn chunk_decoder(
+        ds: &hdf5::Dataset,
+        filters: &[Filter],
+        pixel_type: PixelType,
+    ) -> Result<ChunkDecoder, String> {
+        let [f] = filters else {
+            return Err(format!(
+                "detflow decodes chunks itself only with a single filter, and the pipeline has \
+                 filters {:?}",
+                filters.iter().map(|f| f.id()).collect::<Vec<_>>()
+            ));
+        };
+        let (id, cd_values) = filter_params(f);
+        let codec = Codec::from_filter(id, &cd_values)
+            .ok_or_else(|| format!("nor can detflow (cd_values {cd_values:?})"))?;
+        let shape = ds.shape();
+        let chunk = ds.chunk().unwrap_or_default();
+        if chunk != [1, shape[1], shape[2]] {
+            return Err(format!(
+                "detflow decodes {codec} chunks itself only with one frame per chunk, and the \
+                 chunks are {chunk:?}, not [1, {}, {}]",
+                shape[1], shape[2]
+            ));
+        }
+        let foreign = if cfg!(target_endian = "little") {
+            hdf5::datatype::ByteOrder::BigEndian
+        } else {
+            hdf5::datatype::ByteOrder::LittleEndian
+        };
+        let order = ds.dtype().map_err(|e| e.to_string())?.byte_order();
+        Ok(ChunkDecoder {
+            codec,
+            swap: order == foreign && pixel_type.size() > 1,
+            chunk: Vec::new(),
         })
     }
 
@@ -225,8 +307,56 @@ impl ReplayDetector {
                 .map_err(|e| err(ErrorKind::Other, format!("replay: {e}")))?;
             self.reader = Some(r);
         }
-        let r = self.reader.as_ref().expect("prepared above");
         let roi = self.config.roi;
+        if let Some(d) = self.decoder.as_mut() {
+            let fail = |what: String| {
+                err(
+                    ErrorKind::Other,
+                    format!(
+                        "replay {}::{}: frame {index}: {what}",
+                        self.path.display(),
+                        self.name
+                    ),
+                )
+            };
+            let mask = detflow_writer::read_chunk(&self.dataset, &[index, 0, 0], &mut d.chunk)
+                .map_err(|e| fail(format!("HDF5 could not read the chunk: {e}")))?;
+            if let Some(mask) = mask {
+                let elem = self.pixel_type.size();
+                let row = self.width as usize * elem;
+                let decoded;
+                let frame: &[u8] = if mask & 1 == 0 {
+                    decoded = d
+                        .codec
+                        .decode(self.pixel_type, &d.chunk)
+                        .map_err(|e| fail(e.to_string()))?;
+                    &decoded
+                } else {
+                    &d.chunk
+                };
+                if frame.len() != row * self.height as usize {
+                    return Err(fail(format!(
+                        "the chunk holds {} bytes, a frame is {}",
+                        frame.len(),
+                        row * self.height as usize
+                    )));
+                }
+                let (x0, w) = (roi.min_x as usize * elem, roi.size_x as usize * elem);
+                let rows = frame
+                    .chunks_exact(row)
+                    .skip(roi.min_y as usize)
+                    .take(roi.size_y as usize);
+                for (out, src) in buf.chunks_exact_mut(w).zip(rows) {
+                    out.copy_from_slice(&src[x0..x0 + w]);
+                    if d.swap {
+                        out.chunks_exact_mut(elem).for_each(<[u8]>::reverse);
+                    }
+                }
+                return Ok(());
+            }
+            // Never written: HDF5 reads the fill value without running the filter.
+        }
+        let r = self.reader.as_ref().expect("prepared above");
         let start: [u64; 3] = [index, roi.min_y.into(), roi.min_x.into()];
         let count: [u64; 3] = [1, roi.size_y.into(), roi.size_x.into()];
         let _lock = hdf5_sys::LOCK.lock();

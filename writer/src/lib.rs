@@ -49,6 +49,7 @@ pub use capture::{
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
+pub use sink::read_chunk;
 pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
 pub use vds::{MasterReport, PointDescription, VdsSpec, build_master};
 

@@ -3,7 +3,9 @@
 //! - Image datasets are created from a raw dataset-creation property list, so that a filter is
 //!   recorded by id and `cd_values` with `H5Z_FLAG_OPTIONAL` even when this process has no
 //!   implementation of it registered (we never run the filter: chunks arrive already encoded).
-//! - Frames go in with `H5Dwrite_chunk` (direct chunk write), bypassing the filter pipeline.
+//! - Frames go in with `H5Dwrite_chunk` (direct chunk write), bypassing the filter pipeline,
+//!   and come back out with `H5Dread_chunk` ([`read_chunk`]) for readers that decode chunks
+//!   themselves (the replay backend, for filters this HDF5 has no decoder for).
 //! - Group attributes are fixed-length, NUL-terminated ASCII strings, as NDFileHDF5 writes them.
 //!
 //! Every raw call holds `hdf5_sys::LOCK`, the process-wide reentrant lock that hdf5-metno takes
@@ -14,7 +16,7 @@ use std::ffi::CString;
 use hdf5::types::TypeDescriptor;
 use hdf5::{Dataset, Dataspace, Datatype, Location, SimpleExtents};
 use hdf5_sys::h5a::{H5Aclose, H5Acreate2, H5Awrite};
-use hdf5_sys::h5d::{H5Dcreate2, H5Dwrite_chunk};
+use hdf5_sys::h5d::{H5Dcreate2, H5Dget_chunk_info_by_coord, H5Dread_chunk, H5Dwrite_chunk};
 use hdf5_sys::h5p::{H5P_DEFAULT, H5Pset_filter};
 use hdf5_sys::h5s::{H5S_class_t, H5Sclose, H5Screate};
 use hdf5_sys::h5t::{H5T_str_t, H5Tset_strpad};
@@ -101,6 +103,71 @@ pub fn write_chunk(dataset: &Dataset, offset: &[u64], chunk: &[u8]) -> hdf5::Res
         )
     })?;
     Ok(())
+}
+
+/// Read the stored (still encoded) bytes of the chunk at element offset `offset` (a multiple
+/// of the chunk dims, one entry per dataset dimension) into `buf`, resized to the chunk's
+/// stored size, bypassing the filter pipeline.
+///
+/// Returns the chunk's filter mask (bit `i` set: filter `i` of the pipeline was skipped, so
+/// `0` means every filter was applied), or `None` if the chunk was never written (`buf` is
+/// then empty; the chunk reads as the fill value).
+pub fn read_chunk(
+    dataset: &Dataset,
+    offset: &[u64],
+    buf: &mut Vec<u8>,
+) -> hdf5::Result<Option<u32>> {
+    if offset.len() != dataset.ndim() {
+        return Err(hdf5::Error::Internal(format!(
+            "chunk offset {offset:?} does not have the dataset's rank {}",
+            dataset.ndim()
+        )));
+    }
+    let _lock = hdf5_sys::LOCK.lock();
+    let mut mask: u32 = 0;
+    let mut addr: hdf5_sys::h5::haddr_t = 0;
+    let mut stored: u64 = 0;
+    // SAFETY: the dataset id is live; offset has one entry per dataset dimension (checked
+    // above); the three out-pointers point to initialised locals of the types HDF5 writes.
+    hdf5::h5check(unsafe {
+        H5Dget_chunk_info_by_coord(
+            dataset.id(),
+            offset.as_ptr(),
+            &mut mask,
+            &mut addr,
+            &mut stored,
+        )
+    })?;
+    buf.clear();
+    if stored == 0 {
+        return Ok(None);
+    }
+    let stored = usize::try_from(stored).map_err(|_| {
+        hdf5::Error::Internal(format!("chunk of {stored} bytes does not fit in memory"))
+    })?;
+    buf.resize(stored, 0);
+    let mut size = buf.len();
+    // SAFETY: the dataset id is live; offset has one entry per dataset dimension; `buf` is
+    // valid for writes of `size` bytes, which HDF5 does not exceed (it reads nothing if the
+    // chunk is larger); `mask` and `size` are initialised locals.
+    hdf5::h5check(unsafe {
+        H5Dread_chunk(
+            dataset.id(),
+            H5P_DEFAULT,
+            offset.as_ptr(),
+            &mut mask,
+            buf.as_mut_ptr().cast(),
+            &mut size,
+        )
+    })?;
+    if size != buf.len() {
+        // The chunk changed size between the two calls (another writer): read nothing stale.
+        return Err(hdf5::Error::Internal(format!(
+            "chunk at {offset:?} is {size} bytes, not the {} reported",
+            buf.len()
+        )));
+    }
+    Ok(Some(mask))
 }
 
 /// Mark the file's descriptor close-on-exec. HDF5's default driver opens files without

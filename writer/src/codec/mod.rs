@@ -291,6 +291,45 @@ impl Codec {
         Some(FilterSpec { id, cd_values })
     }
 
+    /// The codec whose [`decode`](Codec::decode) reads chunks of the HDF5 filter `id` with
+    /// `cd_values`, as recorded on a dataset (by detflow or another writer), or `None` if
+    /// there is none: another filter, a bitshuffle without compression, or a blosc chunk
+    /// format other than c-blosc 1.x. Parameters that only the encoder uses (levels) are
+    /// taken from `cd_values` when present, else defaulted.
+    pub fn from_filter(id: u32, cd_values: &[u32]) -> Option<Codec> {
+        let level = |i: usize, default: u8| {
+            cd_values
+                .get(i)
+                .and_then(|&l| u8::try_from(l).ok())
+                .unwrap_or(default)
+        };
+        match id {
+            FILTER_DEFLATE => Some(Codec::Deflate {
+                level: level(0, 6).min(9),
+            }),
+            FILTER_LZ4 => Some(Codec::Lz4),
+            FILTER_BITSHUFFLE => match cd_values.get(4) {
+                Some(&BSHUF_LZ4) => Some(Codec::BitshuffleLz4),
+                Some(&BSHUF_ZSTD) => Some(Codec::BitshuffleZstd {
+                    level: level(5, ZSTD_DEFAULT_LEVEL).clamp(1, ZSTD_MAX_LEVEL),
+                }),
+                _ => None,
+            },
+            FILTER_ZSTD => Some(Codec::Zstd {
+                level: level(0, ZSTD_DEFAULT_LEVEL).clamp(1, ZSTD_MAX_LEVEL),
+            }),
+            // The decoder reads the compressor from each chunk's header, not from cd_values.
+            FILTER_BLOSC => Some(Codec::Blosc {
+                compressor: cd_values
+                    .get(6)
+                    .and_then(|&code| BloscCompressor::ALL.into_iter().find(|c| c.code() == code))
+                    .unwrap_or(BloscCompressor::Lz4),
+                level: level(4, BLOSC_DEFAULT_LEVEL).min(9),
+            }),
+            _ => None,
+        }
+    }
+
     /// A reusable compressor for frames of `pixel_type` (one per compressing thread).
     pub fn compressor(&self, pixel_type: PixelType) -> Compressor {
         let zstd = |level: u8| {
@@ -666,6 +705,33 @@ mod tests {
         assert_eq!(
             f("blosc:blosclz:9", PixelType::F32, 64),
             spec(32001, &[2, 2, 4, 64, 9, 1, 0])
+        );
+    }
+
+    #[test]
+    fn the_filter_a_codec_declares_maps_back_to_it() {
+        for codec in all_codecs() {
+            for p in PIXEL_TYPES {
+                let Some(f) = codec.filter(p, 4096) else {
+                    continue;
+                };
+                assert_eq!(
+                    Codec::from_filter(f.id, &f.cd_values),
+                    Some(codec),
+                    "{codec} {p:?}"
+                );
+            }
+        }
+        assert_eq!(
+            Codec::from_filter(32008, &[0, 5, 2, 0, 0]),
+            None,
+            "bitshuffle alone"
+        );
+        assert_eq!(Codec::from_filter(2, &[]), None, "shuffle");
+        assert_eq!(Codec::from_filter(32004, &[]), Some(Codec::Lz4));
+        assert_eq!(
+            Codec::from_filter(32015, &[]),
+            Some(Codec::Zstd { level: 3 })
         );
     }
 
