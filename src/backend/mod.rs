@@ -3,7 +3,8 @@
 //! A backend implements the HAL ([`detflow_hal::FrameSource`]) with its own error type;
 //! [`Backend`] erases that type into [`BackendError`] (the portable [`ErrorKind`] plus the
 //! backend's message), and a blanket implementation covers every `FrameSource` that can move
-//! to the detector thread. [`BackendSpec`] says which backend a configuration asks for.
+//! to the detector thread. [`crate::config::BackendSpec`] says which backend a configuration
+//! asks for.
 
 use std::fmt;
 use std::time::Duration;
