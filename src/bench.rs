@@ -40,6 +40,21 @@ pub struct BenchPlan {
     pub workers: usize,
     /// A Python with h5py and hdf5plugin: run `benches/h5py_writer.py` on the same frames.
     pub compare_h5py: Option<PathBuf>,
+    /// Runs per (codec, dtype), each with its own raw-write measurement; the table shows
+    /// medians.
+    pub repeat: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The comparison writer, carried in the binary so `detflow bench` runs from anywhere.
@@ -107,8 +122,10 @@ pub struct BenchRow {
     pub frames: u64,
     /// Frames dropped.
     pub dropped: u64,
-    /// Frames per second, file closed.
+    /// Frames per second, file closed (median of the runs).
     pub fps: f64,
+    /// Every run's frames per second.
+    pub fps_runs: Vec<f64>,
     /// Uncompressed MB (10^6 bytes) per second.
     pub mb_per_s: f64,
     /// Uncompressed bytes / bytes on disk of the chunks.
@@ -286,55 +303,66 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 max_height: plan.size.1,
                 pixel_types: heapless::Vec::from_slice(&[pixel_type]).unwrap_or_default(),
             };
-            let detector = Box::new(FrameCycle::new(samples.clone(), shape, info));
-            let ring = RingOptions {
-                slots: settings.ring_slots,
-                policy: settings.ring_policy,
-                shm: None,
-                workers: settings.workers,
-            };
-
-            // The raw-write limit, measured just before and just after the run (the better of
-            // the two counts: the disk is shared and its speed swings).
-            settle(&plan.dir);
-            let raw_before = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
-            settle(&plan.dir);
-            let cpu0 = cpu_seconds();
-            let wall = Instant::now();
-            let summary = Acquisition::start_with(
-                detector,
-                settings.acquisition,
-                settings.frames,
-                ring,
-                settings.capture,
-            )?
-            .wait();
-            let wall = wall.elapsed().as_secs_f64();
-            let cpu = cpu_seconds() - cpu0;
-            if let Some(e) = &summary.error {
-                anyhow::bail!("{codec_name} {pixel_type}: {e}");
+            let mut runs = Vec::new();
+            let mut raws = Vec::new();
+            let mut last = None;
+            let mut cpu_share = Vec::new();
+            for _ in 0..plan.repeat.max(1) {
+                // The raw-write limit, measured just before and just after each run (the
+                // better of the two counts: the disk is shared and its speed swings).
+                settle(&plan.dir);
+                let raw_before = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+                settle(&plan.dir);
+                let detector = Box::new(FrameCycle::new(samples.clone(), shape, info.clone()));
+                let ring = RingOptions {
+                    slots: settings.ring_slots,
+                    policy: settings.ring_policy,
+                    shm: None,
+                    workers: settings.workers,
+                };
+                let cpu0 = cpu_seconds();
+                let wall = Instant::now();
+                let summary = Acquisition::start_with(
+                    detector,
+                    settings.acquisition.clone(),
+                    settings.frames,
+                    ring,
+                    settings.capture.clone(),
+                )?
+                .wait();
+                let wall = wall.elapsed().as_secs_f64();
+                let cpu = cpu_seconds() - cpu0;
+                if let Some(e) = &summary.error {
+                    anyhow::bail!("{codec_name} {pixel_type}: {e}");
+                }
+                for f in &summary.files {
+                    let _ = std::fs::remove_file(f);
+                }
+                settle(&plan.dir);
+                let raw_after = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+                runs.push(summary.frames_written as f64 / wall);
+                raws.push(raw_before.max(raw_after));
+                cpu_share.push(cpu / (wall * cores() as f64));
+                last = Some((summary, wall));
             }
-            for f in &summary.files {
-                let _ = std::fs::remove_file(f);
-            }
-            settle(&plan.dir);
-            let raw_write_fps =
-                raw_write_rate(&plan.dir, &samples[0], plan.frames)?.max(raw_before);
+            let (summary, _) = last.expect("at least one run");
+            let fps = median(runs.clone());
+            let raw_write_fps = median(raws);
             let codec_fps_1thread = codec_rate(codec, pixel_type, &samples);
-            let fps = summary.frames_written as f64 / wall;
             let row = BenchRow {
                 codec: codec.to_string(),
                 dtype: pixel_type.name().into(),
                 frames: summary.frames_written,
                 dropped: summary.frames_dropped,
                 fps,
-                mb_per_s: summary.raw_bytes as f64 / wall / 1e6,
+                fps_runs: runs,
+                mb_per_s: fps * shape.bytes() as f64 / 1e6,
                 ratio: if summary.compressed_bytes > 0 {
                     summary.raw_bytes as f64 / summary.compressed_bytes as f64
                 } else {
                     0.0
                 },
-                cpu_utilisation: cpu / (wall * cores() as f64),
+                cpu_utilisation: median(cpu_share),
                 raw_write_fps,
                 codec_fps_1thread,
                 workers,
@@ -357,7 +385,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
     Ok(rows)
 }
 
-/// The plan from the command line's strings.
+/// The plan from the command line's strings (one run each, no h5py comparison: set
+/// [`BenchPlan::repeat`] and [`BenchPlan::compare_h5py`] after).
 pub fn plan(
     codecs: &str,
     dtypes: &str,
@@ -365,7 +394,6 @@ pub fn plan(
     frames: u64,
     dir: PathBuf,
     workers: usize,
-    compare_h5py: Option<PathBuf>,
 ) -> anyhow::Result<BenchPlan> {
     let codecs: Vec<String> = codecs
         .split(',')
@@ -396,7 +424,8 @@ pub fn plan(
         frames,
         dir,
         workers,
-        compare_h5py,
+        compare_h5py: None,
+        repeat: 1,
     })
 }
 

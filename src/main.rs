@@ -136,6 +136,10 @@ struct BenchArgs {
     /// Print a JSON array, one object per run, instead of the table.
     #[arg(long)]
     json: bool,
+    /// Runs per codec and dtype (each beside its own raw-write measurement); the table shows
+    /// medians.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    repeat: usize,
     /// A Python interpreter with h5py and hdf5plugin: also run the plain h5py writer
     /// (benches/h5py_writer.py) on the same frames, side by side.
     #[arg(long, value_name = "PYTHON")]
@@ -484,15 +488,16 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = args.path.clone().unwrap_or_else(std::env::temp_dir);
-    let plan = detflow::bench::plan(
+    let mut plan = detflow::bench::plan(
         &args.codecs,
         &args.dtype,
         &args.size,
         args.frames,
         dir,
         args.workers,
-        args.compare_h5py.clone(),
     )?;
+    plan.compare_h5py.clone_from(&args.compare_h5py);
+    plan.repeat = args.repeat.max(1);
     if !args.json {
         println!(
             "{} frames of {}x{} per run, {} workers, files in {}",
