@@ -228,13 +228,15 @@ fn settle(dir: &Path) {
 }
 
 /// Frames per second of a plain sequential write of `frames` frames to a file in `dir`,
-/// closed, as the h5py baseline measures (no fsync).
-fn raw_write_rate(dir: &Path, frame: &[u8], frames: u64) -> anyhow::Result<f64> {
+/// closed, as the h5py baseline measures (no fsync). The frames are taken in turn from
+/// `source`, distinct buffers as large as the ring, so they come from memory as the
+/// pipeline's do, not from a cache-hot single buffer.
+fn raw_write_rate(dir: &Path, source: &[Vec<u8>], frames: u64) -> anyhow::Result<f64> {
     let path = dir.join(format!(".detflow-bench-raw-{}", std::process::id()));
     let t = Instant::now();
     let mut f = std::fs::File::create(&path).with_context(|| format!("cannot write {path:?}"))?;
-    for _ in 0..frames {
-        f.write_all(frame)?;
+    for k in 0..frames as usize {
+        f.write_all(&source[k % source.len()])?;
     }
     drop(f);
     let rate = frames as f64 / t.elapsed().as_secs_f64();
@@ -253,6 +255,11 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
     for &pixel_type in &plan.dtypes {
         // Distinct frames (noise and peak heights vary), enough that compressors see variety.
         let samples = sample_frames(plan.size, pixel_type, 16)?;
+        // As many distinct buffers as the pipeline's ring has slots, for the raw write.
+        let ring_slots = crate::config::auto_slots(samples[0].len());
+        let raw_source: Vec<Vec<u8>> = (0..ring_slots)
+            .map(|k| samples[k % samples.len()].clone())
+            .collect();
         let h5py = match &plan.compare_h5py {
             None => Vec::new(),
             Some(python) => {
@@ -311,7 +318,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 // The raw-write limit, measured just before and just after each run (the
                 // better of the two counts: the disk is shared and its speed swings).
                 settle(&plan.dir);
-                let raw_before = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+                let raw_before = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
                 settle(&plan.dir);
                 let detector = Box::new(FrameCycle::new(samples.clone(), shape, info.clone()));
                 let ring = RingOptions {
@@ -339,7 +346,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                     let _ = std::fs::remove_file(f);
                 }
                 settle(&plan.dir);
-                let raw_after = raw_write_rate(&plan.dir, &samples[0], plan.frames)?;
+                let raw_after = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
                 runs.push(summary.frames_written as f64 / wall);
                 raws.push(raw_before.max(raw_after));
                 cpu_share.push(cpu / (wall * cores() as f64));
