@@ -1,6 +1,10 @@
 //! The HDF5 writer alone, per frame: into a null sink (an in-memory HDF5 file, every HDF5
 //! call made, nothing written to disk) and into a real file in the temp directory.
 //!
+//! Read the null sink with care: HDF5's in-memory (core) driver zero-fills and page-faults
+//! fresh memory as the image grows, which costs more per byte than the kernel's page cache,
+//! so for small (compressed) chunks the real file is the faster of the two.
+//!
 //! `cargo bench -p detflow-writer --bench writer`. Frames are 1024x1024 u16, raw chunks
 //! (`Codec::None`) and bslz4 chunks encoded beforehand, so the figure is HDF5 and I/O only.
 //! Each iteration opens a file, writes `FRAMES` frames (`DETFLOW_BENCH_FRAMES` overrides)
