@@ -24,6 +24,16 @@ pub struct BackendError {
     pub message: String,
 }
 
+impl BackendError {
+    /// An error of `kind` with `message` (which names the file, setting or value at fault).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

@@ -37,26 +37,10 @@ use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 pub const DEFAULT_DATASET: &str = "/entry/data/data";
 
 /// A replay error: the message and the HAL kind.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ReplayError {
-    /// The HAL kind.
-    pub kind: ErrorKind,
-    /// What went wrong, naming the file, dataset or setting.
-    pub message: String,
-}
-
-impl detflow_hal::Error for ReplayError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
+pub type ReplayError = super::BackendError;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ReplayError {
-    ReplayError {
-        kind,
-        message: message.into(),
-    }
+    super::BackendError::new(kind, message)
 }
 
 /// Splits `FILE[::DATASET]`.

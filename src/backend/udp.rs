@@ -282,26 +282,10 @@ pub fn send_sim(s: &SimStream, stop: &std::sync::atomic::AtomicBool) -> anyhow::
 }
 
 /// A receive error: the message and the HAL kind.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct UdpError {
-    /// The HAL kind.
-    pub kind: ErrorKind,
-    /// What happened.
-    pub message: String,
-}
-
-impl detflow_hal::Error for UdpError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
+pub type UdpError = super::BackendError;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> UdpError {
-    UdpError {
-        kind,
-        message: message.into(),
-    }
+    super::BackendError::new(kind, message)
 }
 
 /// A frame being assembled.

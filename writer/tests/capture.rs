@@ -3,41 +3,12 @@
 
 use std::path::Path;
 
-use detflow_hal::{ColorMode, EpicsTimestamp, FrameMeta, FrameShape, PixelType};
-use detflow_writer::{
-    CaptureSession, CaptureSettings, FileNaming, FrameGeometry, Pushed, WriteMode, WriterError,
-    layout,
-};
+use detflow_hal::{EpicsTimestamp, FrameMeta};
+use detflow_writer::{CaptureSession, Pushed, WriteMode, WriterError, layout};
 
-const SHAPE: FrameShape = FrameShape {
-    width: 4,
-    height: 3,
-    pixel_type: PixelType::U16,
-    color_mode: ColorMode::Mono,
-};
+mod common;
 
-fn geometry() -> FrameGeometry {
-    FrameGeometry {
-        shape: SHAPE,
-        dim_offset: [0, 0],
-        dim_binning: [1, 1],
-    }
-}
-
-fn settings(dir: &Path, mode: WriteMode, num_capture: u64) -> CaptureSettings {
-    CaptureSettings {
-        mode,
-        num_capture,
-        naming: FileNaming {
-            path: dir.to_str().unwrap().into(),
-            name: "t".into(),
-            number: 1,
-            auto_increment: true,
-            template: "%s%s_%3.3d.h5".parse().unwrap(),
-        },
-        ..CaptureSettings::default()
-    }
-}
+use common::{SHAPE, geometry, settings};
 
 fn frame(id: u64) -> (FrameMeta, Vec<u8>) {
     let meta = FrameMeta {

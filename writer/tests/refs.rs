@@ -3,40 +3,19 @@
 
 use std::path::Path;
 
-use detflow_hal::{ColorMode, EpicsTimestamp, FrameMeta, FrameShape, PixelType};
+use detflow_hal::{EpicsTimestamp, FrameMeta};
 use detflow_writer::refs::{FrameSelection, RefPattern, ValueRef};
-use detflow_writer::{
-    CaptureSession, CaptureSettings, FileNaming, FrameGeometry, WriteMode, WriterError, layout,
-};
+use detflow_writer::{CaptureSession, CaptureSettings, FileNaming, WriteMode, WriterError, layout};
 
-const SHAPE: FrameShape = FrameShape {
-    width: 4,
-    height: 3,
-    pixel_type: PixelType::U16,
-    color_mode: ColorMode::Mono,
-};
+mod common;
 
-fn geometry() -> FrameGeometry {
-    FrameGeometry {
-        shape: SHAPE,
-        dim_offset: [0, 0],
-        dim_binning: [1, 1],
-    }
-}
+use common::{SHAPE, geometry};
 
+/// The common capture settings, with the JSON-lines reference file in `dir`.
 fn settings(dir: &Path, mode: WriteMode, num_capture: u64) -> CaptureSettings {
     CaptureSettings {
-        mode,
-        num_capture,
-        naming: FileNaming {
-            path: dir.to_str().unwrap().into(),
-            name: "t".into(),
-            number: 1,
-            auto_increment: true,
-            template: "%s%s_%3.3d.h5".parse().unwrap(),
-        },
         refs: Some(dir.join("refs.jsonl")),
-        ..CaptureSettings::default()
+        ..common::settings(dir, mode, num_capture)
     }
 }
 
