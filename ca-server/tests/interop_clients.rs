@@ -20,19 +20,7 @@ const PY_PACKAGES: &[&str] = &[
     "numpy<3",
 ];
 
-fn run_step(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use detflow_test_support::run_step;
 
 /// The venv's python, made once per target dir: built in a private folder, then renamed
 /// into place, so parallel test binaries do not clash.
@@ -40,14 +28,7 @@ fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ca-interop-venv");
-        let stamp_name = format!(
-            "installed-{}",
-            PY_PACKAGES.join("-").replace(['<', '='], "_")
-        );
-        let py = root.join("bin").join("python");
-        if !root.join(&stamp_name).exists() {
-            build_venv(&root, &stamp_name);
-        }
+        let py = detflow_test_support::python_venv(&root, PY_PACKAGES);
         let versions = run_step(
             Command::new(&py).args([
                 "-c",
@@ -60,37 +41,6 @@ fn python() -> &'static Path {
         eprintln!("interop venv: {}", versions.trim());
         py
     })
-}
-
-/// Build the venv in a private folder, then rename it into place (one rename wins).
-fn build_venv(root: &Path, stamp_name: &str) {
-    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    run_step(
-        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
-        "python3 -m venv (interop tests need python3 with venv)",
-    );
-    run_step(
-        Command::new(tmp.join("bin").join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PY_PACKAGES),
-        "pip install of pyepics, caproto, ophyd and numpy",
-    );
-    std::fs::write(tmp.join(stamp_name), b"ok").unwrap();
-    if !root.join(stamp_name).exists() {
-        let _ = std::fs::remove_dir_all(root);
-        if std::fs::rename(&tmp, root).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp); // another process won the race
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
 }
 
 /// The `serve_demo` example, built by `cargo test` next to this test binary.

@@ -186,47 +186,7 @@ fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ring-venv");
-        let py = root.join("bin").join("python");
-        if root.join("installed-numpy").exists() {
-            return py;
-        }
-        let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let step = |cmd: &mut Command, what: &str| {
-            let out = cmd
-                .output()
-                .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        step(
-            Command::new("python3").args(["-m", "venv"]).arg(&tmp),
-            "python3 -m venv (the shm interop test needs python3 with venv)",
-        );
-        step(
-            Command::new(tmp.join("bin").join("python")).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "numpy",
-            ]),
-            "pip install numpy",
-        );
-        std::fs::write(tmp.join("installed-numpy"), b"ok").unwrap();
-        let _ = std::fs::remove_dir_all(&root);
-        if std::fs::rename(&tmp, &root).is_err() {
-            // Another process won the race; use its venv.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        assert!(py.exists(), "{} missing after venv setup", py.display());
-        py
+        detflow_test_support::python_venv(&root, &["numpy"])
     })
 }
 

@@ -41,56 +41,7 @@ pub fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
-        let py = root.join("bin").join("python");
-        let stamp = root.join(format!("installed-{}", PY_PACKAGES.join("-")));
-        if stamp.exists() {
-            return py;
-        }
-        // Build in a private folder, then rename into place: two test binaries racing here
-        // each build their own and one rename wins.
-        let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let step = |cmd: &mut Command, what: &str| {
-            let out = cmd
-                .output()
-                .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        step(
-            Command::new("python3").args(["-m", "venv"]).arg(&tmp),
-            "python3 -m venv (interop tests need python3 with venv)",
-        );
-        step(
-            Command::new(tmp.join("bin").join("python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(PY_PACKAGES),
-            "pip install of the interop packages",
-        );
-        // Console scripts carry the venv path; none are used, but keep the folder honest.
-        std::fs::write(
-            tmp.join(format!("installed-{}", PY_PACKAGES.join("-"))),
-            b"ok",
-        )
-        .unwrap();
-        let _ = std::fs::remove_dir_all(&root);
-        if std::fs::rename(&tmp, &root).is_err() {
-            // Another process won the race; use its venv.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        assert!(root.join("bin").join("python").exists() || py.exists());
-        py
+        detflow_test_support::python_venv(&root, PY_PACKAGES)
     })
 }
 

@@ -1,0 +1,70 @@
+//! What several crates' tests need alike: a Python virtual environment with the packages an
+//! interop test reads with (h5py, numpy, pyepics …). A dev-dependency only.
+//!
+//! Interop tests must fail, never skip, when their reader cannot be installed: every step
+//! here panics with the command's output when it fails.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Run `cmd`; panic with its output, naming `what`, unless it succeeds. Returns stdout.
+pub fn run_step(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The interpreter of a venv at `root` with `packages` pip-installed, made if missing.
+///
+/// A stamp file named after the package list marks a finished venv, so changing the list
+/// rebuilds it. The venv is built in a private folder and renamed into place: test binaries
+/// racing here each build their own, and one rename wins.
+pub fn python_venv(root: &Path, packages: &[&str]) -> PathBuf {
+    let stamp = format!(
+        "installed-{}",
+        packages.join("-").replace(['<', '>', '='], "_")
+    );
+    let py = root.join("bin").join("python");
+    if root.join(&stamp).exists() {
+        return py;
+    }
+    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    run_step(
+        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+        "python3 -m venv (interop tests need python3 with venv)",
+    );
+    run_step(
+        Command::new(tmp.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages),
+        &format!("pip install {}", packages.join(" ")),
+    );
+    std::fs::write(tmp.join(&stamp), b"ok").expect("the stamp file is written");
+    let _ = std::fs::remove_dir_all(root);
+    if std::fs::rename(&tmp, root).is_err() {
+        // Another process won the race; use its venv.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(
+        py.exists(),
+        "{} missing after the venv was set up",
+        py.display()
+    );
+    py
+}
