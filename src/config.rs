@@ -46,6 +46,36 @@ pub struct Config {
     pub ring: RingSettings,
     /// Files, naming and compression.
     pub writer: WriterSettings,
+    /// The daemon (`detflow serve`); `detflow acquire` ignores it.
+    pub serve: ServeSettings,
+}
+
+/// `detflow serve`: the IOC's prefix, where it may write, how it is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// PV prefix.
+    pub prefix: String,
+    /// Directories files may be written under; empty: the current directory.
+    pub data_roots: Vec<String>,
+    /// Channel Access port; 0: EPICS_CAS_SERVER_PORT / EPICS_CA_SERVER_PORT, else 5064.
+    pub ca_port: u16,
+    /// The IPv4 interface served on (loopback unless set otherwise).
+    pub interface: String,
+    /// Most image1:ArrayData updates a second (0: no previews).
+    pub preview_rate: f64,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            prefix: "ad:".into(),
+            data_roots: Vec::new(),
+            ca_port: 0,
+            interface: "127.0.0.1".into(),
+            preview_rate: 5.0,
+        }
+    }
 }
 
 /// Detector settings (ADBase + ADSimDetector).

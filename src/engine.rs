@@ -45,6 +45,65 @@ pub struct RingOptions {
     pub workers: usize,
 }
 
+/// A file plugin shared by the daemon and the engine's writer thread (areaDetector's
+/// NDFileHDF5): its capture starts and stops while frames flow and lives across
+/// acquisitions. While no capture is open (or the plugin is disabled) frames pass it by
+/// without being written, and are counted as `frames_not_captured`, not as dropped.
+#[derive(Debug, Default)]
+pub struct SharedCapture {
+    slot: Mutex<CaptureSlot>,
+}
+
+/// What [`SharedCapture`] holds.
+#[derive(Debug, Default)]
+pub struct CaptureSlot {
+    /// The open capture (Capture = 1), if any.
+    pub session: Option<CaptureSession>,
+    /// EnableCallbacks: a disabled plugin takes no frames.
+    pub enabled: bool,
+    /// The readbacks of the last capture that ended, with the reason when it failed.
+    pub last: Option<(FileStatus, Option<String>)>,
+}
+
+impl SharedCapture {
+    /// A plugin with no capture open.
+    pub fn new(enabled: bool) -> Self {
+        SharedCapture {
+            slot: Mutex::new(CaptureSlot {
+                enabled,
+                ..CaptureSlot::default()
+            }),
+        }
+    }
+
+    /// Lock the plugin (the writer thread holds it only while it writes one frame).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, CaptureSlot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Told what happens during a run, on the thread where it happens: keep each call short
+/// (post a value, copy a preview at a limited rate), because it delays that thread.
+pub trait Observer: Send + Sync {
+    /// Detector thread: frame number `count` of this run (from 1) was read, `bytes` are its
+    /// pixels in the ring slot, before the slot is handed on.
+    fn frame_acquired(&self, _count: u64, _meta: &FrameMeta, _bytes: &[u8]) {}
+    /// Writer thread: a frame went into the shared capture; its readbacks now.
+    fn frame_captured(&self, _status: &FileStatus) {}
+    /// Writer thread: the shared capture ended by itself (NumCapture reached, or a write
+    /// error, given) and its files are closed.
+    fn capture_ended(&self, _status: &FileStatus, _error: Option<&str>) {}
+}
+
+/// Where the writer thread puts frames.
+enum Sink {
+    /// The run's own capture (the CLI): it ends with the run, and a complete capture stops
+    /// the detector.
+    Owned(CaptureSession),
+    /// The daemon's file plugin: captures come and go; the detector runs on.
+    Shared(Arc<SharedCapture>),
+}
+
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,6 +140,9 @@ pub struct Status {
     pub frames_written: u64,
     /// Frames acquired but not written.
     pub frames_dropped: u64,
+    /// Frames acquired while no capture was open on a shared file plugin (daemon): passed
+    /// by on purpose, neither written nor dropped.
+    pub frames_not_captured: u64,
     /// Frames the detector lost to a full FIFO (overrun); never acquired.
     pub frames_overrun: u64,
     /// Frames that arrived corrupted (checksum mismatch) and were discarded; never acquired.
@@ -144,6 +206,8 @@ struct Counters {
     written: AtomicU64,
     /// Written by the writer thread only.
     dropped: AtomicU64,
+    /// Written by the writer thread only: frames a shared plugin was not capturing.
+    not_captured: AtomicU64,
     /// Written by the writer thread only.
     compressed_bytes: AtomicU64,
     /// 0 acquiring, 1 draining, 2 done, 3 failed.
@@ -320,39 +384,15 @@ impl Acquisition {
             backend,
         } = settings;
         let (mut acquisition, mut ring_slots) = (acquisition, ring_slots);
-        let detector: Box<dyn Backend> = match backend {
-            BackendSpec::Sim { fifo_depth, faults } => Box::new(
-                SimDetector::with_options(
-                    SimConfig {
-                        max_width: sensor.0,
-                        max_height: sensor.1,
-                        seed,
-                        params: demo_params(mode, sensor, acquisition.pixel_type),
-                    },
-                    SimOptions { fifo_depth, faults },
-                )
-                .context("cannot create the simulated detector")?,
-            ),
-            BackendSpec::Replay { file, dataset } => {
-                let replay = crate::backend::replay::ReplayDetector::open(&file, &dataset)?;
-                // The file's frames decide the frame size and pixel type.
-                let (w, h) = replay.frame_size();
-                acquisition.roi = detflow_hal::Roi::full(w, h);
-                acquisition.pixel_type = replay.pixel_type();
-                let bytes = w as usize * h as usize * replay.pixel_type().size();
-                ring_slots = ring_slots.min(crate::config::auto_slots(bytes));
-                Box::new(replay)
-            }
-            BackendSpec::Udp { listen, incomplete } => Box::new(
-                crate::backend::udp::UdpReceiver::bind(
-                    listen,
-                    sensor,
-                    acquisition.pixel_type,
-                    incomplete,
-                )
-                .with_context(|| format!("cannot receive on udp {listen}"))?,
-            ),
-        };
+        let replay = matches!(backend, BackendSpec::Replay { .. });
+        let detector = make_backend(backend, sensor, seed, mode, &mut acquisition)?;
+        if replay {
+            // The file decided the frame size: keep the ring within its memory budget.
+            let bytes = acquisition.roi.size_x as usize
+                * acquisition.roi.size_y as usize
+                * acquisition.pixel_type.size();
+            ring_slots = ring_slots.min(crate::config::auto_slots(bytes));
+        }
         let ring = RingOptions {
             slots: ring_slots,
             policy: ring_policy,
@@ -374,6 +414,54 @@ impl Acquisition {
         let shape = detector
             .configure(&acquisition)
             .context("the detector refused the configuration")?;
+        let session = CaptureSession::start(capture, geometry(&acquisition, shape))?;
+        Self::launch(
+            detector,
+            shape,
+            frames,
+            ring,
+            codec,
+            Sink::Owned(session),
+            None,
+        )
+    }
+
+    /// Start an acquisition whose frames go to a file plugin the caller keeps (the daemon):
+    /// the plugin's capture may open and close during the run and outlive it. Frames are
+    /// encoded with `codec` (a capture opened with another codec gets its frames re-encoded
+    /// on the writer thread). `observer` hears every frame.
+    pub fn start_shared(
+        mut detector: Box<dyn Backend>,
+        acquisition: detflow_hal::AcquisitionConfig,
+        frames: u64,
+        ring: RingOptions,
+        plugin: Arc<SharedCapture>,
+        codec: Codec,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> anyhow::Result<AcquisitionHandle> {
+        let shape = detector
+            .configure(&acquisition)
+            .context("the detector refused the configuration")?;
+        Self::launch(
+            detector,
+            shape,
+            frames,
+            ring,
+            codec,
+            Sink::Shared(plugin),
+            observer,
+        )
+    }
+
+    fn launch(
+        mut detector: Box<dyn Backend>,
+        shape: FrameShape,
+        frames: u64,
+        ring: RingOptions,
+        codec: Codec,
+        sink: Sink,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> anyhow::Result<AcquisitionHandle> {
         let (producer, ring_handle) = Ring::new(RingConfig {
             slots: ring.slots,
             slot_bytes: shape.bytes(),
@@ -392,16 +480,17 @@ impl Acquisition {
         } else {
             ring.workers.max(1)
         };
-
-        let session = CaptureSession::start(
-            capture,
-            FrameGeometry {
-                shape,
-                dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
-                dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
-            },
-        )?;
-        let files = Arc::new(Mutex::new(session.status().clone()));
+        let files = Arc::new(Mutex::new(match &sink {
+            Sink::Owned(session) => session.status().clone(),
+            Sink::Shared(plugin) => {
+                let slot = plugin.lock();
+                match (&slot.session, &slot.last) {
+                    (Some(session), _) => session.status().clone(),
+                    (None, Some((status, _))) => status.clone(),
+                    (None, None) => FileStatus::default(),
+                }
+            }
+        }));
 
         let counters = Arc::new(Counters::default());
         let error = Arc::new(Mutex::new(None));
@@ -410,10 +499,12 @@ impl Acquisition {
         let started = Instant::now();
 
         let detector_thread = {
-            let (counters, error) = (counters.clone(), error.clone());
+            let (counters, error, observer) = (counters.clone(), error.clone(), observer.clone());
             std::thread::Builder::new()
                 .name("detflow-detector".into())
-                .spawn(move || run_detector(detector, producer, &counters, &error))?
+                .spawn(move || {
+                    run_detector(detector, producer, &counters, &error, observer.as_deref())
+                })?
         };
         let writer_thread = {
             let (counters, error, finished, files) = (
@@ -431,7 +522,14 @@ impl Acquisition {
             std::thread::Builder::new()
                 .name("detflow-writer".into())
                 .spawn(move || {
-                    run_writer(session, pipeline, &counters, &error, &files);
+                    run_writer(
+                        sink,
+                        pipeline,
+                        &counters,
+                        &error,
+                        &files,
+                        observer.as_deref(),
+                    );
                     *finished.lock().unwrap() = Some(Instant::now());
                 })?
         };
@@ -449,6 +547,57 @@ impl Acquisition {
             detector: Some(detector_thread),
             writer: Some(writer_thread),
         })
+    }
+}
+
+/// Make the backend `spec` names. A replay file sets `acquisition`'s frame size and pixel
+/// type to its own.
+pub fn make_backend(
+    spec: BackendSpec,
+    sensor: (u32, u32),
+    seed: u64,
+    mode: SimMode,
+    acquisition: &mut detflow_hal::AcquisitionConfig,
+) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match spec {
+        BackendSpec::Sim { fifo_depth, faults } => Box::new(
+            SimDetector::with_options(
+                SimConfig {
+                    max_width: sensor.0,
+                    max_height: sensor.1,
+                    seed,
+                    params: demo_params(mode, sensor, acquisition.pixel_type),
+                },
+                SimOptions { fifo_depth, faults },
+            )
+            .context("cannot create the simulated detector")?,
+        ),
+        BackendSpec::Replay { file, dataset } => {
+            let replay = crate::backend::replay::ReplayDetector::open(&file, &dataset)?;
+            // The file's frames decide the frame size and pixel type.
+            let (w, h) = replay.frame_size();
+            acquisition.roi = detflow_hal::Roi::full(w, h);
+            acquisition.pixel_type = replay.pixel_type();
+            Box::new(replay)
+        }
+        BackendSpec::Udp { listen, incomplete } => Box::new(
+            crate::backend::udp::UdpReceiver::bind(
+                listen,
+                sensor,
+                acquisition.pixel_type,
+                incomplete,
+            )
+            .with_context(|| format!("cannot receive on udp {listen}"))?,
+        ),
+    })
+}
+
+/// Where the frames of `acquisition` sit in the sensor, for the file's NDArrayDim attributes.
+pub fn geometry(acquisition: &detflow_hal::AcquisitionConfig, shape: FrameShape) -> FrameGeometry {
+    FrameGeometry {
+        shape,
+        dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
+        dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
     }
 }
 
@@ -472,8 +621,15 @@ fn run_detector(
     mut producer: Producer,
     counters: &Counters,
     error: &Mutex<Option<String>>,
+    observer: Option<&dyn Observer>,
 ) {
     let policy = producer.policy();
+    let tell = |meta: &FrameMeta, bytes: &[u8]| {
+        if let Some(o) = observer {
+            let count = counters.acquired.load(Ordering::Relaxed) + 1;
+            o.frame_acquired(count, meta, &bytes[..meta.shape.bytes().min(bytes.len())]);
+        }
+    };
     // Drop-newest: a frame that finds every slot taken is still taken out of the detector
     // (into this buffer) so the detector moves on, and counted as dropped.
     let mut scratch = if policy == Policy::DropNewest {
@@ -501,6 +657,7 @@ fn run_detector(
                 match detector.read_frame(slot.bytes_mut(), POLL) {
                     Ok(meta) => {
                         let len = meta.shape.bytes();
+                        tell(&meta, slot.bytes_mut());
                         slot.commit(slot_meta(&meta, len));
                         Ok(())
                     }
@@ -512,13 +669,15 @@ fn run_detector(
                 Some(mut slot) => match detector.read_frame(slot.bytes_mut(), POLL) {
                     Ok(meta) => {
                         let len = meta.shape.bytes();
+                        tell(&meta, slot.bytes_mut());
                         slot.commit(slot_meta(&meta, len));
                         Ok(())
                     }
                     Err(e) => Err(e),
                 },
                 None => match detector.read_frame(&mut scratch, POLL) {
-                    Ok(_) => {
+                    Ok(meta) => {
+                        tell(&meta, &scratch);
                         producer.record_dropped(1);
                         Ok(())
                     }
@@ -651,17 +810,21 @@ fn run_compressor(
 /// being taken from the ring and counted as dropped, so the detector is never left blocked
 /// and `acquired = written + dropped` stays exact.
 fn run_writer(
-    mut session: CaptureSession,
+    mut sink: Sink,
     pipeline: Pipeline,
     counters: &Counters,
     error: &Mutex<Option<String>>,
     files: &Mutex<FileStatus>,
+    observer: Option<&dyn Observer>,
 ) {
     let accepting = AtomicBool::new(true);
     let mut failed = false;
-    let publish = |session: &CaptureSession| {
-        let s = session.status();
+    let publish = |s: &FileStatus| {
         let mut shared = files.lock().unwrap();
+        if shared.files.len() > s.files.len() {
+            // A new capture of a shared plugin: its own list starts again.
+            shared.files.clear();
+        }
         if shared.files.len() != s.files.len()
             || shared.full_file_name != s.full_file_name
             || shared.write_message != s.write_message
@@ -679,8 +842,25 @@ fn run_writer(
         shared.write_ok = s.write_ok;
         shared.capturing = s.capturing;
     };
-    // Write one frame (or count it dropped); returns the chunk's buffer for reuse.
-    let mut write = |session: &mut CaptureSession, meta: &SlotMeta, chunk: Option<&[u8]>| {
+    // A shared capture that ended (complete or failed): close it, keep its readbacks.
+    let end_capture = |slot: &mut CaptureSlot, failure: Option<String>| {
+        let Some(session) = slot.session.take() else {
+            return;
+        };
+        let (mut status, finished) = session.finish();
+        let failure = failure.or_else(|| finished.err().map(|e| e.to_string()));
+        if let Some(message) = &failure {
+            status.write_ok = false;
+            status.write_message.clone_from(message);
+        }
+        publish(&status);
+        if let Some(o) = observer {
+            o.capture_ended(&status, failure.as_deref());
+        }
+        slot.last = Some((status, failure));
+    };
+    // Write one frame (or count it dropped, or not captured).
+    let mut write = |sink: &mut Sink, meta: &SlotMeta, chunk: Option<&[u8]>| {
         let accepted = accepting.load(Ordering::Relaxed);
         let (Some(chunk), true) = (chunk, accepted) else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -699,41 +879,104 @@ fn run_writer(
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match session.push(&frame, chunk) {
-            Ok(pushed) => {
-                counters.written.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .compressed_bytes
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if pushed == Pushed::Complete {
-                    // NumCapture reached: the files are closed; stop the detector.
-                    accepting.store(false, Ordering::Relaxed);
-                    counters.stop.store(true, Ordering::Release);
+        match sink {
+            Sink::Owned(session) => {
+                match session.push(&frame, chunk) {
+                    Ok(pushed) => {
+                        counters.written.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .compressed_bytes
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if pushed == Pushed::Complete {
+                            // NumCapture reached: the files are closed; stop the detector.
+                            accepting.store(false, Ordering::Relaxed);
+                            counters.stop.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(e) => {
+                        record(error, format!("writer: {e}"));
+                        failed = true;
+                        accepting.store(false, Ordering::Relaxed);
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        counters.state.store(3, Ordering::Release);
+                        counters.write_failed.store(true, Ordering::Release);
+                    }
+                }
+                publish(session.status());
+            }
+            Sink::Shared(plugin) => {
+                let mut slot = plugin.lock();
+                let enabled = slot.enabled;
+                let Some(session) = slot.session.as_mut().filter(|_| enabled) else {
+                    counters.not_captured.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                // A capture opened with another codec than the run's: re-encode here.
+                let want = session.settings().codec;
+                let recoded;
+                let chunk = if want == pipeline.codec {
+                    chunk
+                } else {
+                    match pipeline.codec.decode(pipeline.pixel_type, chunk) {
+                        Ok(raw) => {
+                            let mut out = Vec::new();
+                            want.compressor(pipeline.pixel_type)
+                                .compress(&raw, &mut out);
+                            recoded = out;
+                            &recoded[..]
+                        }
+                        Err(e) => {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            end_capture(&mut slot, Some(format!("re-encoding a frame: {e}")));
+                            return;
+                        }
+                    }
+                };
+                match session.push(&frame, chunk) {
+                    Ok(pushed) => {
+                        counters.written.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .compressed_bytes
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if pushed == Pushed::Complete {
+                            end_capture(&mut slot, None);
+                        } else {
+                            publish(session.status());
+                            if let Some(o) = observer {
+                                o.frame_captured(session.status());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // The capture ends with the error; acquisition goes on.
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        end_capture(&mut slot, Some(e.to_string()));
+                    }
                 }
             }
-            Err(e) => {
-                record(error, format!("writer: {e}"));
-                failed = true;
-                accepting.store(false, Ordering::Relaxed);
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                counters.state.store(3, Ordering::Release);
-                counters.write_failed.store(true, Ordering::Release);
-            }
         }
-        publish(session);
     };
     // Between frames: flush on request, or when the flush interval passed while idle.
-    let housekeeping = |session: &mut CaptureSession, idle: bool| {
+    let housekeeping = |sink: &mut Sink, idle: bool| {
         let wanted = counters.flush_now.swap(false, Ordering::AcqRel);
         if !accepting.load(Ordering::Relaxed) {
             return;
         }
-        let flushed = if wanted {
-            session.flush()
-        } else if idle {
-            session.flush_if_due()
-        } else {
-            Ok(())
+        let flush = |session: &mut CaptureSession| {
+            if wanted {
+                session.flush()
+            } else if idle {
+                session.flush_if_due()
+            } else {
+                Ok(())
+            }
+        };
+        let flushed = match sink {
+            Sink::Owned(session) => flush(session),
+            Sink::Shared(plugin) => match plugin.lock().session.as_mut() {
+                Some(session) => flush(session),
+                None => Ok(()),
+            },
         };
         if let Err(e) = flushed {
             record(error, format!("writer: {e}"));
@@ -743,10 +986,10 @@ fn run_writer(
     if pipeline.workers == 0 {
         // Zero copy: claims arrive in ring order and the chunk is the slot itself.
         loop {
-            housekeeping(&mut session, false);
+            housekeeping(&mut sink, false);
             match pipeline.claimer.claim_timeout(POLL) {
-                Ok(claim) => write(&mut session, claim.meta(), Some(claim.bytes())),
-                Err(NextError::Timeout) => housekeeping(&mut session, true),
+                Ok(claim) => write(&mut sink, claim.meta(), Some(claim.bytes())),
+                Err(NextError::Timeout) => housekeeping(&mut sink, true),
                 Err(NextError::Closed) => break,
             }
         }
@@ -781,7 +1024,7 @@ fn run_writer(
             drop(done_tx);
             let mut order: Option<Reorder<Encoded>> = None;
             loop {
-                housekeeping(&mut session, false);
+                housekeeping(&mut sink, false);
                 match done_rx.recv_timeout(POLL) {
                     Ok((seq, item)) => {
                         let order = order.get_or_insert_with(|| {
@@ -790,7 +1033,7 @@ fn run_writer(
                         });
                         order.push(seq, item);
                         while let Some((_, item)) = order.pop() {
-                            write(&mut session, &item.meta, item.chunk.as_deref());
+                            write(&mut sink, &item.meta, item.chunk.as_deref());
                             if let Some(mut buf) = item.chunk {
                                 buf.clear();
                                 // The workers may all have ended; then the buffer is not needed.
@@ -800,7 +1043,7 @@ fn run_writer(
                             }
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => housekeeping(&mut session, true),
+                    Err(RecvTimeoutError::Timeout) => housekeeping(&mut sink, true),
                     // Every worker ended: the ring is closed and drained.
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
@@ -810,14 +1053,26 @@ fn run_writer(
         });
     }
 
-    let (status, finished) = session.finish();
-    if let Err(e) = finished {
-        record(error, format!("writer: {e}"));
-        failed = true;
-    }
-    {
-        let mut shared = files.lock().unwrap();
-        *shared = status;
+    match sink {
+        Sink::Owned(session) => {
+            let (status, finished) = session.finish();
+            if let Err(e) = finished {
+                record(error, format!("writer: {e}"));
+                failed = true;
+            }
+            *files.lock().unwrap() = status;
+        }
+        // The capture outlives the run: make what was written visible to readers now.
+        Sink::Shared(plugin) => {
+            let mut slot = plugin.lock();
+            if let Some(session) = slot.session.as_mut() {
+                if let Err(e) = session.flush() {
+                    let message = e.to_string();
+                    drop(slot);
+                    record(error, format!("writer: {message}"));
+                }
+            }
+        }
     }
     counters
         .state
@@ -862,6 +1117,7 @@ impl AcquisitionHandle {
             frames_written: written,
             // Frames dropped by the ring's policy plus frames the writer could not write.
             frames_dropped: c.dropped.load(Ordering::Relaxed) + ring.dropped,
+            frames_not_captured: c.not_captured.load(Ordering::Relaxed),
             frames_overrun: c.overruns.load(Ordering::Relaxed),
             frames_corrupted: c.corrupted.load(Ordering::Relaxed),
             frames_incomplete: c.incomplete.load(Ordering::Relaxed),

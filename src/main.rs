@@ -36,6 +36,41 @@ enum Command {
     /// When no virtual dataset can be made, the master holds the references as strings and
     /// says why (a warning here; the exit status is still 0).
     Vds(VdsArgs),
+    /// Run as a daemon: an areaDetector IOC (ADSimDetector cam1:, NDFileHDF5 HDF1:,
+    /// NDStdArrays image1:) over Channel Access that ophyd, apstools and ophyd-async drive.
+    /// Idle until a client acquires; SIGINT/SIGTERM stop any acquisition, close the files
+    /// and exit 0. Logs go to stderr (RUST_LOG=debug for every put).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML settings: [detector], [ring], [writer] as for `acquire --config`, and [serve]
+    /// (prefix, data_roots, ca_port, interface, preview_rate).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// PV prefix. [default: ad:]
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// A directory files may be written under (repeat for several). [default: the current
+    /// directory]
+    #[arg(long = "data-root", value_name = "DIR")]
+    data_roots: Vec<PathBuf>,
+    /// Channel Access port. [default: EPICS_CAS_SERVER_PORT, EPICS_CA_SERVER_PORT or 5064]
+    #[arg(long, value_name = "PORT")]
+    ca_port: Option<u16>,
+    /// The IPv4 interface to serve on. [default: 127.0.0.1]
+    #[arg(long, value_name = "IP")]
+    interface: Option<std::net::Ipv4Addr>,
+    /// Most image1:ArrayData updates per second; 0 for none. [default: 5]
+    #[arg(long, value_name = "HZ")]
+    preview_rate: Option<f64>,
+    /// Frame size WIDTHxHEIGHT of the simulated sensor. [default: 1024x1024]
+    #[arg(long, value_name = "WxH")]
+    size: Option<String>,
+    /// Pixel type at start-up (cam1:DataType). [default: u16]
+    #[arg(long, value_name = "TYPE")]
+    dtype: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -746,6 +781,102 @@ fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(size) = &args.size {
+        config.detector.size.clone_from(size);
+    }
+    if let Some(dtype) = &args.dtype {
+        config.detector.dtype.clone_from(dtype);
+    }
+    let s = &mut config.serve;
+    if let Some(p) = &args.prefix {
+        s.prefix.clone_from(p);
+    }
+    if let Some(p) = args.ca_port {
+        s.ca_port = p;
+    }
+    if let Some(i) = args.interface {
+        s.interface = i.to_string();
+    }
+    if let Some(r) = args.preview_rate {
+        s.preview_rate = r;
+    }
+    let mut roots: Vec<PathBuf> = s.data_roots.iter().map(PathBuf::from).collect();
+    roots.extend(args.data_roots.iter().cloned());
+    let validated = config.validate()?;
+    let interface: std::net::Ipv4Addr = config.serve.interface.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid interface {:?}: expected an IPv4 address such as 127.0.0.1",
+            config.serve.interface
+        )
+    })?;
+    let rate = config.serve.preview_rate;
+    anyhow::ensure!(
+        rate.is_finite() && (0.0..=1000.0).contains(&rate),
+        "invalid preview-rate {rate}: expected updates per second from 0 to 1000"
+    );
+    anyhow::ensure!(
+        !config.serve.prefix.is_empty() && !config.serve.prefix.contains(char::is_whitespace),
+        "invalid prefix {:?}: expected a non-empty PV prefix without spaces",
+        config.serve.prefix
+    );
+    let opts = detflow::ioc::ServeOptions {
+        data_roots: detflow::ioc::data_roots(&roots)?,
+        prefix: config.serve.prefix.clone(),
+        ca_port: (config.serve.ca_port != 0).then_some(config.serve.ca_port),
+        interface,
+        preview_rate: rate,
+        validated,
+        config,
+    };
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A second signal while shutting down exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig as i32, flag.clone())?;
+        signal_hook::flag::register(sig, flag)?;
+        let stop = stop.clone();
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                let _ = stop.compare_exchange(0, sig as usize, Ordering::AcqRel, Ordering::Acquire);
+            })?;
+        }
+    }
+    let roots = opts
+        .data_roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let prefix = opts.prefix.clone();
+    let ioc = detflow::ioc::Ioc::start(opts)?;
+    tracing::info!(
+        "ready: {} PVs under {prefix} on port {}, data roots {roots}",
+        ioc.pv_count(),
+        ioc.port()
+    );
+    while stop.load(Ordering::Acquire) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!("signal {}: stopping", stop.load(Ordering::Acquire));
+    ioc.shutdown();
+    tracing::info!("stopped; every file closed");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -753,6 +884,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::UdpSend(args) => udp_send(args),
         Command::Vds(args) => vds(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(code) => code,

@@ -236,28 +236,31 @@ fn run_writer(c: &Arc<CircuitShared>, mut stream: TcpStream) {
                 if sub.cancelled.load(Ordering::Acquire) {
                     continue;
                 }
-                let Some(snap) = lock(&sub.slot).take() else {
+                let snaps = std::mem::take(&mut *lock(&sub.slot));
+                if snaps.is_empty() {
                     continue;
-                };
+                }
                 let readable = {
                     let st = sub.pv.state();
                     sub.pv.access_for(st.access, sub.view).can_read()
                 };
-                pv::encode_reply(
-                    &mut buf,
-                    cmd::EVENT_ADD,
-                    sub.data_type,
-                    sub.count,
-                    Eca::Normal.code(),
-                    sub.subid,
-                    &sub.pv,
-                    sub.view,
-                    &snap,
-                    readable,
-                );
-                if buf.len() >= WRITE_BATCH {
-                    stream.write_all(&buf)?;
-                    buf.clear();
+                for snap in &snaps {
+                    pv::encode_reply(
+                        &mut buf,
+                        cmd::EVENT_ADD,
+                        sub.data_type,
+                        sub.count,
+                        Eca::Normal.code(),
+                        sub.subid,
+                        &sub.pv,
+                        sub.view,
+                        snap,
+                        readable,
+                    );
+                    if buf.len() >= WRITE_BATCH {
+                        stream.write_all(&buf)?;
+                        buf.clear();
+                    }
                 }
             }
             if !buf.is_empty() {
@@ -677,8 +680,14 @@ impl Reader {
         if mask == 0 {
             mask = dbe::VALUE | dbe::LOG | dbe::ALARM;
         }
-        let (_, native_count) = view.native(&pv);
+        let (native_type, native_count) = view.native(&pv);
         let count = h.count.min(native_count as u32);
+        let elements = if count == 0 {
+            native_count
+        } else {
+            count as usize
+        };
+        let sub_bytes = elements * native_type.element_size();
         let sub = Arc::new(Subscription {
             circuit: Arc::downgrade(&self.shared),
             subid: h.param2,
@@ -687,7 +696,12 @@ impl Reader {
             mask,
             view,
             pv: pv.clone(),
-            slot: Mutex::new(None),
+            slot: Mutex::new(std::collections::VecDeque::new()),
+            depth: if sub_bytes <= pv::SMALL_VALUE_BYTES {
+                pv::SMALL_QUEUE
+            } else {
+                1
+            },
             queued: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
         });
@@ -700,7 +714,7 @@ impl Reader {
         let mut st = pv.state();
         st.subs.push(sub.clone());
         let snap = st.snap.clone();
-        *lock(&sub.slot) = Some(snap);
+        lock(&sub.slot).push_back(snap);
         sub.queued.store(true, Ordering::SeqCst);
         self.shared.push_dirty(sub);
     }

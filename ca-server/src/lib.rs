@@ -22,8 +22,9 @@
 //! Design: std threads and blocking sockets. One UDP thread answers name searches (only for
 //! names served) and sends beacons; one thread accepts circuits; each circuit has a reader
 //! thread (framing, requests, write callbacks) and a writer thread (replies, then monitor
-//! updates). Monitors coalesce: a subscription holds only its newest snapshot, so a slow
-//! client sees the latest value, never a backlog, and posting never waits on a client.
+//! updates). Monitors queue a few updates (64 for small values, one for large arrays), then
+//! coalesce to the newest: a client that keeps up sees every value, a slow client sees the
+//! latest value, never an unbounded backlog, and posting never waits on a client.
 
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]

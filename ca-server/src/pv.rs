@@ -2,8 +2,9 @@
 //! values from any thread and to receive client writes ([`WriteRequest`] → [`WriteReply`],
 //! with [`Completion`] to finish a put-notify later).
 //!
-//! Posting never blocks on clients: it stores the new snapshot in each matching
-//! subscription's one-value slot (replacing what was there) and wakes that client's writer.
+//! Posting never blocks on clients: it queues the new snapshot in each matching
+//! subscription's short queue (replacing the newest entry when the queue is full, so a slow
+//! client sees the latest value, never an unbounded backlog) and wakes that client's writer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -408,7 +409,15 @@ impl FieldView {
     }
 }
 
-/// One monitor: its parameters, and a one-value slot holding the newest undelivered update.
+/// Updates a subscription queues for a small value before it coalesces (as rsrv's event
+/// queue does): a client that keeps up sees every value posted, e.g. every frame counter.
+pub(crate) const SMALL_QUEUE: usize = 64;
+
+/// Values larger than this (bytes) queue one update only: a slow client of an image waveform
+/// gets the newest image, and the server never holds a backlog of images.
+pub(crate) const SMALL_VALUE_BYTES: usize = 4096;
+
+/// One monitor: its parameters, and a short queue of undelivered updates.
 pub(crate) struct Subscription {
     pub circuit: Weak<CircuitShared>,
     pub subid: u32,
@@ -418,8 +427,11 @@ pub(crate) struct Subscription {
     pub mask: u16,
     pub view: FieldView,
     pub pv: Arc<Pv>,
-    /// The newest snapshot not yet sent. Posting replaces it: coalescing to the latest.
-    pub slot: Mutex<Option<Arc<Snapshot>>>,
+    /// Snapshots not yet sent, oldest first, at most `depth`; when full, posting replaces the
+    /// newest (coalescing to the latest).
+    pub slot: Mutex<std::collections::VecDeque<Arc<Snapshot>>>,
+    /// How many updates may wait: [`SMALL_QUEUE`] for small values, 1 for large ones.
+    pub depth: usize,
     /// Whether this subscription sits in its circuit's dirty queue (at most once).
     pub queued: AtomicBool,
     /// Set on EVENT_CANCEL / CLEAR_CHANNEL / close; no update is sent after it.
@@ -427,9 +439,15 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    /// Store `snap` in the slot and make sure the circuit's writer will look at it.
+    /// Queue `snap` and make sure the circuit's writer will look at it.
     fn offer(self: &Arc<Self>, snap: &Arc<Snapshot>) {
-        *lock(&self.slot) = Some(snap.clone());
+        {
+            let mut q = lock(&self.slot);
+            if q.len() >= self.depth {
+                q.pop_back();
+            }
+            q.push_back(snap.clone());
+        }
         // SeqCst pairs with the writer's `queued.store(false)` before it takes the slot:
         // either the writer sees this snapshot, or we see `false` and queue again.
         if !self.queued.swap(true, Ordering::SeqCst)

@@ -1,0 +1,1403 @@
+//! `detflow serve`: the acquisition engine as a long-lived daemon that is an areaDetector IOC
+//! (ADSimDetector `cam1:`, NDFileHDF5 `HDF1:`, NDStdArrays `image1:`) over Channel Access,
+//! so that ophyd, apstools and ophyd-async drive it unchanged.
+//!
+//! The PVs are the state: a setpoint write is checked, stored, and echoed to its `_RBV`;
+//! actions read the settings they need from the readbacks when they run.
+//!
+//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::start_shared`]) with the cam's
+//!   settings; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
+//!   `preview_rate` times a second, to `image1:ArrayData`. A put-callback on it completes when
+//!   the run is over: every frame written (`WaitForPlugins = Yes`) or the detector stopped.
+//! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the plugin's settings; it
+//!   lives across acquisitions until NumCapture frames are written or `Capture = 0`. Its
+//!   put-callback completes then.
+//!
+//! Threads: the CA server's (writes arrive on client threads and only ever block briefly),
+//! the engine's, one watcher per run (status → PVs, run end), one preview thread.
+//! Lock order: `run` → engine status; plugin → engine status; nothing locks the plugin while
+//! holding `run`'s waiters, and the engine's observer calls (made under the plugin lock) only
+//! post PVs and complete waiters.
+
+pub mod pvs;
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use detflow_ca::{Completion, Eca, NativeType, PvHandle, Server, Value, WriteReply, WriteRequest};
+use detflow_hal::{
+    AcquisitionConfig, Binning, ColorMode, FrameMeta, FrameShape, ImageMode, PixelType, Roi,
+    TriggerMode,
+};
+use detflow_writer::{
+    CaptureSession, CaptureSettings, Codec, FileNaming, FileStatus, FileTemplate, WriteMode,
+};
+
+use crate::config::{Config, Validated};
+use crate::engine::{
+    Acquisition, AcquisitionHandle, Observer, RingOptions, SharedCapture, State, geometry,
+};
+use pvs::{kind, split, text_value};
+
+/// What `detflow serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Detector, ring and writer defaults (the same file as `detflow acquire --config`).
+    pub config: Config,
+    /// The checked form of `config`.
+    pub validated: Validated,
+    /// PV prefix, e.g. `ad:`.
+    pub prefix: String,
+    /// Directories files may be written under (existing; made absolute and canonical).
+    pub data_roots: Vec<PathBuf>,
+    /// Channel Access port (`None`: EPICS_CAS_SERVER_PORT / EPICS_CA_SERVER_PORT / 5064).
+    pub ca_port: Option<u16>,
+    /// The interface to serve on.
+    pub interface: std::net::Ipv4Addr,
+    /// Most `image1:ArrayData` updates per second (0: none).
+    pub preview_rate: f64,
+}
+
+/// The running IOC.
+pub struct Ioc {
+    server: Mutex<Option<Server>>,
+    pvs: HashMap<String, PvHandle>,
+    opts: ServeOptions,
+    plugin: Arc<SharedCapture>,
+    run: Mutex<Option<AcquisitionHandle>>,
+    /// Set while a run's watcher is alive (from Acquire = 1 until AcquireBusy falls).
+    busy: AtomicBool,
+    acquire_waiters: Mutex<Vec<Completion>>,
+    capture_waiters: Mutex<Vec<Completion>>,
+    /// cam1:ArrayCounter at the start of the current run.
+    counter_base: AtomicI32,
+    /// Frames lost (any cause) by runs that ended, since start-up.
+    lost_before: AtomicU64,
+    /// Frames the plugin dropped in runs that ended (HDF1:DroppedArrays).
+    plugin_dropped_before: AtomicU64,
+    last_full_name: Mutex<PathBuf>,
+    last_number: AtomicI32,
+    preview: Sender<(FrameShape, Vec<u8>)>,
+    preview_free: Receiver<Vec<u8>>,
+    preview_recycle: Sender<Vec<u8>>,
+    last_preview: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Ioc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ioc")
+            .field("prefix", &self.opts.prefix)
+            .field("pvs", &self.pvs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refused write: the message names the setting and the value.
+type Refusal = String;
+
+impl Ioc {
+    /// Serve every PV, set the start-up values ("already primed": the plugins' array size,
+    /// data type and colour mode are the cam's) and hook the writes.
+    pub fn start(opts: ServeOptions) -> anyhow::Result<Arc<Ioc>> {
+        let mut builder = Server::builder().interface(opts.interface);
+        if let Some(port) = opts.ca_port {
+            builder = builder.port(port);
+        }
+        let server = builder
+            .build()
+            .context("cannot start the Channel Access server")?;
+        let sensor = opts.validated.sensor;
+        let image = (
+            image_native(opts.validated.acquisition.pixel_type),
+            sensor.0 as usize * sensor.1 as usize,
+        );
+        let mut pvs = HashMap::new();
+        for suffix in pvs::suffixes() {
+            let spec = pvs::spec(&opts.prefix, &suffix, image);
+            let handle = server
+                .add_pv(spec)
+                .with_context(|| format!("cannot serve {}{suffix}", opts.prefix))?;
+            pvs.insert(suffix, handle);
+        }
+        let (preview, preview_rx) = bounded::<(FrameShape, Vec<u8>)>(1);
+        let (preview_recycle, preview_free) = bounded::<Vec<u8>>(2);
+        let ioc = Arc::new(Ioc {
+            server: Mutex::new(Some(server)),
+            pvs,
+            plugin: Arc::new(SharedCapture::new(true)),
+            run: Mutex::new(None),
+            busy: AtomicBool::new(false),
+            acquire_waiters: Mutex::new(Vec::new()),
+            capture_waiters: Mutex::new(Vec::new()),
+            counter_base: AtomicI32::new(0),
+            lost_before: AtomicU64::new(0),
+            plugin_dropped_before: AtomicU64::new(0),
+            last_full_name: Mutex::new(PathBuf::new()),
+            last_number: AtomicI32::new(opts.config.writer.number),
+            preview,
+            preview_free,
+            preview_recycle,
+            last_preview: Mutex::new(None),
+            opts,
+        });
+        ioc.initial_values();
+        ioc.hook_writes();
+        {
+            let ioc = Arc::downgrade(&ioc);
+            std::thread::Builder::new()
+                .name("detflow-preview".into())
+                .spawn(move || {
+                    for (shape, bytes) in preview_rx {
+                        let Some(ioc) = ioc.upgrade() else { return };
+                        ioc.post_preview(shape, &bytes);
+                        let _ = ioc.preview_recycle.try_send(bytes);
+                    }
+                })?;
+        }
+        Ok(ioc)
+    }
+
+    /// The CA port served.
+    pub fn port(&self) -> u16 {
+        self.server.lock().unwrap().as_ref().map_or(0, |s| s.port())
+    }
+
+    /// Number of PVs served.
+    pub fn pv_count(&self) -> usize {
+        self.pvs.len()
+    }
+
+    /// Stop any acquisition, write what the ring holds, close the capture's files, stop
+    /// serving. Returns once every file is closed.
+    pub fn shutdown(&self) {
+        if let Some(run) = self.run.lock().unwrap().as_ref() {
+            run.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.busy.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.end_capture(None);
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.shutdown();
+        }
+    }
+
+    // ---- PV access -------------------------------------------------------------------
+
+    /// A served PV. Every name used in this file is checked to be served by a test; a
+    /// missing one is a bug, logged rather than taking the daemon down.
+    fn pv(&self, suffix: &str) -> Option<&PvHandle> {
+        let pv = self.pvs.get(suffix);
+        if pv.is_none() {
+            tracing::error!("{suffix} is not in the PV set");
+        }
+        pv
+    }
+
+    fn set(&self, suffix: &str, value: impl Into<Value>) {
+        if let Some(Err(e)) = self.pv(suffix).map(|pv| pv.post(value)) {
+            tracing::warn!("cannot post {suffix}: {e}");
+        }
+    }
+
+    /// Post a text to a string or long-string PV.
+    fn set_text(&self, suffix: &str, text: &str) {
+        let (plugin, base) = split(suffix);
+        self.set(suffix, text_value(&kind(plugin, base), text));
+    }
+
+    /// Post to `X` and `X_RBV` (whichever exist).
+    fn set_both(&self, suffix: &str, value: Value) {
+        let rbv = format!("{suffix}_RBV");
+        if self.pvs.contains_key(&rbv) {
+            self.set(&rbv, value.clone());
+        }
+        if self.pvs.contains_key(suffix) {
+            self.set(suffix, value);
+        }
+    }
+
+    fn num(&self, suffix: &str) -> f64 {
+        self.pv(suffix)
+            .and_then(|pv| pv.value().get_f64(0))
+            .unwrap_or(0.0)
+    }
+
+    fn int(&self, suffix: &str) -> i64 {
+        self.num(suffix) as i64
+    }
+
+    fn flag(&self, suffix: &str) -> bool {
+        self.num(suffix) != 0.0
+    }
+
+    fn text(&self, suffix: &str) -> String {
+        self.pv(suffix)
+            .and_then(|pv| pv.value().as_text())
+            .unwrap_or_default()
+    }
+
+    // ---- start-up ----------------------------------------------------------------------
+
+    fn initial_values(&self) {
+        let c = &self.opts.config;
+        let v = &self.opts.validated;
+        let (sx, sy) = v.sensor;
+        let acq = &v.acquisition;
+        let t = |s: &str| Value::from(s);
+        let i = |n: i64| Value::from(n as i32);
+        let f = Value::from;
+        let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
+        let values: Vec<(&str, Value)> = vec![
+            // cam1: ADBase + simDetector
+            ("cam1:PortName_RBV", t("SIM1")),
+            ("cam1:Manufacturer_RBV", t("Simulated detector")),
+            ("cam1:Model_RBV", t("detflow simulator")),
+            ("cam1:SerialNumber_RBV", t("sim-0001")),
+            ("cam1:FirmwareVersion_RBV", t(env!("CARGO_PKG_VERSION"))),
+            ("cam1:SDKVersion_RBV", t(env!("CARGO_PKG_VERSION"))),
+            ("cam1:DriverVersion_RBV", t(version)),
+            ("cam1:ADCoreVersion_RBV", t("3.12.1")),
+            ("cam1:MaxSizeX_RBV", i(sx.into())),
+            ("cam1:MaxSizeY_RBV", i(sy.into())),
+            ("cam1:MinX", i(acq.roi.min_x.into())),
+            ("cam1:MinY", i(acq.roi.min_y.into())),
+            ("cam1:SizeX", i(acq.roi.size_x.into())),
+            ("cam1:SizeY", i(acq.roi.size_y.into())),
+            ("cam1:BinX", i(acq.binning.x.into())),
+            ("cam1:BinY", i(acq.binning.y.into())),
+            ("cam1:DataType", i(acq.pixel_type.nd_data_type().into())),
+            ("cam1:ColorMode", i(0)),
+            ("cam1:AcquireTime", f(c.detector.exposure)),
+            ("cam1:AcquirePeriod", f(c.detector.period)),
+            (
+                "cam1:NumImages",
+                i(c.detector.frames.clamp(1, i32::MAX as u64) as i64),
+            ),
+            ("cam1:NumExposures", i(1)),
+            ("cam1:ImageMode", i(0)),
+            ("cam1:TriggerMode", i(0)),
+            ("cam1:ArrayCallbacks", i(1)),
+            ("cam1:WaitForPlugins", i(0)),
+            ("cam1:SimMode", i(sim_mode_index(&c.detector.mode))),
+            ("cam1:Gain", f(1.0)),
+            ("cam1:GainX", f(1.0)),
+            ("cam1:GainY", f(1.0)),
+            ("cam1:GainRed", f(1.0)),
+            ("cam1:GainGreen", f(1.0)),
+            ("cam1:GainBlue", f(1.0)),
+            ("cam1:Temperature", f(25.0)),
+            ("cam1:TemperatureActual", f(25.0)),
+            ("cam1:DetectorState_RBV", i(0)),
+            ("cam1:StatusMessage_RBV", t("Idle")),
+            ("cam1:ShutterStatus_RBV", i(0)),
+            // HDF1: NDPluginBase + NDFile + NDFileHDF5
+            ("HDF1:PortName_RBV", t("FileHDF1")),
+            ("HDF1:PluginType_RBV", t("NDFileHDF5")),
+            ("HDF1:NDArrayPort", t("SIM1")),
+            ("HDF1:ADCoreVersion_RBV", t("3.12.1")),
+            ("HDF1:DriverVersion_RBV", t(version)),
+            ("HDF1:EnableCallbacks", i(1)),
+            ("HDF1:BlockingCallbacks", i(0)),
+            ("HDF1:QueueSize", i(v.ring_slots as i64)),
+            ("HDF1:QueueFree", i(v.ring_slots as i64)),
+            ("HDF1:FileFormat", i(0)),
+            ("HDF1:FileName", t(&c.writer.name)),
+            ("HDF1:FileNumber", i(c.writer.number.into())),
+            ("HDF1:AutoIncrement", i(c.writer.auto_increment.into())),
+            ("HDF1:AutoSave", i(1)),
+            ("HDF1:FileTemplate", t(&c.writer.template)),
+            ("HDF1:FileWriteMode", i(write_mode_index(v.capture.mode))),
+            (
+                "HDF1:NumCapture",
+                i(c.writer.capture.unwrap_or(0).min(i32::MAX as u64) as i64),
+            ),
+            ("HDF1:CreateDirectory", i(c.writer.create_dirs.into())),
+            ("HDF1:TempSuffix", t(&c.writer.temp_suffix)),
+            ("HDF1:LazyOpen", i(c.writer.lazy_open.into())),
+            ("HDF1:SWMRMode", i(c.writer.swmr.into())),
+            ("HDF1:SWMRSupported_RBV", i(1)),
+            (
+                "HDF1:NumFramesFlush",
+                i(c.writer.flush.min(i32::MAX as u64) as i64),
+            ),
+            ("HDF1:StoreAttr", i(c.writer.attributes.into())),
+            ("HDF1:StorePerform", i(c.writer.performance.into())),
+            ("HDF1:NumFramesChunks", i(1)),
+            ("HDF1:ChunkSizeAuto", i(1)),
+            ("HDF1:NDAttributeChunk", i(16384)),
+            ("HDF1:BloscLevel", i(5)),
+            ("HDF1:BloscShuffle", i(1)),
+            ("HDF1:ZLevel", i(6)),
+            ("HDF1:WriteStatus", i(0)),
+            // image1: NDPluginBase + NDStdArrays
+            ("image1:PortName_RBV", t("IMAGE1")),
+            ("image1:PluginType_RBV", t("NDPluginStdArrays")),
+            ("image1:NDArrayPort", t("SIM1")),
+            ("image1:ADCoreVersion_RBV", t("3.12.1")),
+            ("image1:DriverVersion_RBV", t(version)),
+            ("image1:EnableCallbacks", i(1)),
+            ("image1:BlockingCallbacks", i(0)),
+            (
+                "image1:MinCallbackTime",
+                f(if self.opts.preview_rate > 0.0 {
+                    1.0 / self.opts.preview_rate
+                } else {
+                    0.0
+                }),
+            ),
+        ];
+        for (suffix, value) in values {
+            if suffix.ends_with("_RBV") {
+                self.set(suffix, value);
+            } else {
+                self.set_both(suffix, value);
+            }
+        }
+        for p in ["cam1", "HDF1", "image1"] {
+            self.set_both(&format!("{p}:ArrayCallbacks"), Value::from(1i32));
+        }
+        // Compression from the configured codec.
+        let (compression, codec_text) = compression_of(v.capture.codec);
+        self.set_both("HDF1:Compression", Value::from(compression));
+        self.set_text("HDF1:Codec", &codec_text);
+        self.set_text("HDF1:Codec_RBV", &codec_text);
+        if let Codec::Deflate { level } = v.capture.codec {
+            self.set_both("HDF1:ZLevel", Value::from(i32::from(level)));
+        }
+        if let Codec::Blosc { compressor, level } = v.capture.codec {
+            let idx = pvs::BLOSC_COMPRESSORS
+                .iter()
+                .position(|n| *n == compressor.name())
+                .unwrap_or(0);
+            self.set_both("HDF1:BloscCompressor", Value::from(idx as i32));
+            self.set_both("HDF1:BloscLevel", Value::from(i32::from(level)));
+        }
+        // FilePath: the configured one, relative to the first data root.
+        let path = self.resolve(&c.writer.path);
+        let path = with_slash(&path.to_string_lossy());
+        self.set_text("HDF1:FilePath", &path);
+        self.set_text("HDF1:FilePath_RBV", &path);
+        self.check_file_path(&path, false);
+        self.array_info();
+        self.plugin_enable();
+    }
+
+    /// The cam's output size and type, posted to the cam's readbacks and (so that nothing
+    /// needs priming) to the plugins'.
+    fn array_info(&self) {
+        let shape = self.frame_shape();
+        let (w, h) = match &shape {
+            Ok(s) => (s.width as i32, s.height as i32),
+            Err(_) => (0, 0),
+        };
+        let dtype = self.int("cam1:DataType_RBV") as i32;
+        let color = self.int("cam1:ColorMode_RBV") as i32;
+        let bytes = shape.map(|s| s.bytes() as i32).unwrap_or(0);
+        self.set("cam1:ArraySizeX_RBV", w);
+        self.set("cam1:ArraySizeY_RBV", h);
+        self.set("cam1:ArraySizeZ_RBV", 0);
+        self.set("cam1:ArraySize_RBV", bytes);
+        self.set_both("cam1:DataType", Value::from(dtype));
+        for p in ["HDF1", "image1"] {
+            for (s, v) in [
+                ("ArraySize0", w),
+                ("ArraySize1", h),
+                ("ArraySize2", 0),
+                ("ArraySizeX", w),
+                ("ArraySizeY", h),
+                ("ArraySizeZ", 0),
+                ("NDimensions", 2),
+                ("DataType", dtype),
+                ("ColorMode", color),
+                ("ArraySize", bytes),
+            ] {
+                self.set_both(&format!("{p}:{s}"), Value::from(v));
+            }
+            self.set_both(&format!("{p}:Dimensions"), Value::from(vec![w, h]));
+        }
+        self.set("HDF1:NumRowChunks_RBV", h);
+        self.set("HDF1:NumColChunks_RBV", w);
+    }
+
+    // ---- writes ------------------------------------------------------------------------
+
+    fn hook_writes(self: &Arc<Self>) {
+        for (suffix, handle) in &self.pvs {
+            if handle.access() == detflow_ca::Access::ReadOnly {
+                continue;
+            }
+            let ioc = Arc::downgrade(self);
+            let suffix = suffix.clone();
+            handle.on_write(move |req| {
+                let Some(ioc) = ioc.upgrade() else {
+                    return WriteReply::reject();
+                };
+                ioc.on_write(&suffix, req)
+            });
+        }
+    }
+
+    fn on_write(self: &Arc<Self>, suffix: &str, req: &WriteRequest) -> WriteReply {
+        let value = req.value().clone();
+        tracing::debug!(pv = suffix, ?value, "put");
+        match self.apply(suffix, value, req) {
+            Ok(reply) => reply,
+            Err(message) => {
+                tracing::warn!("{}{suffix}: {message}", self.opts.prefix);
+                let target = if suffix.starts_with("HDF1:") {
+                    "HDF1:WriteMessage"
+                } else {
+                    "cam1:StatusMessage_RBV"
+                };
+                self.set_text(target, &message);
+                WriteReply::reject()
+            }
+        }
+    }
+
+    /// Check a write, echo it to its readback, and act on it.
+    fn apply(
+        self: &Arc<Self>,
+        suffix: &str,
+        value: Value,
+        req: &WriteRequest,
+    ) -> Result<WriteReply, Refusal> {
+        let num = value.get_f64(0).unwrap_or(0.0);
+        let text = value.as_text().unwrap_or_default();
+        let (plugin, base) = split(suffix);
+        let echo = |v: Value| {
+            let rbv = format!("{suffix}_RBV");
+            if self.pvs.contains_key(&rbv) {
+                self.set(&rbv, v);
+            }
+        };
+        let whole = |min: f64, max: f64| -> Result<(), Refusal> {
+            if num.fract() != 0.0 || num < min || num > max {
+                return Err(format!(
+                    "{suffix} {num}: expected a whole number from {min} to {max}"
+                ));
+            }
+            Ok(())
+        };
+        match (plugin, base) {
+            ("cam1", "Acquire") => return Ok(self.acquire(num != 0.0, req)),
+            ("HDF1", "Capture") => return self.capture(num != 0.0, req),
+            ("HDF1", "FlushNow") => {
+                if num != 0.0 {
+                    self.flush_now();
+                }
+                return Ok(WriteReply::Accept);
+            }
+            ("HDF1", "WriteFile") | ("HDF1", "ReadFile") if num != 0.0 => {
+                return Err(format!(
+                    "{suffix} {num}: not supported; use Capture in Capture or Stream mode, \
+                     or FileWriteMode Single with AutoSave"
+                ));
+            }
+            ("cam1", "SizeX") => whole(1.0, self.num("cam1:MaxSizeX_RBV"))?,
+            ("cam1", "SizeY") => whole(1.0, self.num("cam1:MaxSizeY_RBV"))?,
+            ("cam1", "MinX") => whole(0.0, self.num("cam1:MaxSizeX_RBV") - 1.0)?,
+            ("cam1", "MinY") => whole(0.0, self.num("cam1:MaxSizeY_RBV") - 1.0)?,
+            ("cam1", "BinX") | ("cam1", "BinY") => whole(1.0, 64.0)?,
+            ("cam1", "NumImages") | ("cam1", "NumExposures") => whole(1.0, i32::MAX as f64)?,
+            ("cam1", "AcquireTime") | ("cam1", "AcquirePeriod") => {
+                if !(0.0..=86_400.0).contains(&num) {
+                    return Err(format!("{suffix} {num}: expected seconds from 0 to 86400"));
+                }
+            }
+            ("cam1", "DataType") => {
+                let name = pvs::DATA_TYPES.get(num as usize).copied().unwrap_or("?");
+                if PixelType::from_nd_data_type(num as i32).is_none() {
+                    return Err(format!(
+                        "{suffix} {name}: the simulated detector makes Int8, UInt8, Int16, \
+                         UInt16, Int32, UInt32, Float32 and Float64"
+                    ));
+                }
+            }
+            ("cam1", "ColorMode") if num != 0.0 => {
+                let name = pvs::COLOR_MODES.get(num as usize).copied().unwrap_or("?");
+                return Err(format!("{suffix} {name}: the detector is Mono only"));
+            }
+            ("cam1", "TriggerMode") if num != 0.0 => {
+                return Err(format!(
+                    "{suffix} External: the simulated detector triggers internally only"
+                ));
+            }
+            ("HDF1", "NumCapture") => whole(0.0, i32::MAX as f64)?,
+            ("HDF1", "FileTemplate") => {
+                text.parse::<FileTemplate>()
+                    .map_err(|e| format!("{suffix} {text:?}: {e}"))?;
+            }
+            ("HDF1", "Compression") => {
+                let name = pvs::COMPRESSIONS.get(num as usize).copied().unwrap_or("?");
+                if matches!(name, "N-bit" | "szip" | "JPEG") {
+                    return Err(format!(
+                        "{suffix} {name}: not supported; use None, zlib, Blosc, BSLZ4, LZ4, or \
+                         HDF1:Codec for bszstd and zstd"
+                    ));
+                }
+            }
+            ("HDF1", "ZLevel") => whole(0.0, 9.0)?,
+            ("HDF1", "BloscLevel") => whole(0.0, 9.0)?,
+            ("HDF1", "BloscCompressor") if num as usize == 3 => {
+                return Err(format!(
+                    "{suffix} snappy: this build of blosc has no snappy"
+                ));
+            }
+            ("HDF1", "Codec") if !text.is_empty() => {
+                text.parse::<Codec>()
+                    .map_err(|e| format!("{suffix} {text:?}: {e}"))?;
+            }
+            _ => {}
+        }
+        // Stored: echo, then what follows from it.
+        match (plugin, base) {
+            ("HDF1", "FilePath") => {
+                let path = with_slash(&self.resolve(&text).to_string_lossy());
+                self.set_text("HDF1:FilePath_RBV", &path);
+                self.check_file_path(&path, true);
+            }
+            _ => echo(value.clone()),
+        }
+        match (plugin, base) {
+            ("cam1", "SizeX" | "SizeY" | "MinX" | "MinY" | "BinX" | "BinY" | "DataType")
+            | ("cam1", "ColorMode") => self.array_info(),
+            ("cam1", "ArrayCounter") => {
+                self.counter_base.store(num as i32, Ordering::Relaxed);
+                self.set("cam1:ArrayCounter_RBV", num as i32);
+            }
+            ("HDF1" | "image1", "ArrayCounter") => {
+                self.set(&format!("{plugin}:ArrayCounter_RBV"), num as i32)
+            }
+            ("HDF1", "EnableCallbacks") | ("cam1", "ArrayCallbacks") => {
+                // The stored value is the new one only after this returns.
+                self.plugin_enable_with(suffix, num != 0.0);
+            }
+            ("HDF1", "CreateDirectory") => {}
+            _ => {}
+        }
+        Ok(WriteReply::Accept)
+    }
+
+    fn plugin_enable(&self) {
+        self.plugin_enable_with("", false);
+    }
+
+    /// HDF1 takes frames when its EnableCallbacks and the cam's ArrayCallbacks are on.
+    fn plugin_enable_with(&self, changed: &str, value: bool) {
+        let get = |s: &str| {
+            if s == changed { value } else { self.flag(s) }
+        };
+        let on = get("HDF1:EnableCallbacks") && get("cam1:ArrayCallbacks");
+        self.plugin.lock().enabled = on;
+    }
+
+    // ---- data roots --------------------------------------------------------------------
+
+    /// A FilePath made absolute: relative paths are under the first data root.
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.opts.data_roots[0].join(p)
+        };
+        // `.` components say nothing; `..` are kept for the data-root check to resolve.
+        p.components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    }
+
+    /// Why `path` may not be written, if it may not: outside every data root (after `..`
+    /// and symbolic links are resolved, as far as the path exists).
+    fn outside_roots(&self, path: &Path) -> Option<String> {
+        let mut lexical = PathBuf::new();
+        for c in path.components() {
+            match c {
+                Component::ParentDir => {
+                    lexical.pop();
+                }
+                Component::CurDir => {}
+                other => lexical.push(other),
+            }
+        }
+        // The deepest part that exists, with its links resolved, plus the rest.
+        let mut existing = lexical.clone();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (
+                existing.file_name().map(|n| n.to_owned()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut real = existing.canonicalize().unwrap_or(existing);
+        for name in rest.iter().rev() {
+            real.push(name);
+        }
+        if self.opts.data_roots.iter().any(|r| real.starts_with(r)) {
+            None
+        } else {
+            Some(format!(
+                "FilePath {:?} is outside the data roots ({})",
+                path.display().to_string(),
+                self.roots_text()
+            ))
+        }
+    }
+
+    fn roots_text(&self) -> String {
+        self.opts
+            .data_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Set FilePathExists_RBV and WriteMessage for `path`; with `create`, make the
+    /// directories CreateDirectory allows (inside a data root only).
+    fn check_file_path(&self, path: &str, create: bool) -> bool {
+        if let Some(why) = self.outside_roots(Path::new(path)) {
+            self.set("HDF1:FilePathExists_RBV", 0);
+            self.set_text("HDF1:WriteMessage", &why);
+            self.set("HDF1:WriteStatus", 1);
+            return false;
+        }
+        let depth = self.int("HDF1:CreateDirectory_RBV") as i32;
+        if create && depth != 0 && !Path::new(path).is_dir() {
+            if let Err(e) = detflow_writer::naming::create_directories(path, depth) {
+                let why =
+                    format!("FilePath {path:?}: cannot create it (CreateDirectory {depth}): {e}");
+                self.set_text("HDF1:WriteMessage", &why);
+            }
+        }
+        let exists = Path::new(path).is_dir();
+        self.set("HDF1:FilePathExists_RBV", i32::from(exists));
+        if exists {
+            self.set_text("HDF1:WriteMessage", "");
+            self.set("HDF1:WriteStatus", 0);
+        } else {
+            self.set_text(
+                "HDF1:WriteMessage",
+                &format!("FilePath {path:?} does not exist"),
+            );
+        }
+        exists
+    }
+
+    // ---- the cam -----------------------------------------------------------------------
+
+    /// The detector configuration the cam's readbacks describe.
+    fn acquisition_config(&self) -> Result<AcquisitionConfig, Refusal> {
+        let pixel_type = PixelType::from_nd_data_type(self.int("cam1:DataType_RBV") as i32)
+            .ok_or("cam1:DataType is not one the detector makes")?;
+        let image_mode = match self.int("cam1:ImageMode_RBV") {
+            0 => ImageMode::Single,
+            1 => ImageMode::Multiple,
+            _ => ImageMode::Continuous,
+        };
+        let seconds = |s: &str| Duration::from_secs_f64(self.num(s).clamp(0.0, 86_400.0));
+        Ok(AcquisitionConfig {
+            roi: Roi {
+                min_x: self.int("cam1:MinX_RBV") as u32,
+                min_y: self.int("cam1:MinY_RBV") as u32,
+                size_x: self.int("cam1:SizeX_RBV") as u32,
+                size_y: self.int("cam1:SizeY_RBV") as u32,
+            },
+            binning: Binning {
+                x: self.int("cam1:BinX_RBV") as u32,
+                y: self.int("cam1:BinY_RBV") as u32,
+            },
+            pixel_type,
+            exposure: seconds("cam1:AcquireTime_RBV"),
+            period: seconds("cam1:AcquirePeriod_RBV"),
+            image_mode,
+            num_images: self.int("cam1:NumImages_RBV").clamp(1, u32::MAX as i64) as u32,
+            trigger_mode: TriggerMode::Internal,
+        })
+    }
+
+    fn frame_shape(&self) -> Result<FrameShape, Refusal> {
+        let acq = self.acquisition_config()?;
+        let (width, height) = acq.output_shape().map_err(|_| {
+            format!(
+                "the cam's region {}x{} binned {}x{} is empty",
+                acq.roi.size_x, acq.roi.size_y, acq.binning.x, acq.binning.y
+            )
+        })?;
+        Ok(FrameShape {
+            width,
+            height,
+            pixel_type: acq.pixel_type,
+            color_mode: ColorMode::Mono,
+        })
+    }
+
+    /// Frames the run asks for (0: until stopped).
+    fn frames_wanted(acq: &AcquisitionConfig) -> u64 {
+        match acq.image_mode {
+            ImageMode::Single => 1,
+            ImageMode::Multiple => acq.num_images.into(),
+            ImageMode::Continuous => 0,
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, on: bool, req: &WriteRequest) -> WriteReply {
+        if !on {
+            // Acquire = 0: stop; the watcher finishes the run (and any waiting put).
+            if let Some(run) = self.run.lock().unwrap().as_ref() {
+                run.stop();
+            }
+            return WriteReply::Accept;
+        }
+        let mut run = self.run.lock().unwrap();
+        if self.busy.load(Ordering::Acquire) {
+            // Already acquiring: this put completes with the run.
+            return self.wait_acquire(req);
+        }
+        match self.start_run() {
+            Ok(handle) => {
+                *run = Some(handle);
+                self.busy.store(true, Ordering::Release);
+                drop(run);
+                self.set("cam1:Acquire_RBV", 1);
+                self.set("cam1:AcquireBusy", 1);
+                self.set("cam1:DetectorState_RBV", 1);
+                self.set_text("cam1:StatusMessage_RBV", "Acquiring");
+                let reply = self.wait_acquire(req);
+                let ioc = self.clone();
+                if let Err(e) = std::thread::Builder::new()
+                    .name("detflow-run-watch".into())
+                    .spawn(move || ioc.watch_run())
+                {
+                    tracing::error!("cannot start the run watcher: {e}");
+                }
+                reply
+            }
+            Err(message) => {
+                tracing::warn!("acquire refused: {message}");
+                self.set_text("cam1:StatusMessage_RBV", &message);
+                self.set("cam1:DetectorState_RBV", 6);
+                WriteReply::reject()
+            }
+        }
+    }
+
+    fn wait_acquire(&self, req: &WriteRequest) -> WriteReply {
+        if req.is_notify() {
+            let c = req.completion();
+            self.acquire_waiters.lock().unwrap().push(c.clone());
+            WriteReply::Pending(c)
+        } else {
+            WriteReply::Accept
+        }
+    }
+
+    fn start_run(self: &Arc<Self>) -> Result<AcquisitionHandle, Refusal> {
+        let v = &self.opts.validated;
+        let mut acq = self.acquisition_config()?;
+        let frames = Self::frames_wanted(&acq);
+        let mode = match self.int("cam1:SimMode_RBV") {
+            0 => detflow_sim::SimMode::LinearRamp,
+            2 => detflow_sim::SimMode::Sine,
+            3 => detflow_sim::SimMode::OffsetNoise,
+            _ => detflow_sim::SimMode::Peaks,
+        };
+        let backend = v.backend.clone();
+        let detector = crate::engine::make_backend(backend, v.sensor, v.seed, mode, &mut acq)
+            .map_err(|e| format!("{e:#}"))?;
+        let shape_bytes = self.frame_shape().map(|s| s.bytes()).unwrap_or(1);
+        let slots = if self.opts.config.ring.slots == 0 {
+            crate::config::auto_slots(shape_bytes)
+        } else {
+            v.ring_slots
+        };
+        let ring = RingOptions {
+            slots,
+            policy: v.ring_policy,
+            shm: v.ring_shm.clone(),
+            workers: v.workers,
+        };
+        // Encode with the open capture's codec, else with the one the plugin would open with.
+        let codec = match &self.plugin.lock().session {
+            Some(session) => session.settings().codec,
+            None => self.codec().unwrap_or(Codec::None),
+        };
+        self.counter_base
+            .store(self.int("cam1:ArrayCounter_RBV") as i32, Ordering::Relaxed);
+        self.set("cam1:NumImagesCounter_RBV", 0);
+        let observer: Arc<dyn Observer> = self.clone();
+        let handle = Acquisition::start_shared(
+            detector,
+            acq,
+            frames,
+            ring,
+            self.plugin.clone(),
+            codec,
+            Some(observer),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        tracing::info!(frames, %codec, "acquisition started");
+        Ok(handle)
+    }
+
+    /// Follow a run: post its counters while it runs; when the detector stops, Acquire
+    /// falls; when the plugin has written every frame (or at once with WaitForPlugins =
+    /// No), AcquireBusy falls and waiting puts complete.
+    fn watch_run(self: Arc<Self>) {
+        let mut detector_done = false;
+        let mut last = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let status = {
+                let run = self.run.lock().unwrap();
+                match run.as_ref() {
+                    Some(h) => h.status(),
+                    None => break,
+                }
+            };
+            if last.elapsed() >= Duration::from_millis(100) {
+                self.post_run_status(&status);
+                last = Instant::now();
+            }
+            if !detector_done && status.state != State::Acquiring {
+                detector_done = true;
+                self.set("cam1:DetectorState_RBV", 0);
+                self.set("cam1:Acquire", 0);
+                self.set("cam1:Acquire_RBV", 0);
+                if !self.flag("cam1:WaitForPlugins") {
+                    self.set("cam1:AcquireBusy", 0);
+                    self.complete(&self.acquire_waiters, None);
+                }
+            }
+            if matches!(status.state, State::Done | State::Failed) {
+                break;
+            }
+        }
+        let handle = self.run.lock().unwrap().take();
+        let Some(handle) = handle else { return };
+        let summary = handle.wait();
+        let lost = summary.frames_dropped
+            + summary.frames_overrun
+            + summary.frames_corrupted
+            + summary.frames_lost
+            + summary.frames_incomplete;
+        self.lost_before.fetch_add(lost, Ordering::Relaxed);
+        self.plugin_dropped_before
+            .fetch_add(summary.frames_dropped, Ordering::Relaxed);
+        self.set(
+            "cam1:DroppedFrames_RBV",
+            self.lost_before.load(Ordering::Relaxed) as i32,
+        );
+        self.set(
+            "HDF1:DroppedArrays_RBV",
+            self.plugin_dropped_before.load(Ordering::Relaxed) as i32,
+        );
+        self.set("cam1:ArrayRate_RBV", 0.0);
+        match &summary.error {
+            Some(e) => {
+                tracing::warn!("acquisition ended: {e}");
+                self.set_text("cam1:StatusMessage_RBV", e);
+                self.set("cam1:DetectorState_RBV", 6);
+            }
+            None => self.set_text("cam1:StatusMessage_RBV", "Idle"),
+        }
+        tracing::info!(
+            acquired = summary.frames_acquired,
+            written = summary.frames_written,
+            dropped = summary.frames_dropped,
+            lost,
+            "acquisition ended"
+        );
+        self.set("cam1:DetectorState_RBV", 0);
+        self.set("cam1:Acquire", 0);
+        self.set("cam1:Acquire_RBV", 0);
+        self.busy.store(false, Ordering::Release);
+        self.set("cam1:AcquireBusy", 0);
+        self.complete(&self.acquire_waiters, None);
+    }
+
+    fn post_run_status(&self, s: &crate::engine::Status) {
+        let lost = s.frames_dropped
+            + s.frames_overrun
+            + s.frames_corrupted
+            + s.frames_lost
+            + s.frames_incomplete;
+        self.set(
+            "cam1:DroppedFrames_RBV",
+            (self.lost_before.load(Ordering::Relaxed) + lost) as i32,
+        );
+        self.set(
+            "HDF1:DroppedArrays_RBV",
+            (self.plugin_dropped_before.load(Ordering::Relaxed) + s.frames_dropped) as i32,
+        );
+        self.set("cam1:ArrayRate_RBV", s.fps);
+        self.set("HDF1:ArrayRate_RBV", s.fps);
+        self.set("HDF1:IOSpeed", s.mb_per_s);
+        let in_use = s
+            .ring
+            .produced
+            .saturating_sub(s.frames_written + s.frames_dropped + s.frames_not_captured);
+        self.set("HDF1:QueueUse", in_use.min(i32::MAX as u64) as i32);
+        self.set(
+            "HDF1:QueueFree",
+            (s.ring_slots as u64).saturating_sub(in_use) as i32,
+        );
+    }
+
+    fn complete(&self, waiters: &Mutex<Vec<Completion>>, error: Option<Eca>) {
+        let waiting = std::mem::take(&mut *waiters.lock().unwrap());
+        for c in waiting {
+            match error {
+                None => c.complete(),
+                Some(eca) => c.fail(eca),
+            }
+        }
+    }
+
+    // ---- the file plugin ---------------------------------------------------------------
+
+    /// The codec the plugin's Compression (or our HDF1:Codec) names.
+    fn codec(&self) -> Result<Codec, Refusal> {
+        let ours = self.text("HDF1:Codec_RBV");
+        if !ours.is_empty() {
+            return ours
+                .parse()
+                .map_err(|e| format!("HDF1:Codec {ours:?}: {e}"));
+        }
+        let level = |s: &str| self.int(s).clamp(0, 9) as u8;
+        Ok(match self.int("HDF1:Compression_RBV") {
+            0 => Codec::None,
+            3 => Codec::Deflate {
+                level: level("HDF1:ZLevel_RBV"),
+            },
+            4 => {
+                let name = pvs::BLOSC_COMPRESSORS
+                    .get(self.int("HDF1:BloscCompressor_RBV") as usize)
+                    .copied()
+                    .unwrap_or("blosclz");
+                format!("blosc:{name}:{}", level("HDF1:BloscLevel_RBV"))
+                    .parse()
+                    .map_err(|e| format!("HDF1:BloscCompressor {name}: {e}"))?
+            }
+            5 => Codec::BitshuffleLz4,
+            6 => Codec::Lz4,
+            other => {
+                let name = pvs::COMPRESSIONS
+                    .get(other as usize)
+                    .copied()
+                    .unwrap_or("?");
+                return Err(format!("HDF1:Compression {name}: not supported"));
+            }
+        })
+    }
+
+    /// The capture settings the plugin's readbacks describe.
+    fn capture_settings(&self) -> Result<CaptureSettings, Refusal> {
+        let w = &self.opts.validated.capture;
+        let template: FileTemplate = self
+            .text("HDF1:FileTemplate_RBV")
+            .parse()
+            .map_err(|e| format!("HDF1:FileTemplate: {e}"))?;
+        let mode = match self.int("HDF1:FileWriteMode_RBV") {
+            0 => WriteMode::Single,
+            1 => WriteMode::Capture,
+            _ => WriteMode::Stream,
+        };
+        let flush = self.int("HDF1:NumFramesFlush_RBV").max(0) as u64;
+        Ok(CaptureSettings {
+            mode,
+            num_capture: self.int("HDF1:NumCapture_RBV").max(0) as u64,
+            frames_per_file: w.frames_per_file,
+            lazy_open: self.flag("HDF1:LazyOpen_RBV"),
+            naming: FileNaming {
+                path: self.text("HDF1:FilePath_RBV"),
+                name: self.text("HDF1:FileName_RBV"),
+                number: self.int("HDF1:FileNumber_RBV") as i32,
+                auto_increment: self.flag("HDF1:AutoIncrement_RBV"),
+                template,
+            },
+            create_dirs: self.int("HDF1:CreateDirectory_RBV") as i32,
+            temp_suffix: self.text("HDF1:TempSuffix_RBV"),
+            overwrite: w.overwrite,
+            codec: self.codec()?,
+            swmr: self.flag("HDF1:SWMRMode_RBV"),
+            flush_every: flush,
+            flush_interval: w.flush_interval,
+            store_attributes: self.flag("HDF1:StoreAttr_RBV"),
+            store_performance: self.flag("HDF1:StorePerform_RBV"),
+            refs: None,
+            ref_pattern: None,
+        })
+    }
+
+    fn capture(self: &Arc<Self>, on: bool, req: &WriteRequest) -> Result<WriteReply, Refusal> {
+        if !on {
+            self.end_capture(None);
+            return Ok(WriteReply::Accept);
+        }
+        if self.plugin.lock().session.is_some() {
+            self.set("HDF1:Capture_RBV", 1);
+            return Ok(self.wait_capture(req));
+        }
+        let path = self.text("HDF1:FilePath_RBV");
+        if let Some(why) = self.outside_roots(Path::new(&path)) {
+            self.set("HDF1:FilePathExists_RBV", 0);
+            self.set("HDF1:WriteStatus", 1);
+            return Err(format!("Capture refused: {why}"));
+        }
+        let settings = self.capture_settings()?;
+        let shape = self.frame_shape()?;
+        let acq = self.acquisition_config()?;
+        let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
+            self.set("HDF1:WriteStatus", 1);
+            format!("Capture refused: {e}")
+        })?;
+        let status = session.status().clone();
+        tracing::info!(file = %status.full_file_name.display(), "capture started");
+        self.plugin.lock().session = Some(session);
+        self.set("HDF1:NumCaptured_RBV", 0);
+        self.set("HDF1:WriteStatus", 0);
+        self.set_text("HDF1:WriteMessage", &status.write_message);
+        self.post_file_status(&status);
+        self.set(
+            "HDF1:SWMRActive_RBV",
+            i32::from(self.flag("HDF1:SWMRMode_RBV")),
+        );
+        self.set("HDF1:Capture_RBV", 1);
+        Ok(self.wait_capture(req))
+    }
+
+    fn wait_capture(&self, req: &WriteRequest) -> WriteReply {
+        if req.is_notify() {
+            let c = req.completion();
+            self.capture_waiters.lock().unwrap().push(c.clone());
+            WriteReply::Pending(c)
+        } else {
+            WriteReply::Accept
+        }
+    }
+
+    /// Close the open capture (Capture = 0, or shutting down).
+    fn end_capture(&self, error: Option<String>) {
+        let session = self.plugin.lock().session.take();
+        if let Some(session) = session {
+            let (status, finished) = session.finish();
+            let error = error.or_else(|| finished.err().map(|e| e.to_string()));
+            tracing::info!(
+                file = %status.full_file_name.display(),
+                frames = status.num_captured,
+                "capture closed"
+            );
+            self.capture_done(&status, error.as_deref());
+        } else {
+            self.set("HDF1:Capture", 0);
+            self.set("HDF1:Capture_RBV", 0);
+            self.complete(&self.capture_waiters, None);
+        }
+    }
+
+    /// A capture ended: readbacks, Capture falls, waiting puts complete.
+    fn capture_done(&self, status: &FileStatus, error: Option<&str>) {
+        self.post_file_status(status);
+        self.set(
+            "HDF1:NumCaptured_RBV",
+            status.num_captured.min(i32::MAX as u64) as i32,
+        );
+        match error {
+            Some(e) => {
+                self.set("HDF1:WriteStatus", 1);
+                self.set_text("HDF1:WriteMessage", e);
+            }
+            None => {
+                self.set("HDF1:WriteStatus", i32::from(!status.write_ok));
+                self.set_text("HDF1:WriteMessage", &status.write_message);
+            }
+        }
+        self.set("HDF1:SWMRActive_RBV", 0);
+        self.set("HDF1:Capture", 0);
+        self.set("HDF1:Capture_RBV", 0);
+        self.complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
+    }
+
+    /// FullFileName and FileNumber, posted when they change.
+    fn post_file_status(&self, status: &FileStatus) {
+        {
+            let mut last = self.last_full_name.lock().unwrap();
+            if *last != status.full_file_name && !status.full_file_name.as_os_str().is_empty() {
+                last.clone_from(&status.full_file_name);
+                self.set_text(
+                    "HDF1:FullFileName_RBV",
+                    &status.full_file_name.to_string_lossy(),
+                );
+            }
+        }
+        if self.last_number.swap(status.file_number, Ordering::Relaxed) != status.file_number
+            || self.int("HDF1:FileNumber_RBV") != i64::from(status.file_number)
+        {
+            self.set_both("HDF1:FileNumber", Value::from(status.file_number));
+        }
+    }
+
+    fn flush_now(&self) {
+        let mut slot = self.plugin.lock();
+        if let Some(session) = slot.session.as_mut() {
+            if let Err(e) = session.flush() {
+                let message = format!("FlushNow: {e}");
+                drop(slot);
+                self.set_text("HDF1:WriteMessage", &message);
+                self.set("HDF1:WriteStatus", 1);
+                return;
+            }
+        }
+        drop(slot);
+        self.set("HDF1:FlushNow", 0);
+    }
+
+    // ---- preview -----------------------------------------------------------------------
+
+    fn post_preview(&self, shape: FrameShape, bytes: &[u8]) {
+        let Some(pv) = self.pv("image1:ArrayData") else {
+            return;
+        };
+        let max = pv.count();
+        let value = image_value(pv.native_type(), shape.pixel_type, bytes, max);
+        if let Err(e) = pv.post(value) {
+            tracing::warn!("cannot post image1:ArrayData: {e}");
+        }
+    }
+}
+
+impl Observer for Ioc {
+    fn frame_acquired(&self, count: u64, meta: &FrameMeta, bytes: &[u8]) {
+        let counter = self
+            .counter_base
+            .load(Ordering::Relaxed)
+            .wrapping_add(count as i32);
+        self.set("cam1:ArrayCounter_RBV", counter);
+        self.set("cam1:NumImagesCounter_RBV", count as i32);
+        if !self.flag("cam1:ArrayCallbacks_RBV") {
+            return;
+        }
+        for p in ["HDF1", "image1"] {
+            if self.flag(&format!("{p}:EnableCallbacks_RBV")) {
+                let rbv = format!("{p}:ArrayCounter_RBV");
+                self.set(&rbv, self.int(&rbv) as i32 + 1);
+                self.set(&format!("{p}:UniqueId_RBV"), meta.unique_id as i32);
+            }
+        }
+        // The newest frame to image1, at most preview_rate a second; never waits.
+        let rate = self.opts.preview_rate;
+        if rate <= 0.0 || !self.flag("image1:EnableCallbacks_RBV") {
+            return;
+        }
+        let due = {
+            let mut last = self.last_preview.lock().unwrap();
+            let due = last.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0 / rate);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let mut buf = self.preview_free.try_recv().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            if let Err(TrySendError::Full((_, buf)) | TrySendError::Disconnected((_, buf))) =
+                self.preview.try_send((meta.shape, buf))
+            {
+                let _ = self.preview_recycle.try_send(buf);
+            }
+        }
+    }
+
+    fn frame_captured(&self, status: &FileStatus) {
+        self.set(
+            "HDF1:NumCaptured_RBV",
+            status.num_captured.min(i32::MAX as u64) as i32,
+        );
+        self.post_file_status(status);
+    }
+
+    fn capture_ended(&self, status: &FileStatus, error: Option<&str>) {
+        self.capture_done(status, error);
+    }
+}
+
+/// The waveform type of image1:ArrayData for frames of `pixel_type` (areaDetector's FTVL).
+fn image_native(pixel_type: PixelType) -> NativeType {
+    match pixel_type {
+        PixelType::U8 | PixelType::I8 => NativeType::Char,
+        PixelType::U16 | PixelType::I16 => NativeType::Short,
+        PixelType::U32 | PixelType::I32 => NativeType::Long,
+        PixelType::F32 => NativeType::Float,
+        PixelType::F64 => NativeType::Double,
+    }
+}
+
+/// A frame's pixels as a waveform of `native` elements (at most `max`), as NDStdArrays
+/// converts: each pixel cast to the waveform's type.
+fn image_value(native: NativeType, pixel_type: PixelType, bytes: &[u8], max: usize) -> Value {
+    fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+        bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(bytemuck::pod_read_unaligned)
+            .collect()
+    }
+    let pixels: Vec<f64> = match pixel_type {
+        // Same width as the waveform: reinterpret the bits, as a waveform of SHORTs holds
+        // UInt16 pixels in areaDetector.
+        PixelType::U8 | PixelType::I8 if native == NativeType::Char => {
+            return Value::Char(bytes[..bytes.len().min(max)].into());
+        }
+        PixelType::U16 | PixelType::I16 if native == NativeType::Short => {
+            let mut v: Vec<i16> = cast(bytes);
+            v.truncate(max);
+            return Value::Short(v.into());
+        }
+        PixelType::U32 | PixelType::I32 if native == NativeType::Long => {
+            let mut v: Vec<i32> = cast(bytes);
+            v.truncate(max);
+            return Value::Long(v.into());
+        }
+        PixelType::U8 => bytes.iter().map(|&b| f64::from(b)).collect(),
+        PixelType::I8 => bytes.iter().map(|&b| f64::from(b as i8)).collect(),
+        PixelType::U16 => cast::<u16>(bytes).into_iter().map(f64::from).collect(),
+        PixelType::I16 => cast::<i16>(bytes).into_iter().map(f64::from).collect(),
+        PixelType::U32 => cast::<u32>(bytes).into_iter().map(f64::from).collect(),
+        PixelType::I32 => cast::<i32>(bytes).into_iter().map(f64::from).collect(),
+        PixelType::F32 => cast::<f32>(bytes).into_iter().map(f64::from).collect(),
+        PixelType::F64 => cast::<f64>(bytes),
+    };
+    let pixels = &pixels[..pixels.len().min(max)];
+    match native {
+        NativeType::Char => Value::Char(pixels.iter().map(|&p| p as u8).collect()),
+        NativeType::Short => Value::Short(pixels.iter().map(|&p| p as i16).collect()),
+        NativeType::Long => Value::Long(pixels.iter().map(|&p| p as i32).collect()),
+        NativeType::Float => Value::Float(pixels.iter().map(|&p| p as f32).collect()),
+        _ => Value::Double(pixels.to_vec().into()),
+    }
+}
+
+/// The Compression index and the HDF1:Codec text (empty when Compression names it).
+fn compression_of(codec: Codec) -> (i32, String) {
+    match codec {
+        Codec::None => (0, String::new()),
+        Codec::Deflate { .. } => (3, String::new()),
+        Codec::Blosc { .. } => (4, String::new()),
+        Codec::BitshuffleLz4 => (5, String::new()),
+        Codec::Lz4 => (6, String::new()),
+        other => (0, other.to_string()),
+    }
+}
+
+fn sim_mode_index(mode: &str) -> i64 {
+    match mode {
+        "ramp" => 0,
+        "sine" => 2,
+        "noise" => 3,
+        _ => 1,
+    }
+}
+
+fn write_mode_index(mode: WriteMode) -> i64 {
+    match mode {
+        WriteMode::Single => 0,
+        WriteMode::Capture => 1,
+        WriteMode::Stream => 2,
+    }
+}
+
+/// A directory path ending with `/`, as areaDetector's FilePath_RBV.
+fn with_slash(path: &str) -> String {
+    if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    }
+}
+
+/// Check the data roots: each must be an existing directory; returned canonical.
+pub fn data_roots(roots: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let roots = if roots.is_empty() {
+        vec![std::env::current_dir().context("cannot read the current directory")?]
+    } else {
+        roots.to_vec()
+    };
+    roots
+        .iter()
+        .map(|r| {
+            let real = r.canonicalize().map_err(|e| {
+                anyhow::anyhow!("invalid data-root {:?}: {e}", r.display().to_string())
+            })?;
+            anyhow::ensure!(
+                real.is_dir(),
+                "invalid data-root {:?}: not a directory",
+                r.display().to_string()
+            );
+            Ok(real)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every PV name this file posts to or reads is served.
+    #[test]
+    fn every_pv_named_here_is_served() {
+        let served = pvs::suffixes();
+        let source = include_str!("mod.rs");
+        let mut named = 0;
+        for piece in source.split('"').skip(1).step_by(2) {
+            let Some((plugin, name)) = piece.split_once(':') else {
+                continue;
+            };
+            if !["cam1", "HDF1", "image1"].contains(&plugin)
+                || name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                continue;
+            }
+            named += 1;
+            assert!(served.contains(piece), "{piece} is used but not served");
+        }
+        assert!(named > 60, "{named}");
+    }
+
+    #[test]
+    fn previews_convert_like_ndstdarrays() {
+        let px: Vec<u8> = [1u16, 40000, 7]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            image_value(NativeType::Short, PixelType::U16, &px, 10),
+            Value::Short(vec![1i16, 40000u16 as i16, 7].into())
+        );
+        assert_eq!(
+            image_value(NativeType::Long, PixelType::U16, &px, 2),
+            Value::Long(vec![1, 40000].into())
+        );
+    }
+
+    #[test]
+    fn file_paths_end_with_a_slash() {
+        assert_eq!(with_slash("/data/x"), "/data/x/");
+        assert_eq!(with_slash("/data/x/"), "/data/x/");
+    }
+}

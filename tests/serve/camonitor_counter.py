@@ -1,0 +1,78 @@
+"""pyepics camonitor of cam1:ArrayCounter_RBV while the detector takes N frames.
+
+ImageMode Multiple, NumImages N, AcquirePeriod 0.01 s, then Acquire=1 with put-callback
+(pyepics `caput(wait=True)`): the callback must come back only when acquisition is done,
+and the monitor must have delivered every count from start+1 to start+N, in order.
+
+Usage: camonitor_counter.py N      (prints CAMONITOR OK at the end)
+"""
+import sys
+import threading
+import time
+
+import epics
+
+P = "ad:cam1:"
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print(f"CHECK {what}", flush=True)
+
+
+def put(name, value):
+    check(epics.caput(P + name, value, wait=True, timeout=10) == 1, f"caput {name}={value!r}")
+
+
+def main():
+    n = int(sys.argv[1])
+    put("ImageMode", "Multiple")
+    put("NumImages", n)
+    put("AcquireTime", 0.005)
+    put("AcquirePeriod", 0.01)
+    start = epics.caget(P + "ArrayCounter_RBV", timeout=10)
+    check(start is not None, f"ArrayCounter_RBV reads {start}")
+
+    seen, lock, last = [], threading.Lock(), threading.Event()
+
+    def on_counter(pvname=None, value=None, **kw):
+        with lock:
+            seen.append(int(value))
+        if int(value) >= start + n:
+            last.set()
+
+    epics.camonitor(P + "ArrayCounter_RBV", callback=on_counter)
+    time.sleep(0.5)  # the first update (the current value) has arrived
+    check(epics.caget(P + "DetectorState_RBV", as_string=True) == "Idle", "detector is Idle")
+
+    t0 = time.monotonic()
+    done = epics.caput(P + "Acquire", 1, wait=True, timeout=60)
+    took = time.monotonic() - t0
+    counter_at_callback = epics.caget(P + "ArrayCounter_RBV", use_monitor=False)
+    check(done == 1, f"Acquire=1 put-callback came back after {took:.2f} s")
+    check(counter_at_callback == start + n,
+          f"at the put-callback ArrayCounter_RBV is start+N ({counter_at_callback} == "
+          f"{start} + {n}): the callback means acquisition is done")
+    check(took >= 0.9 * n * 0.01, f"the put-callback waited for {n} frames at 0.01 s")
+    check(last.wait(10), "the monitor delivered start+N")
+    time.sleep(0.3)  # anything late or extra
+    epics.camonitor_clear(P + "ArrayCounter_RBV")
+    with lock:
+        after = [v for v in seen if v > start]
+        before = [v for v in seen if v <= start]
+    check(set(before) <= {start}, f"no update below the start value {start} ({before})")
+    expected = list(range(start + 1, start + n + 1))
+    missing = sorted(set(expected) - set(after))
+    check(after == expected,
+          f"the monitor saw each of {start + 1}..{start + n} once, in order "
+          f"(saw {len(after)}, missing {missing[:10]}, first {after[:5]}, last {after[-5:]})")
+    check(epics.caget(P + "Acquire_RBV") == 0, "Acquire_RBV back to 0")
+    check(epics.caget(P + "AcquireBusy") == 0, "AcquireBusy back to 0")
+    check(epics.caget(P + "DetectorState_RBV", as_string=True) == "Idle", "detector Idle again")
+    check(epics.caget(P + "NumImagesCounter_RBV") == n, f"NumImagesCounter_RBV == {n}")
+    print("CAMONITOR OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()
