@@ -76,10 +76,10 @@ pub struct Ioc {
     capture_waiters: Mutex<Vec<Completion>>,
     /// cam1:ArrayCounter at the start of the current run.
     counter_base: AtomicI32,
-    /// Frames lost (any cause) by runs that ended, since start-up.
+    /// Frames lost (any cause: detector FIFO, link, ring, writer) by runs that ended, since
+    /// start-up: HDF1:DroppedArrays_RBV (and our cam1:DroppedFrames_RBV) with the current
+    /// run's.
     lost_before: AtomicU64,
-    /// Frames the plugin dropped in runs that ended (HDF1:DroppedArrays).
-    plugin_dropped_before: AtomicU64,
     last_full_name: Mutex<PathBuf>,
     last_number: AtomicI32,
     preview: Sender<(FrameShape, Vec<u8>)>,
@@ -136,7 +136,6 @@ impl Ioc {
             capture_waiters: Mutex::new(Vec::new()),
             counter_base: AtomicI32::new(0),
             lost_before: AtomicU64::new(0),
-            plugin_dropped_before: AtomicU64::new(0),
             last_full_name: Mutex::new(PathBuf::new()),
             last_number: AtomicI32::new(opts.config.writer.number),
             preview,
@@ -896,16 +895,12 @@ impl Ioc {
             + summary.frames_lost
             + summary.frames_incomplete;
         self.lost_before.fetch_add(lost, Ordering::Relaxed);
-        self.plugin_dropped_before
-            .fetch_add(summary.frames_dropped, Ordering::Relaxed);
-        self.set(
-            "cam1:DroppedFrames_RBV",
-            self.lost_before.load(Ordering::Relaxed) as i32,
-        );
-        self.set(
-            "HDF1:DroppedArrays_RBV",
-            self.plugin_dropped_before.load(Ordering::Relaxed) as i32,
-        );
+        let total = self
+            .lost_before
+            .load(Ordering::Relaxed)
+            .min(i32::MAX as u64) as i32;
+        self.set("cam1:DroppedFrames_RBV", total);
+        self.set("HDF1:DroppedArrays_RBV", total);
         self.set("cam1:ArrayRate_RBV", 0.0);
         match &summary.error {
             Some(e) => {
@@ -936,14 +931,9 @@ impl Ioc {
             + s.frames_corrupted
             + s.frames_lost
             + s.frames_incomplete;
-        self.set(
-            "cam1:DroppedFrames_RBV",
-            (self.lost_before.load(Ordering::Relaxed) + lost) as i32,
-        );
-        self.set(
-            "HDF1:DroppedArrays_RBV",
-            (self.plugin_dropped_before.load(Ordering::Relaxed) + s.frames_dropped) as i32,
-        );
+        let total = (self.lost_before.load(Ordering::Relaxed) + lost).min(i32::MAX as u64) as i32;
+        self.set("cam1:DroppedFrames_RBV", total);
+        self.set("HDF1:DroppedArrays_RBV", total);
         self.set("cam1:ArrayRate_RBV", s.fps);
         self.set("HDF1:ArrayRate_RBV", s.fps);
         self.set("HDF1:IOSpeed", s.mb_per_s);

@@ -1,0 +1,470 @@
+//! `detflow serve` driven over Channel Access by a raw client (the CA crate's probe), on
+//! 127.0.0.1 with a port of its own per test: settings refused before anything is served,
+//! the readbacks the clients rely on, data roots, the truth of the counters and of
+//! `DroppedArrays_RBV`, put-callback completion, and a signal mid-capture.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use detflow_ca::Eca;
+use detflow_ca::probe::Probe;
+use detflow_ca::proto::{Header, cmd};
+
+const DBR_STRING: u16 = 0;
+const DBR_CHAR: u16 = 4;
+const DBR_DOUBLE: u16 = 6;
+
+/// The daemon, killed when dropped (a test that fails still cleans up).
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Start `detflow serve` on a free port with `args`, and wait until it answers.
+    fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("daemon.log");
+        let child = common::detflow()
+            .arg("serve")
+            .args(["--ca-port", &port.to_string(), "--preview-rate", "2"])
+            .args(args)
+            .env("EPICS_CAS_INTF_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CAS_BEACON_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("detflow serve starts");
+        let daemon = Daemon { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Probe::connect(daemon.addr()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not serve in 30 s:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn client(&self) -> Client {
+        Client {
+            probe: Probe::connect(self.addr()).expect("connects"),
+            sids: HashMap::new(),
+            next: 1,
+            log: self.log.clone(),
+            done: HashMap::new(),
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Reads and writes by name over one circuit.
+struct Client {
+    probe: Probe,
+    sids: HashMap<String, (u32, u32)>,
+    next: u32,
+    /// The daemon's log, shown when a put does not complete.
+    log: PathBuf,
+    /// Put completions received while waiting for another: ioid → status.
+    done: HashMap<u32, u32>,
+}
+
+impl Client {
+    fn channel(&mut self, name: &str) -> (u32, u32) {
+        if let Some(c) = self.sids.get(name) {
+            return *c;
+        }
+        self.next += 1;
+        let info = self
+            .probe
+            .create_channel(&format!("ad:{name}"), self.next)
+            .unwrap_or_else(|e| panic!("ad:{name}: {e}"));
+        self.sids.insert(name.into(), (info.sid, info.count));
+        (info.sid, info.count)
+    }
+
+    fn num(&mut self, name: &str) -> f64 {
+        let (sid, _) = self.channel(name);
+        self.next += 1;
+        let (_, payload) = self.probe.read(sid, DBR_DOUBLE, 1, self.next).unwrap();
+        f64::from_be_bytes(payload[..8].try_into().unwrap())
+    }
+
+    /// Text of a string, enum (its state name) or long-string PV.
+    fn text(&mut self, name: &str) -> String {
+        let (sid, count) = self.channel(name);
+        self.next += 1;
+        let (ty, n) = if count > 1 {
+            (DBR_CHAR, count)
+        } else {
+            (DBR_STRING, 1)
+        };
+        let (_, payload) = self.probe.read(sid, ty, n, self.next).unwrap();
+        let end = payload
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(payload.len());
+        String::from_utf8_lossy(&payload[..end]).into_owned()
+    }
+
+    /// Send a WRITE_NOTIFY; returns its id for [`Client::completed`].
+    fn put_nowait(&mut self, name: &str, value: &Put) -> u32 {
+        let (sid, _) = self.channel(name);
+        self.next += 1;
+        let (ty, n, payload) = match value {
+            Put::Num(v) => (DBR_DOUBLE, 1, v.to_be_bytes().to_vec()),
+            Put::Text(t) => {
+                let mut b = t.as_bytes().to_vec();
+                b.push(0);
+                (DBR_CHAR, b.len() as u32, b)
+            }
+        };
+        self.probe
+            .send(
+                Header::new(cmd::WRITE_NOTIFY, ty, n, sid, self.next),
+                &payload,
+            )
+            .unwrap();
+        self.next
+    }
+
+    /// Wait for the WRITE_NOTIFY reply `ioid`; its status.
+    fn completed(&mut self, ioid: u32, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.done.remove(&ioid) {
+                return status;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (h, _) = self
+                .probe
+                .recv_cmd(cmd::WRITE_NOTIFY, left)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "no completion for put {ioid}: {e}\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    )
+                });
+            self.done.insert(h.param2, h.param1);
+        }
+    }
+
+    /// Put and wait for completion; panics unless it succeeded.
+    fn put(&mut self, name: &str, value: Put) {
+        let id = self.put_nowait(name, &value);
+        let status = self.completed(id, Duration::from_secs(30));
+        assert_eq!(status, Eca::Normal.code(), "put {name} = {value:?} failed");
+    }
+}
+
+#[derive(Debug)]
+enum Put {
+    Num(f64),
+    Text(String),
+}
+
+fn num(v: f64) -> Put {
+    Put::Num(v)
+}
+
+fn text(t: &str) -> Put {
+    Put::Text(t.into())
+}
+
+fn frames_in(file: &str) -> Vec<usize> {
+    hdf5::File::open(file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .dataset("/entry/data/data")
+        .unwrap()
+        .shape()
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_is_served() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["--data-root", "/no/such/dir"],
+            "data-root",
+            "/no/such/dir",
+        ),
+        (&["--preview-rate=-1"], "preview-rate", "-1"),
+        (&["--size", "0x5"], "size", "0x5"),
+        (&["--dtype", "u17"], "dtype", "u17"),
+        (&["--prefix", "a b"], "prefix", "a b"),
+    ];
+    for (args, setting, value) in cases {
+        let out = common::detflow()
+            .arg("serve")
+            .args(["--ca-port", "1"])
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains(setting) && err.contains(value),
+            "{args:?}: the error must name {setting} and the value: {err}"
+        );
+    }
+}
+
+#[test]
+fn starts_primed_with_a_connected_port_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "64x48"]);
+    let mut c = d.client();
+    for (cam, hdf) in [
+        ("cam1:ArraySizeX_RBV", "HDF1:ArraySize0_RBV"),
+        ("cam1:ArraySizeY_RBV", "HDF1:ArraySize1_RBV"),
+        ("cam1:ArraySizeZ_RBV", "HDF1:ArraySize2_RBV"),
+    ] {
+        assert_eq!(c.num(cam), c.num(hdf), "{cam} vs {hdf}");
+    }
+    assert_eq!(c.num("cam1:ArraySizeX_RBV"), 64.0);
+    assert_eq!(c.num("cam1:ArraySizeY_RBV"), 48.0);
+    assert_eq!(c.text("cam1:DataType_RBV"), "UInt16");
+    assert_eq!(c.text("HDF1:DataType_RBV"), "UInt16");
+    assert_eq!(c.text("HDF1:ColorMode_RBV"), c.text("cam1:ColorMode_RBV"));
+    let cam = c.text("cam1:PortName_RBV");
+    assert_eq!(c.text("HDF1:NDArrayPort_RBV"), cam);
+    assert_eq!(c.text("image1:NDArrayPort_RBV"), cam);
+    assert_ne!(c.text("HDF1:PortName_RBV"), c.text("image1:PortName_RBV"));
+    assert!(c.text("HDF1:PluginType_RBV").starts_with("NDFileHDF5"));
+    assert!(
+        c.text("image1:PluginType_RBV")
+            .starts_with("NDPluginStdArrays")
+    );
+    assert_eq!(c.num("cam1:AcquireBusy"), 0.0);
+    assert_eq!(c.text("cam1:DetectorState_RBV"), "Idle");
+    // A setpoint echoes to its readback; a change of the cam's size reaches the plugin.
+    c.put("cam1:SizeX", num(32.0));
+    assert_eq!(c.num("cam1:SizeX_RBV"), 32.0);
+    assert_eq!(c.num("HDF1:ArraySize0_RBV"), 32.0);
+    // A bad value is refused and says why.
+    let id = c.put_nowait("cam1:SizeX", &num(100_000.0));
+    assert_ne!(c.completed(id, Duration::from_secs(5)), Eca::Normal.code());
+    assert!(c.text("cam1:StatusMessage_RBV").contains("SizeX"));
+    assert_eq!(c.num("cam1:SizeX_RBV"), 32.0);
+}
+
+#[test]
+fn writes_only_under_its_data_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &["--data-root", root.to_str().unwrap(), "--size", "32x32"],
+    );
+    let mut c = d.client();
+    for path in [
+        outside.to_str().unwrap().to_owned(),
+        format!("{}/../elsewhere", root.display()),
+    ] {
+        c.put("HDF1:FilePath", text(&path));
+        assert_eq!(c.num("HDF1:FilePathExists_RBV"), 0.0, "{path}");
+        assert!(
+            c.text("HDF1:WriteMessage")
+                .contains("outside the data roots"),
+            "{}",
+            c.text("HDF1:WriteMessage")
+        );
+        let id = c.put_nowait("HDF1:Capture", &num(1.0));
+        assert_ne!(c.completed(id, Duration::from_secs(5)), Eca::Normal.code());
+        assert_eq!(c.num("HDF1:Capture_RBV"), 0.0);
+    }
+    // A symbolic link inside the root that leads out is outside too.
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    c.put("HDF1:FilePath", text(root.join("link").to_str().unwrap()));
+    assert_eq!(c.num("HDF1:FilePathExists_RBV"), 0.0);
+    // Inside: CreateDirectory makes the missing levels.
+    c.put("HDF1:CreateDirectory", num(-3.0));
+    let inside = root.join("a/b");
+    c.put("HDF1:FilePath", text(inside.to_str().unwrap()));
+    assert_eq!(c.num("HDF1:FilePathExists_RBV"), 1.0);
+    assert_eq!(
+        c.text("HDF1:FilePath_RBV"),
+        format!("{}/", inside.display())
+    );
+    assert!(inside.is_dir());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// Configure a Multiple acquisition of `n` frames captured into `dir`.
+fn configure(c: &mut Client, dir: &Path, n: f64) {
+    c.put("HDF1:FilePath", text(dir.to_str().unwrap()));
+    c.put("HDF1:FileName", text("run"));
+    c.put("HDF1:FileTemplate", text("%s%s_%3.3d.h5"));
+    c.put("HDF1:FileNumber", num(7.0));
+    c.put("HDF1:AutoIncrement", num(1.0));
+    c.put("HDF1:FileWriteMode", num(2.0));
+    c.put("HDF1:NumCapture", num(n));
+    c.put("HDF1:Compression", num(3.0));
+    c.put("cam1:ImageMode", num(1.0));
+    c.put("cam1:NumImages", num(n));
+    c.put("cam1:AcquirePeriod", num(0.005));
+    c.put("cam1:WaitForPlugins", num(1.0));
+}
+
+#[test]
+fn acquire_completes_after_the_file_is_closed_and_the_counters_tell_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "64x32"]);
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 6.0);
+    let counter0 = c.num("cam1:ArrayCounter_RBV");
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.num("HDF1:Capture_RBV") != 1.0 {
+        assert!(Instant::now() < deadline, "Capture_RBV never rose");
+    }
+    let expected = format!("{root}/run_007.h5");
+    assert_eq!(c.text("HDF1:FullFileName_RBV"), expected);
+    assert_eq!(c.num("HDF1:FileNumber_RBV"), 8.0, "AutoIncrement at open");
+    c.put("cam1:Acquire", num(1.0));
+    // The put-callback came back: the run is over and the file closed.
+    assert_eq!(c.num("cam1:AcquireBusy"), 0.0);
+    assert_eq!(c.num("cam1:Acquire_RBV"), 0.0);
+    assert_eq!(c.text("cam1:DetectorState_RBV"), "Idle");
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(10)),
+        Eca::Normal.code()
+    );
+    assert_eq!(c.num("HDF1:Capture_RBV"), 0.0);
+    assert_eq!(c.num("HDF1:NumCaptured_RBV"), 6.0);
+    assert_eq!(c.num("cam1:ArrayCounter_RBV"), counter0 + 6.0);
+    assert_eq!(c.num("HDF1:DroppedArrays_RBV"), 0.0);
+    assert_eq!(c.text("HDF1:WriteStatus"), "Write OK");
+    assert_eq!(frames_in(&expected), vec![6, 32, 64]);
+    // A second capture takes the next number and overwrites nothing.
+    let before = std::fs::metadata(&expected).unwrap().modified().unwrap();
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    c.put("cam1:Acquire", num(1.0));
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(10)),
+        Eca::Normal.code()
+    );
+    assert_eq!(
+        c.text("HDF1:FullFileName_RBV"),
+        format!("{root}/run_008.h5")
+    );
+    assert_eq!(frames_in(&format!("{root}/run_008.h5")), vec![6, 32, 64]);
+    assert_eq!(
+        std::fs::metadata(&expected).unwrap().modified().unwrap(),
+        before
+    );
+}
+
+#[test]
+fn dropped_arrays_count_every_frame_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let config = dir.path().join("lossy.toml");
+    std::fs::write(&config, "[detector]\nfault_drop = 0.3\nseed = 5\n").unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--data-root",
+            root,
+            "--size",
+            "32x32",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 40.0);
+    c.put("HDF1:NumCapture", num(0.0)); // until Capture = 0
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    c.put("cam1:Acquire", num(1.0));
+    c.put("HDF1:Capture", num(0.0));
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(10)),
+        Eca::Normal.code()
+    );
+    let written = c.num("HDF1:NumCaptured_RBV");
+    let dropped = c.num("HDF1:DroppedArrays_RBV");
+    assert!(dropped > 0.0, "a 30% link loss over 40 frames lost nothing");
+    assert_eq!(
+        written + dropped,
+        40.0,
+        "written {written} + dropped {dropped}"
+    );
+    let file = c.text("HDF1:FullFileName_RBV");
+    assert_eq!(frames_in(&file)[0] as f64, written);
+}
+
+#[test]
+fn sigterm_during_a_capture_closes_the_file_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let mut d = Daemon::start(dir.path(), &["--data-root", root, "--size", "64x64"]);
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 1.0);
+    c.put("HDF1:NumCapture", num(0.0)); // until stopped
+    c.put("cam1:ImageMode", num(2.0)); // Continuous
+    c.put_nowait("HDF1:Capture", &num(1.0));
+    while c.num("HDF1:Capture_RBV") != 1.0 {}
+    let file = c.text("HDF1:FullFileName_RBV");
+    c.put_nowait("cam1:Acquire", &num(1.0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.num("HDF1:NumCaptured_RBV") < 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no frames captured:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = d.terminate();
+    assert!(status.success(), "exit {status}:\n{}", d.log());
+    let frames = frames_in(&file)[0];
+    assert!(frames >= 20, "{frames} frames in {file}");
+    let log = d.log();
+    assert!(log.contains("capture closed"), "{log}");
+}
