@@ -38,7 +38,7 @@ use detflow_writer::{
     CaptureSession, CaptureSettings, Codec, FileNaming, FileStatus, FileTemplate, WriteMode,
 };
 
-use crate::config::{Config, Validated};
+use crate::config::{BackendSpec, Config, Validated};
 use crate::engine::{
     Acquisition, AcquisitionHandle, Observer, RingOptions, SharedCapture, State, geometry,
 };
@@ -285,9 +285,6 @@ impl Ioc {
             ("cam1:ArrayCallbacks", i(1)),
             ("cam1:WaitForPlugins", i(0)),
             ("cam1:SimMode", i(sim_mode_index(&c.detector.mode))),
-            ("cam1:Gain", f(1.0)),
-            ("cam1:GainX", f(1.0)),
-            ("cam1:GainY", f(1.0)),
             ("cam1:GainRed", f(1.0)),
             ("cam1:GainGreen", f(1.0)),
             ("cam1:GainBlue", f(1.0)),
@@ -361,6 +358,31 @@ impl Ioc {
         }
         for p in ["cam1", "HDF1", "image1"] {
             self.set_both(&format!("{p}:ArrayCallbacks"), Value::from(1i32));
+        }
+        // simDetector's parameters: a useful picture at this size and type.
+        let mode = c.detector.mode.parse().unwrap_or(detflow_sim::SimMode::Peaks);
+        let p = crate::engine::demo_params(mode, v.sensor, acq.pixel_type);
+        for (suffix, value) in [
+            ("cam1:Gain", p.gain),
+            ("cam1:GainX", p.gain_x),
+            ("cam1:GainY", p.gain_y),
+            ("cam1:Offset", p.offset),
+            ("cam1:Noise", p.noise),
+            ("cam1:PeakVariation", p.peak_variation),
+        ] {
+            self.set_both(suffix, Value::from(value));
+        }
+        for (suffix, value) in [
+            ("cam1:PeakStartX", p.peak_start_x),
+            ("cam1:PeakStartY", p.peak_start_y),
+            ("cam1:PeakWidthX", p.peak_width_x as i32),
+            ("cam1:PeakWidthY", p.peak_width_y as i32),
+            ("cam1:PeakNumX", p.peak_num_x as i32),
+            ("cam1:PeakNumY", p.peak_num_y as i32),
+            ("cam1:PeakStepX", p.peak_step_x),
+            ("cam1:PeakStepY", p.peak_step_y),
+        ] {
+            self.set_both(suffix, Value::from(value));
         }
         // Compression from the configured codec.
         let (compression, codec_text) = compression_of(v.capture.codec);
@@ -544,6 +566,12 @@ impl Ioc {
                 }
             }
             ("HDF1", "ZLevel") => whole(0.0, 9.0)?,
+            ("HDF1", "NumFramesChunks") if num > 1.0 => {
+                return Err(format!(
+                    "{suffix} {num}: detflow writes one frame per chunk (direct chunk write); \
+                     use 1"
+                ));
+            }
             ("HDF1", "BloscLevel") => whole(0.0, 9.0)?,
             ("HDF1", "BloscCompressor") if num as usize == 3 => {
                 return Err(format!(
@@ -729,6 +757,31 @@ impl Ioc {
         })
     }
 
+    /// The simulation's parameters from the cam's simDetector PVs.
+    fn sim_params(&self, mode: detflow_sim::SimMode) -> detflow_sim::SimParams {
+        let n = |s: &str| self.num(s);
+        let i = |s: &str| self.int(s) as i32;
+        let u = |s: &str| self.int(s).max(0) as u32;
+        detflow_sim::SimParams {
+            mode,
+            gain: n("cam1:Gain_RBV"),
+            gain_x: n("cam1:GainX_RBV"),
+            gain_y: n("cam1:GainY_RBV"),
+            offset: n("cam1:Offset_RBV"),
+            noise: n("cam1:Noise_RBV"),
+            peak_start_x: i("cam1:PeakStartX_RBV"),
+            peak_start_y: i("cam1:PeakStartY_RBV"),
+            peak_width_x: u("cam1:PeakWidthX_RBV"),
+            peak_width_y: u("cam1:PeakWidthY_RBV"),
+            peak_num_x: u("cam1:PeakNumX_RBV"),
+            peak_num_y: u("cam1:PeakNumY_RBV"),
+            peak_step_x: i("cam1:PeakStepX_RBV"),
+            peak_step_y: i("cam1:PeakStepY_RBV"),
+            peak_variation: n("cam1:PeakVariation_RBV"),
+            ..crate::engine::demo_params(mode, self.opts.validated.sensor, PixelType::U16)
+        }
+    }
+
     fn frame_shape(&self) -> Result<FrameShape, Refusal> {
         let acq = self.acquisition_config()?;
         let (width, height) = acq.output_shape().map_err(|_| {
@@ -815,9 +868,24 @@ impl Ioc {
             3 => detflow_sim::SimMode::OffsetNoise,
             _ => detflow_sim::SimMode::Peaks,
         };
-        let backend = v.backend.clone();
-        let detector = crate::engine::make_backend(backend, v.sensor, v.seed, mode, &mut acq)
-            .map_err(|e| format!("{e:#}"))?;
+        let detector = match v.backend.clone() {
+            // The simulated detector draws what the cam's simDetector PVs say.
+            BackendSpec::Sim { fifo_depth, faults } => {
+                let sim = detflow_sim::SimDetector::with_options(
+                    detflow_sim::SimConfig {
+                        max_width: v.sensor.0,
+                        max_height: v.sensor.1,
+                        seed: v.seed,
+                        params: self.sim_params(mode),
+                    },
+                    detflow_sim::SimOptions { fifo_depth, faults },
+                )
+                .map_err(|e| format!("cannot create the simulated detector: {e}"))?;
+                Box::new(sim) as Box<dyn crate::backend::Backend>
+            }
+            other => crate::engine::make_backend(other, v.sensor, v.seed, mode, &mut acq)
+                .map_err(|e| format!("{e:#}"))?,
+        };
         let shape_bytes = self.frame_shape().map(|s| s.bytes()).unwrap_or(1);
         let slots = if self.opts.config.ring.slots == 0 {
             crate::config::auto_slots(shape_bytes)
