@@ -99,7 +99,7 @@ pub trait Observer: Send + Sync {
 enum Sink {
     /// The run's own capture (the CLI): it ends with the run, and a complete capture stops
     /// the detector.
-    Owned(CaptureSession),
+    Owned(Box<CaptureSession>),
     /// The daemon's file plugin: captures come and go; the detector runs on.
     Shared(Arc<SharedCapture>),
 }
@@ -421,7 +421,7 @@ impl Acquisition {
             frames,
             ring,
             codec,
-            Sink::Owned(session),
+            Sink::Owned(Box::new(session)),
             None,
         )
     }

@@ -845,15 +845,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig as i32, flag.clone())?;
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())?;
         signal_hook::flag::register(sig, flag)?;
-        let stop = stop.clone();
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            signal_hook::low_level::register(sig, move || {
-                let _ = stop.compare_exchange(0, sig as usize, Ordering::AcqRel, Ordering::Acquire);
-            })?;
-        }
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)?;
     }
     let roots = opts
         .data_roots

@@ -360,7 +360,11 @@ impl Ioc {
             self.set_both(&format!("{p}:ArrayCallbacks"), Value::from(1i32));
         }
         // simDetector's parameters: a useful picture at this size and type.
-        let mode = c.detector.mode.parse().unwrap_or(detflow_sim::SimMode::Peaks);
+        let mode = c
+            .detector
+            .mode
+            .parse()
+            .unwrap_or(detflow_sim::SimMode::Peaks);
         let p = crate::engine::demo_params(mode, v.sensor, acq.pixel_type);
         for (suffix, value) in [
             ("cam1:Gain", p.gain),
@@ -528,10 +532,10 @@ impl Ioc {
             ("cam1", "MinY") => whole(0.0, self.num("cam1:MaxSizeY_RBV") - 1.0)?,
             ("cam1", "BinX") | ("cam1", "BinY") => whole(1.0, 64.0)?,
             ("cam1", "NumImages") | ("cam1", "NumExposures") => whole(1.0, i32::MAX as f64)?,
-            ("cam1", "AcquireTime") | ("cam1", "AcquirePeriod") => {
-                if !(0.0..=86_400.0).contains(&num) {
-                    return Err(format!("{suffix} {num}: expected seconds from 0 to 86400"));
-                }
+            ("cam1", "AcquireTime") | ("cam1", "AcquirePeriod")
+                if !(0.0..=86_400.0).contains(&num) =>
+            {
+                return Err(format!("{suffix} {num}: expected seconds from 0 to 86400"));
             }
             ("cam1", "DataType") => {
                 let name = pvs::DATA_TYPES.get(num as usize).copied().unwrap_or("?");
@@ -1218,11 +1222,8 @@ impl Ioc {
                 drop(slot);
                 self.set_text("HDF1:WriteMessage", &message);
                 self.set("HDF1:WriteStatus", 1);
-                return;
             }
         }
-        drop(slot);
-        self.set("HDF1:FlushNow", 0);
     }
 
     // ---- preview -----------------------------------------------------------------------
