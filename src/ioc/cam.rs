@@ -1,0 +1,305 @@
+//! The cam (ADBase + simDetector): its settings as a detector configuration, and the runs
+//! that `Acquire` starts, followed until their frames are written.
+
+use super::*;
+
+impl Ioc {
+    /// The detector configuration the cam's readbacks describe.
+    pub(super) fn acquisition_config(&self) -> Result<AcquisitionConfig, Refusal> {
+        let pixel_type = PixelType::from_nd_data_type(self.int("cam1:DataType_RBV") as i32)
+            .ok_or("cam1:DataType is not one the detector makes")?;
+        let image_mode = match self.int("cam1:ImageMode_RBV") {
+            0 => ImageMode::Single,
+            1 => ImageMode::Multiple,
+            _ => ImageMode::Continuous,
+        };
+        let seconds = |s: &str| Duration::from_secs_f64(self.num(s).clamp(0.0, 86_400.0));
+        Ok(AcquisitionConfig {
+            roi: Roi {
+                min_x: self.int("cam1:MinX_RBV") as u32,
+                min_y: self.int("cam1:MinY_RBV") as u32,
+                size_x: self.int("cam1:SizeX_RBV") as u32,
+                size_y: self.int("cam1:SizeY_RBV") as u32,
+            },
+            binning: Binning {
+                x: self.int("cam1:BinX_RBV") as u32,
+                y: self.int("cam1:BinY_RBV") as u32,
+            },
+            pixel_type,
+            exposure: seconds("cam1:AcquireTime_RBV"),
+            period: seconds("cam1:AcquirePeriod_RBV"),
+            image_mode,
+            num_images: self.int("cam1:NumImages_RBV").clamp(1, u32::MAX as i64) as u32,
+            trigger_mode: TriggerMode::Internal,
+        })
+    }
+
+    /// The simulation's parameters from the cam's simDetector PVs.
+    pub(super) fn sim_params(&self, mode: detflow_sim::SimMode) -> detflow_sim::SimParams {
+        let n = |s: &str| self.num(s);
+        let i = |s: &str| self.int(s) as i32;
+        let u = |s: &str| self.int(s).max(0) as u32;
+        detflow_sim::SimParams {
+            mode,
+            gain: n("cam1:Gain_RBV"),
+            gain_x: n("cam1:GainX_RBV"),
+            gain_y: n("cam1:GainY_RBV"),
+            offset: n("cam1:Offset_RBV"),
+            noise: n("cam1:Noise_RBV"),
+            peak_start_x: i("cam1:PeakStartX_RBV"),
+            peak_start_y: i("cam1:PeakStartY_RBV"),
+            peak_width_x: u("cam1:PeakWidthX_RBV"),
+            peak_width_y: u("cam1:PeakWidthY_RBV"),
+            peak_num_x: u("cam1:PeakNumX_RBV"),
+            peak_num_y: u("cam1:PeakNumY_RBV"),
+            peak_step_x: i("cam1:PeakStepX_RBV"),
+            peak_step_y: i("cam1:PeakStepY_RBV"),
+            peak_variation: n("cam1:PeakVariation_RBV"),
+            ..crate::engine::demo_params(mode, self.opts.validated.sensor, PixelType::U16)
+        }
+    }
+
+    pub(super) fn frame_shape(&self) -> Result<FrameShape, Refusal> {
+        let acq = self.acquisition_config()?;
+        let (width, height) = acq.output_shape().map_err(|_| {
+            format!(
+                "the cam's region {}x{} binned {}x{} is empty",
+                acq.roi.size_x, acq.roi.size_y, acq.binning.x, acq.binning.y
+            )
+        })?;
+        Ok(FrameShape {
+            width,
+            height,
+            pixel_type: acq.pixel_type,
+            color_mode: ColorMode::Mono,
+        })
+    }
+
+    /// Frames the run asks for (0: until stopped).
+    pub(super) fn frames_wanted(acq: &AcquisitionConfig) -> u64 {
+        match acq.image_mode {
+            ImageMode::Single => 1,
+            ImageMode::Multiple => acq.num_images.into(),
+            ImageMode::Continuous => 0,
+        }
+    }
+
+    pub(super) fn acquire(self: &Arc<Self>, on: bool, req: &WriteRequest) -> WriteReply {
+        if !on {
+            // Acquire = 0: stop; the watcher finishes the run (and any waiting put).
+            if let Some(run) = self.run.lock().unwrap().as_ref() {
+                run.stop();
+            }
+            return WriteReply::Accept;
+        }
+        let mut run = self.run.lock().unwrap();
+        if self.busy.load(Ordering::Acquire) {
+            // Already acquiring: this put completes with the run.
+            return self.wait_acquire(req);
+        }
+        match self.start_run() {
+            Ok(handle) => {
+                *run = Some(handle);
+                self.busy.store(true, Ordering::Release);
+                drop(run);
+                self.set("cam1:Acquire_RBV", 1);
+                self.set("cam1:AcquireBusy", 1);
+                self.set("cam1:DetectorState_RBV", 1);
+                self.set_text("cam1:StatusMessage_RBV", "Acquiring");
+                let reply = self.wait_acquire(req);
+                let ioc = self.clone();
+                if let Err(e) = std::thread::Builder::new()
+                    .name("detflow-run-watch".into())
+                    .spawn(move || ioc.watch_run())
+                {
+                    tracing::error!("cannot start the run watcher: {e}");
+                }
+                reply
+            }
+            Err(message) => {
+                tracing::warn!("acquire refused: {message}");
+                self.set_text("cam1:StatusMessage_RBV", &message);
+                self.set("cam1:DetectorState_RBV", 6);
+                WriteReply::reject()
+            }
+        }
+    }
+
+    pub(super) fn wait_acquire(&self, req: &WriteRequest) -> WriteReply {
+        if req.is_notify() {
+            let c = req.completion();
+            self.acquire_waiters.lock().unwrap().push(c.clone());
+            WriteReply::Pending(c)
+        } else {
+            WriteReply::Accept
+        }
+    }
+
+    pub(super) fn start_run(self: &Arc<Self>) -> Result<AcquisitionHandle, Refusal> {
+        let v = &self.opts.validated;
+        let mut acq = self.acquisition_config()?;
+        let frames = Self::frames_wanted(&acq);
+        let mode = match self.int("cam1:SimMode_RBV") {
+            0 => detflow_sim::SimMode::LinearRamp,
+            2 => detflow_sim::SimMode::Sine,
+            3 => detflow_sim::SimMode::OffsetNoise,
+            _ => detflow_sim::SimMode::Peaks,
+        };
+        let detector = match v.backend.clone() {
+            // The simulated detector draws what the cam's simDetector PVs say.
+            BackendSpec::Sim { fifo_depth, faults } => {
+                let sim = detflow_sim::SimDetector::with_options(
+                    detflow_sim::SimConfig {
+                        max_width: v.sensor.0,
+                        max_height: v.sensor.1,
+                        seed: v.seed,
+                        params: self.sim_params(mode),
+                    },
+                    detflow_sim::SimOptions { fifo_depth, faults },
+                )
+                .map_err(|e| format!("cannot create the simulated detector: {e}"))?;
+                Box::new(sim) as Box<dyn crate::backend::Backend>
+            }
+            other => crate::engine::make_backend(other, v.sensor, v.seed, mode, &mut acq)
+                .map_err(|e| format!("{e:#}"))?,
+        };
+        let shape_bytes = self.frame_shape().map(|s| s.bytes()).unwrap_or(1);
+        let slots = if self.opts.config.ring.slots == 0 {
+            crate::config::auto_slots(shape_bytes)
+        } else {
+            v.ring_slots
+        };
+        let ring = RingOptions {
+            slots,
+            policy: v.ring_policy,
+            shm: v.ring_shm.clone(),
+            workers: v.workers,
+        };
+        // Encode with the open capture's codec, else with the one the plugin would open with.
+        let codec = match &self.plugin.lock().session {
+            Some(session) => session.settings().codec,
+            None => self.codec().unwrap_or(Codec::None),
+        };
+        self.counter_base
+            .store(self.int("cam1:ArrayCounter_RBV") as i32, Ordering::Relaxed);
+        self.set("cam1:NumImagesCounter_RBV", 0);
+        let observer: Arc<dyn Observer> = self.clone();
+        let handle = Acquisition::start_shared(
+            detector,
+            acq,
+            frames,
+            ring,
+            self.plugin.clone(),
+            codec,
+            Some(observer),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        tracing::info!(frames, %codec, "acquisition started");
+        Ok(handle)
+    }
+
+    /// Follow a run: post its counters while it runs; when the detector stops, Acquire
+    /// falls; when the plugin has written every frame (or at once with WaitForPlugins =
+    /// No), AcquireBusy falls and waiting puts complete.
+    pub(super) fn watch_run(self: Arc<Self>) {
+        let mut detector_done = false;
+        let mut last = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let status = {
+                let run = self.run.lock().unwrap();
+                match run.as_ref() {
+                    Some(h) => h.status(),
+                    None => break,
+                }
+            };
+            if last.elapsed() >= Duration::from_millis(100) {
+                self.post_run_status(&status);
+                last = Instant::now();
+            }
+            if !detector_done && status.state != State::Acquiring {
+                detector_done = true;
+                self.set("cam1:DetectorState_RBV", 0);
+                self.set("cam1:Acquire", 0);
+                self.set("cam1:Acquire_RBV", 0);
+                if !self.flag("cam1:WaitForPlugins") {
+                    self.set("cam1:AcquireBusy", 0);
+                    self.complete(&self.acquire_waiters, None);
+                }
+            }
+            if matches!(status.state, State::Done | State::Failed) {
+                break;
+            }
+        }
+        let handle = self.run.lock().unwrap().take();
+        let Some(handle) = handle else { return };
+        let summary = handle.wait();
+        let lost = summary.frames_dropped
+            + summary.frames_overrun
+            + summary.frames_corrupted
+            + summary.frames_lost
+            + summary.frames_incomplete;
+        self.lost_before.fetch_add(lost, Ordering::Relaxed);
+        let total = self
+            .lost_before
+            .load(Ordering::Relaxed)
+            .min(i32::MAX as u64) as i32;
+        self.set("cam1:DroppedFrames_RBV", total);
+        self.set("HDF1:DroppedArrays_RBV", total);
+        self.set("cam1:ArrayRate_RBV", 0.0);
+        match &summary.error {
+            Some(e) => {
+                tracing::warn!("acquisition ended: {e}");
+                self.set_text("cam1:StatusMessage_RBV", e);
+                self.set("cam1:DetectorState_RBV", 6);
+            }
+            None => self.set_text("cam1:StatusMessage_RBV", "Idle"),
+        }
+        tracing::info!(
+            acquired = summary.frames_acquired,
+            written = summary.frames_written,
+            dropped = summary.frames_dropped,
+            lost,
+            "acquisition ended"
+        );
+        self.set("cam1:DetectorState_RBV", 0);
+        self.set("cam1:Acquire", 0);
+        self.set("cam1:Acquire_RBV", 0);
+        self.busy.store(false, Ordering::Release);
+        self.set("cam1:AcquireBusy", 0);
+        self.complete(&self.acquire_waiters, None);
+    }
+
+    pub(super) fn post_run_status(&self, s: &crate::engine::Status) {
+        let lost = s.frames_dropped
+            + s.frames_overrun
+            + s.frames_corrupted
+            + s.frames_lost
+            + s.frames_incomplete;
+        let total = (self.lost_before.load(Ordering::Relaxed) + lost).min(i32::MAX as u64) as i32;
+        self.set("cam1:DroppedFrames_RBV", total);
+        self.set("HDF1:DroppedArrays_RBV", total);
+        self.set("cam1:ArrayRate_RBV", s.fps);
+        self.set("HDF1:ArrayRate_RBV", s.fps);
+        self.set("HDF1:IOSpeed", s.mb_per_s);
+        let in_use = s
+            .ring
+            .produced
+            .saturating_sub(s.frames_written + s.frames_dropped + s.frames_not_captured);
+        self.set("HDF1:QueueUse", in_use.min(i32::MAX as u64) as i32);
+        self.set(
+            "HDF1:QueueFree",
+            (s.ring_slots as u64).saturating_sub(in_use) as i32,
+        );
+    }
+
+    pub(super) fn complete(&self, waiters: &Mutex<Vec<Completion>>, error: Option<Eca>) {
+        let waiting = std::mem::take(&mut *waiters.lock().unwrap());
+        for c in waiting {
+            match error {
+                None => c.complete(),
+                Some(eca) => c.fail(eca),
+            }
+        }
+    }
+}

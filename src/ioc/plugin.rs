@@ -1,0 +1,333 @@
+//! The file plugin (NDFile + NDFileHDF5): data roots, the codec and capture settings its
+//! PVs describe, and captures opened by `Capture = 1` and closed when complete or told.
+
+use super::*;
+
+impl Ioc {
+    /// A FilePath made absolute: relative paths are under the first data root.
+    pub(super) fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.opts.data_roots[0].join(p)
+        };
+        // `.` components say nothing; `..` are kept for the data-root check to resolve.
+        p.components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    }
+
+    /// Why `path` may not be written, if it may not: outside every data root (after `..`
+    /// and symbolic links are resolved, as far as the path exists).
+    pub(super) fn outside_roots(&self, path: &Path) -> Option<String> {
+        let mut lexical = PathBuf::new();
+        for c in path.components() {
+            match c {
+                Component::ParentDir => {
+                    lexical.pop();
+                }
+                Component::CurDir => {}
+                other => lexical.push(other),
+            }
+        }
+        // The deepest part that exists, with its links resolved, plus the rest.
+        let mut existing = lexical.clone();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (
+                existing.file_name().map(|n| n.to_owned()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut real = existing.canonicalize().unwrap_or(existing);
+        for name in rest.iter().rev() {
+            real.push(name);
+        }
+        if self.opts.data_roots.iter().any(|r| real.starts_with(r)) {
+            None
+        } else {
+            Some(format!(
+                "FilePath {:?} is outside the data roots ({})",
+                path.display().to_string(),
+                self.roots_text()
+            ))
+        }
+    }
+
+    pub(super) fn roots_text(&self) -> String {
+        self.opts
+            .data_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Set FilePathExists_RBV and WriteMessage for `path`; with `create`, make the
+    /// directories CreateDirectory allows (inside a data root only).
+    pub(super) fn check_file_path(&self, path: &str, create: bool) -> bool {
+        if let Some(why) = self.outside_roots(Path::new(path)) {
+            self.set("HDF1:FilePathExists_RBV", 0);
+            self.set_text("HDF1:WriteMessage", &why);
+            self.set("HDF1:WriteStatus", 1);
+            return false;
+        }
+        let depth = self.int("HDF1:CreateDirectory_RBV") as i32;
+        if create && depth != 0 && !Path::new(path).is_dir() {
+            if let Err(e) = detflow_writer::naming::create_directories(path, depth) {
+                let why =
+                    format!("FilePath {path:?}: cannot create it (CreateDirectory {depth}): {e}");
+                self.set_text("HDF1:WriteMessage", &why);
+            }
+        }
+        let exists = Path::new(path).is_dir();
+        self.set("HDF1:FilePathExists_RBV", i32::from(exists));
+        if exists {
+            self.set_text("HDF1:WriteMessage", "");
+            self.set("HDF1:WriteStatus", 0);
+        } else {
+            self.set_text(
+                "HDF1:WriteMessage",
+                &format!("FilePath {path:?} does not exist"),
+            );
+        }
+        exists
+    }
+
+    /// The codec the plugin's Compression (or our HDF1:Codec) names.
+    pub(super) fn codec(&self) -> Result<Codec, Refusal> {
+        let ours = self.text("HDF1:Codec_RBV");
+        if !ours.is_empty() {
+            return ours
+                .parse()
+                .map_err(|e| format!("HDF1:Codec {ours:?}: {e}"));
+        }
+        let level = |s: &str| self.int(s).clamp(0, 9) as u8;
+        Ok(match self.int("HDF1:Compression_RBV") {
+            0 => Codec::None,
+            3 => Codec::Deflate {
+                level: level("HDF1:ZLevel_RBV"),
+            },
+            4 => {
+                let name = pvs::BLOSC_COMPRESSORS
+                    .get(self.int("HDF1:BloscCompressor_RBV") as usize)
+                    .copied()
+                    .unwrap_or("blosclz");
+                format!("blosc:{name}:{}", level("HDF1:BloscLevel_RBV"))
+                    .parse()
+                    .map_err(|e| format!("HDF1:BloscCompressor {name}: {e}"))?
+            }
+            5 => Codec::BitshuffleLz4,
+            6 => Codec::Lz4,
+            other => {
+                let name = pvs::COMPRESSIONS
+                    .get(other as usize)
+                    .copied()
+                    .unwrap_or("?");
+                return Err(format!("HDF1:Compression {name}: not supported"));
+            }
+        })
+    }
+
+    /// The capture settings the plugin's readbacks describe.
+    pub(super) fn capture_settings(&self) -> Result<CaptureSettings, Refusal> {
+        let w = &self.opts.validated.capture;
+        let template: FileTemplate = self
+            .text("HDF1:FileTemplate_RBV")
+            .parse()
+            .map_err(|e| format!("HDF1:FileTemplate: {e}"))?;
+        let mode = match self.int("HDF1:FileWriteMode_RBV") {
+            0 => WriteMode::Single,
+            1 => WriteMode::Capture,
+            _ => WriteMode::Stream,
+        };
+        let flush = self.int("HDF1:NumFramesFlush_RBV").max(0) as u64;
+        Ok(CaptureSettings {
+            mode,
+            num_capture: self.int("HDF1:NumCapture_RBV").max(0) as u64,
+            frames_per_file: w.frames_per_file,
+            lazy_open: self.flag("HDF1:LazyOpen_RBV"),
+            naming: FileNaming {
+                path: self.text("HDF1:FilePath_RBV"),
+                name: self.text("HDF1:FileName_RBV"),
+                number: self.int("HDF1:FileNumber_RBV") as i32,
+                auto_increment: self.flag("HDF1:AutoIncrement_RBV"),
+                template,
+            },
+            create_dirs: self.int("HDF1:CreateDirectory_RBV") as i32,
+            temp_suffix: self.text("HDF1:TempSuffix_RBV"),
+            overwrite: w.overwrite,
+            codec: self.codec()?,
+            swmr: self.flag("HDF1:SWMRMode_RBV"),
+            flush_every: flush,
+            flush_interval: w.flush_interval,
+            store_attributes: self.flag("HDF1:StoreAttr_RBV"),
+            store_performance: self.flag("HDF1:StorePerform_RBV"),
+            refs: None,
+            ref_pattern: None,
+        })
+    }
+
+    pub(super) fn capture(
+        self: &Arc<Self>,
+        on: bool,
+        req: &WriteRequest,
+    ) -> Result<WriteReply, Refusal> {
+        if !on {
+            self.end_capture(None);
+            return Ok(WriteReply::Accept);
+        }
+        if self.plugin.lock().session.is_some() {
+            self.set("HDF1:Capture_RBV", 1);
+            return Ok(self.wait_capture(req));
+        }
+        let path = self.text("HDF1:FilePath_RBV");
+        if let Some(why) = self.outside_roots(Path::new(&path)) {
+            self.set("HDF1:FilePathExists_RBV", 0);
+            self.set("HDF1:WriteStatus", 1);
+            return Err(format!("Capture refused: {why}"));
+        }
+        let settings = self.capture_settings()?;
+        let shape = self.frame_shape()?;
+        let acq = self.acquisition_config()?;
+        let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
+            self.set("HDF1:WriteStatus", 1);
+            format!("Capture refused: {e}")
+        })?;
+        let status = session.status().clone();
+        tracing::info!(file = %status.full_file_name.display(), "capture started");
+        self.plugin.lock().session = Some(session);
+        self.set("HDF1:NumCaptured_RBV", 0);
+        self.set("HDF1:WriteStatus", 0);
+        self.set_text("HDF1:WriteMessage", &status.write_message);
+        self.post_file_status(&status);
+        self.set(
+            "HDF1:SWMRActive_RBV",
+            i32::from(self.flag("HDF1:SWMRMode_RBV")),
+        );
+        self.set("HDF1:Capture_RBV", 1);
+        Ok(self.wait_capture(req))
+    }
+
+    pub(super) fn wait_capture(&self, req: &WriteRequest) -> WriteReply {
+        if req.is_notify() {
+            let c = req.completion();
+            self.capture_waiters.lock().unwrap().push(c.clone());
+            WriteReply::Pending(c)
+        } else {
+            WriteReply::Accept
+        }
+    }
+
+    /// Close the open capture (Capture = 0, or shutting down).
+    pub(super) fn end_capture(&self, error: Option<String>) {
+        let session = self.plugin.lock().session.take();
+        if let Some(session) = session {
+            let (status, finished) = session.finish();
+            let error = error.or_else(|| finished.err().map(|e| e.to_string()));
+            tracing::info!(
+                file = %status.full_file_name.display(),
+                frames = status.num_captured,
+                "capture closed"
+            );
+            self.capture_done(&status, error.as_deref());
+        } else {
+            self.set("HDF1:Capture", 0);
+            self.set("HDF1:Capture_RBV", 0);
+            self.complete(&self.capture_waiters, None);
+        }
+    }
+
+    /// A capture ended: readbacks, Capture falls, waiting puts complete.
+    pub(super) fn capture_done(&self, status: &FileStatus, error: Option<&str>) {
+        self.post_file_status(status);
+        self.set(
+            "HDF1:NumCaptured_RBV",
+            status.num_captured.min(i32::MAX as u64) as i32,
+        );
+        match error {
+            Some(e) => {
+                self.set("HDF1:WriteStatus", 1);
+                self.set_text("HDF1:WriteMessage", e);
+            }
+            None => {
+                self.set("HDF1:WriteStatus", i32::from(!status.write_ok));
+                self.set_text("HDF1:WriteMessage", &status.write_message);
+            }
+        }
+        self.set("HDF1:SWMRActive_RBV", 0);
+        self.set("HDF1:Capture", 0);
+        self.set("HDF1:Capture_RBV", 0);
+        self.complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
+    }
+
+    /// FullFileName and FileNumber, posted when they change.
+    pub(super) fn post_file_status(&self, status: &FileStatus) {
+        {
+            let mut last = self.last_full_name.lock().unwrap();
+            if *last != status.full_file_name && !status.full_file_name.as_os_str().is_empty() {
+                last.clone_from(&status.full_file_name);
+                self.set_text(
+                    "HDF1:FullFileName_RBV",
+                    &status.full_file_name.to_string_lossy(),
+                );
+            }
+        }
+        if self.last_number.swap(status.file_number, Ordering::Relaxed) != status.file_number
+            || self.int("HDF1:FileNumber_RBV") != i64::from(status.file_number)
+        {
+            self.set_both("HDF1:FileNumber", Value::from(status.file_number));
+        }
+    }
+
+    pub(super) fn flush_now(&self) {
+        let mut slot = self.plugin.lock();
+        if let Some(session) = slot.session.as_mut() {
+            if let Err(e) = session.flush() {
+                let message = format!("FlushNow: {e}");
+                drop(slot);
+                self.set_text("HDF1:WriteMessage", &message);
+                self.set("HDF1:WriteStatus", 1);
+            }
+        }
+    }
+}
+
+/// A directory path ending with `/`, as areaDetector's FilePath_RBV.
+pub(super) fn with_slash(path: &str) -> String {
+    if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    }
+}
+
+/// Check the data roots: each must be an existing directory; returned canonical.
+pub fn data_roots(roots: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let roots = if roots.is_empty() {
+        vec![std::env::current_dir().context("cannot read the current directory")?]
+    } else {
+        roots.to_vec()
+    };
+    roots
+        .iter()
+        .map(|r| {
+            let real = r.canonicalize().map_err(|e| {
+                anyhow::anyhow!("invalid data-root {:?}: {e}", r.display().to_string())
+            })?;
+            anyhow::ensure!(
+                real.is_dir(),
+                "invalid data-root {:?}: not a directory",
+                r.display().to_string()
+            );
+            Ok(real)
+        })
+        .collect()
+}
