@@ -25,24 +25,26 @@ use std::time::{Duration, Instant};
 
 use detflow_test_support::{python_venv, run_step};
 
-/// The seed's stack, pinned to the versions known to work together
-/// (specs/bluesky-clients.md §1), plus matplotlib for the seed's `.plot.pcolormesh()`.
-/// intake is left to databroker, which caps it at the pinned 0.6.4 (the venv helper names
-/// its stamp file after this list, and a file name has at most 255 bytes).
+/// The seed's stack, pinned exactly as specs/scripts/requirements-bluesky-clients.txt (the
+/// versions known to work together, specs/bluesky-clients.md §1), plus matplotlib for the
+/// seed's `.plot.pcolormesh()`.
 const BLUESKY_PACKAGES: &[&str] = &[
     "apstools==1.7.12",
     "area-detector-handlers==0.0.10",
     "bluesky==1.15.1",
-    "dask==2026.8",
+    "caproto==1.3.0",
+    "dask==2026.8.0",
     "databroker==1.2.5",
     "event-model==1.24.0",
     "h5py==3.16.0",
     "hdf5plugin==7.1.0",
+    "intake==0.6.4",
+    "networkx==3.6.1",
     "numpy==2.4.6",
     "ophyd==1.11.2",
     "pandas==3.1.1",
     "pyepics==3.5.10",
-    "xarray==2026.9",
+    "xarray==2026.9.0",
     "matplotlib==3.11.2",
 ];
 
@@ -147,6 +149,8 @@ struct Scenario<'a> {
 struct Outcome {
     /// The client's stdout and stderr, then the harness's report lines.
     client: String,
+    /// The daemon's log (its stdout and stderr).
+    daemon: String,
 }
 
 /// Run `s` and panic, with the daemon's log and the client's output, unless the client
@@ -174,7 +178,7 @@ fn run_scenario(s: &Scenario) -> Outcome {
     let data = data_root.join(format!("{}-data", s.name));
 
     let detflow = PathBuf::from(env!("CARGO_BIN_EXE_detflow"));
-    let mut ioc: Vec<String> = vec![
+    let ioc: Vec<String> = vec![
         detflow.display().to_string(),
         "serve".into(),
         "--prefix".into(),
@@ -182,9 +186,6 @@ fn run_scenario(s: &Scenario) -> Outcome {
         "--data-root".into(),
         data_root.display().to_string(),
     ];
-    if let Ok(dev) = std::env::var("DETFLOW_SERVE_TEST_IOC") {
-        ioc = dev.split_whitespace().map(String::from).collect();
-    }
     let script = serve_dir().join(s.script);
     let mut client = vec![s.python.display().to_string(), script.display().to_string()];
     let data_arg = data.display().to_string();
@@ -266,7 +267,7 @@ fn run_scenario(s: &Scenario) -> Outcome {
         s.success,
         tail(&daemon, 40_000)
     );
-    Outcome { client }
+    Outcome { client, daemon }
 }
 
 /// Spawn `cmd`, collect its stdout and stderr, kill it at `deadline`.
@@ -320,11 +321,30 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Print a scenario's client output to the test log.
-fn show(name: &str, out: &Outcome) {
-    for line in out.client.lines() {
-        println!("{name}: {line}");
+/// Each of `checks` begins a line of the client's output.
+fn assert_checks(out: &Outcome, checks: &[&str]) {
+    for check in checks {
+        assert!(
+            out.client.lines().any(|l| l.starts_with(check)),
+            "no line starting `{check}` in the client output"
+        );
     }
+}
+
+/// Print a scenario's client output and the daemon's log to the test log, passing or not:
+/// written straight to stderr (libtest captures only the print macros), in one piece so
+/// that tests running side by side do not interleave.
+fn show(name: &str, out: &Outcome) {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut text = String::new();
+    for line in out.client.lines() {
+        writeln!(text, "{name}: {line}").unwrap();
+    }
+    for line in out.daemon.lines() {
+        writeln!(text, "{name} daemon: {line}").unwrap();
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// The seed session, code as the user wrote it, then: 5 frames captured, the local file is
@@ -344,12 +364,17 @@ fn seed_apstools_session_runs_unchanged() {
         seed_tmp: true,
     });
     show("seed", &out);
-    for check in [
-        "CHECK /entry is an NXentry",
-        "CHECK databroker frames == h5py frames",
-    ] {
-        assert!(out.client.contains(check), "missing `{check}`");
-    }
+    assert_checks(
+        &out,
+        &[
+            "CHECK HDF1:NumCaptured_RBV == 5",
+            "CHECK databroker image shape (1, 5, 1024, 1024)",
+            "CHECK /entry is an NXentry",
+            "CHECK databroker frames == h5py frames",
+            "CHECK FileNumber advanced to",
+            "CHECK first file",
+        ],
+    );
 }
 
 /// ophyd-async `SimDetector` + `ADWriterFactory.hdf`: connect (all 90 PVs type-checked),
@@ -366,6 +391,15 @@ fn ophyd_async_sim_detector_writes_what_its_documents_say() {
         seed_tmp: false,
     });
     show("ophyd-async", &out);
+    assert_checks(
+        &out,
+        &[
+            "CHECK bp.count: StreamDatum indices cover 0..3",
+            "CHECK bp.count: h5py reads (3, 1024, 1024)",
+            "CHECK fly scan: StreamDatum indices cover 0..8",
+            "CHECK fly scan: h5py reads (8, 1024, 1024)",
+        ],
+    );
 }
 
 /// pyepics camonitor sees every `cam1:ArrayCounter_RBV` value of a 50-frame run, in order.
@@ -380,4 +414,11 @@ fn pyepics_camonitor_sees_every_array_counter() {
         seed_tmp: false,
     });
     show("camonitor", &out);
+    assert_checks(
+        &out,
+        &[
+            "CHECK the monitor saw each of",
+            "CHECK the detector made NumImages=50 frames",
+        ],
+    );
 }

@@ -468,3 +468,21 @@ fn sigterm_during_a_capture_closes_the_file_and_exits_0() {
     let log = d.log();
     assert!(log.contains("capture closed"), "{log}");
 }
+
+#[test]
+fn an_acquire_right_after_a_run_starts_a_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x32"]);
+    let mut c = d.client();
+    c.put("cam1:ImageMode", num(1.0));
+    c.put("cam1:NumImages", num(1.0));
+    c.put("cam1:WaitForPlugins", num(0.0));
+    let start = c.num("cam1:ArrayCounter_RBV");
+    // Each put-callback returns when Acquire falls, while the run may still be closing:
+    // the next Acquire = 1 must still be a run of its own.
+    for i in 1..=20 {
+        c.put("cam1:Acquire", num(1.0));
+        assert_eq!(c.num("cam1:ArrayCounter_RBV"), start + f64::from(i), "run {i}");
+    }
+}

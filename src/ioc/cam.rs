@@ -92,14 +92,25 @@ impl Ioc {
             }
             return WriteReply::Accept;
         }
+        // A run whose detector has stopped is only writing its last frames: this Acquire is
+        // a new run (a client may ask for it as soon as Acquire_RBV falls), started when the
+        // old one is done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.busy.load(Ordering::Acquire)
+            && !self.detector_running.load(Ordering::Acquire)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut run = self.run.lock().unwrap();
         if self.busy.load(Ordering::Acquire) {
-            // Already acquiring: this put completes with the run.
+            // Still acquiring: this put completes with the run.
             return self.wait_acquire(req);
         }
         match self.start_run() {
             Ok(handle) => {
                 *run = Some(handle);
+                self.detector_running.store(true, Ordering::Release);
                 self.busy.store(true, Ordering::Release);
                 drop(run);
                 self.set("cam1:Acquire_RBV", 1);
@@ -219,6 +230,8 @@ impl Ioc {
             }
             if !detector_done && status.state != State::Acquiring {
                 detector_done = true;
+                // Before Acquire falls: a client that sees it fall may start the next run.
+                self.detector_running.store(false, Ordering::Release);
                 self.set("cam1:DetectorState_RBV", 0);
                 self.set("cam1:Acquire", 0);
                 self.set("cam1:Acquire_RBV", 0);
@@ -231,6 +244,7 @@ impl Ioc {
                 break;
             }
         }
+        self.detector_running.store(false, Ordering::Release);
         let handle = self.run.lock().unwrap().take();
         let Some(handle) = handle else { return };
         let summary = handle.wait();

@@ -79,6 +79,8 @@ pub struct Ioc {
     run: Mutex<Option<AcquisitionHandle>>,
     /// Set while a run's watcher is alive (from Acquire = 1 until AcquireBusy falls).
     busy: AtomicBool,
+    /// Set while the current run's detector is acquiring (cleared before Acquire falls).
+    detector_running: AtomicBool,
     acquire_waiters: Mutex<Vec<Completion>>,
     capture_waiters: Mutex<Vec<Completion>>,
     /// cam1:ArrayCounter at the start of the current run.
@@ -139,6 +141,7 @@ impl Ioc {
             plugin: Arc::new(SharedCapture::new(true)),
             run: Mutex::new(None),
             busy: AtomicBool::new(false),
+            detector_running: AtomicBool::new(false),
             acquire_waiters: Mutex::new(Vec::new()),
             capture_waiters: Mutex::new(Vec::new()),
             counter_base: AtomicI32::new(0),
@@ -538,7 +541,8 @@ impl Ioc {
             ("cam1", "MinX") => whole(0.0, self.num("cam1:MaxSizeX_RBV") - 1.0)?,
             ("cam1", "MinY") => whole(0.0, self.num("cam1:MaxSizeY_RBV") - 1.0)?,
             ("cam1", "BinX") | ("cam1", "BinY") => whole(1.0, 64.0)?,
-            ("cam1", "NumImages") | ("cam1", "NumExposures") => whole(1.0, i32::MAX as f64)?,
+            // 0 is what ophyd-async sends for Continuous; Multiple takes it as 1.
+            ("cam1", "NumImages") | ("cam1", "NumExposures") => whole(0.0, i32::MAX as f64)?,
             ("cam1", "AcquireTime") | ("cam1", "AcquirePeriod")
                 if !(0.0..=86_400.0).contains(&num) =>
             {

@@ -25,14 +25,19 @@ pub fn run_step(cmd: &mut Command, what: &str) -> String {
 
 /// The interpreter of a venv at `root` with `packages` pip-installed, made if missing.
 ///
-/// A stamp file named after the package list marks a finished venv, so changing the list
+/// A stamp file named after a hash of the package list (a long list would not fit in a file
+/// name) marks a finished venv and holds the list, so changing the list
 /// rebuilds it. The venv is built in a private folder and renamed into place: test binaries
 /// racing here each build their own, and one rename wins.
 pub fn python_venv(root: &Path, packages: &[&str]) -> PathBuf {
-    let stamp = format!(
-        "installed-{}",
-        packages.join("-").replace(['<', '>', '='], "_")
-    );
+    // FNV-1a: stable across runs and Rust versions, unlike the std hasher.
+    let hash = packages
+        .join("\n")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let stamp = format!("installed-{hash:016x}");
     let py = root.join("bin").join("python");
     if root.join(&stamp).exists() {
         return py;
@@ -55,7 +60,7 @@ pub fn python_venv(root: &Path, packages: &[&str]) -> PathBuf {
             .args(packages),
         &format!("pip install {}", packages.join(" ")),
     );
-    std::fs::write(tmp.join(&stamp), b"ok").expect("the stamp file is written");
+    std::fs::write(tmp.join(&stamp), packages.join("\n")).expect("the stamp file is written");
     let _ = std::fs::remove_dir_all(root);
     if std::fs::rename(&tmp, root).is_err() {
         // Another process won the race; use its venv.

@@ -104,6 +104,10 @@ def main():
     docs.clear()
     RE(fly(det, 8, 0.005, 0.005))
     second = check_run(docs, data_dir, 8, shape, dtype, "fly scan")
+    full_name = RE(bps.rd(det.hdf.full_file_name)).plan_result
+    check(full_name == str(second), f"HDF1:FullFileName_RBV {full_name} is the fly scan's file")
+    captured = RE(bps.rd(det.hdf.num_captured)).plan_result
+    check(captured == 8, f"HDF1:NumCaptured_RBV {captured} == 8")
     check(second != first, "each run wrote its own file")
     check(sorted(p.name for p in data_dir.iterdir()) == sorted([first.name, second.name]),
           f"nothing else in {data_dir}")
