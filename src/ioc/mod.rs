@@ -694,6 +694,18 @@ impl Observer for Ioc {
     }
 
     fn capture_ended(&self, status: &FileStatus, error: Option<&str>) {
+        match error {
+            None => tracing::info!(
+                file = %status.full_file_name.display(),
+                frames = status.num_captured,
+                "capture complete"
+            ),
+            Some(e) => tracing::warn!(
+                file = %status.full_file_name.display(),
+                frames = status.num_captured,
+                "capture ended: {e}"
+            ),
+        }
         self.capture_done(status, error);
     }
 }
