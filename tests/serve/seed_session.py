@@ -4,7 +4,8 @@ The code is taken at run time from the copied document: its indented blocks, in 
 to the punx section, those that parse as Python (the other two indented blocks are quoted
 prose). They run as notebook cells in one namespace; a cell ending in an expression shows
 its value, as Jupyter would. Then this script checks what the session left behind, and runs
-a second `bp.count` to see the next file number written and the first file untouched.
+a second `bp.count` to see the next file number written and the first file untouched, then
+apstools' own priming (AD_prime_plugin2), forced as on a freshly started IOC.
 
 Usage: seed_session.py SEED_DOCUMENT      (prints SEED SESSION OK at the end)
 """
@@ -164,6 +165,24 @@ def main():
     check_nexus(second, (n, 1024, 1024), dtype)
     check(file_facts(local) == first,
           f"first file {local.name} unchanged (bytes, mtime, {first['frames']} frames)")
+
+    # Priming as apstools does it on a freshly started IOC. The daemon starts primed, so
+    # ensure_AD_plugin_primed skipped it above: force apstools' own priming path here and
+    # check that it runs through against the daemon and puts the cam back as it was.
+    import apstools.devices.area_detector_support as ads
+    names = ("acquire_time", "acquire_period", "image_mode", "trigger_mode", "array_callbacks")
+    before = {k: getattr(det.cam, k).get() for k in names}
+    counter = det.cam.array_counter.get()
+    primed = ads.AD_plugin_primed
+    ads.AD_plugin_primed = lambda plugin: False
+    try:
+        ads.AD_prime_plugin2(det.hdf1)
+    finally:
+        ads.AD_plugin_primed = primed
+    check(det.cam.array_counter.get() > counter, "apstools' priming acquired a frame")
+    check(primed(det.hdf1), "the plugin reads primed after apstools' priming")
+    after = {k: getattr(det.cam, k).get() for k in names}
+    check(after == before, f"apstools' priming restored the cam ({after})")
     print("SEED SESSION OK", flush=True)
 
 
