@@ -483,6 +483,60 @@ fn an_acquire_right_after_a_run_starts_a_new_run() {
     // the next Acquire = 1 must still be a run of its own.
     for i in 1..=20 {
         c.put("cam1:Acquire", num(1.0));
-        assert_eq!(c.num("cam1:ArrayCounter_RBV"), start + f64::from(i), "run {i}");
+        assert_eq!(
+            c.num("cam1:ArrayCounter_RBV"),
+            start + f64::from(i),
+            "run {i}"
+        );
     }
+}
+
+#[test]
+fn image_previews_are_the_newest_frame_at_the_preview_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    // Daemon::start serves previews at 2 a second.
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x16"]);
+    let mut c = d.client();
+    let (sid, count) = c.channel("image1:ArrayData");
+    assert_eq!(count, 32 * 16, "ArrayData holds a frame of the sensor");
+    let mut monitor = d.client();
+    let (msid, _) = monitor.channel("image1:ArrayData");
+    monitor
+        .probe
+        .subscribe(msid, 1 /* DBR_SHORT */, 0, 77, 1)
+        .unwrap();
+    c.put("cam1:ImageMode", num(1.0));
+    c.put("cam1:NumImages", num(300.0));
+    c.put("cam1:AcquirePeriod", num(0.005));
+    let started = Instant::now();
+    c.put("cam1:Acquire", num(1.0));
+    let took = started.elapsed().as_secs_f64();
+    // Updates: the first (the value at subscription), then at most 2 a second.
+    let mut updates = 0;
+    let mut last = Vec::new();
+    while let Ok((h, payload)) = monitor.probe.recv(Duration::from_millis(700)) {
+        if h.command == cmd::EVENT_ADD && h.param2 == 77 {
+            updates += 1;
+            last = payload;
+        }
+    }
+    assert!(took >= 1.4, "300 frames at 5 ms took {took} s");
+    let allowed = 1 + (took * 2.0).ceil() as usize + 1;
+    assert!(
+        (2..=allowed).contains(&updates),
+        "{updates} preview updates in {took:.2} s at 2 a second"
+    );
+    // The newest preview is a whole frame of the peaks picture, not zeros.
+    let pixels: Vec<i16> = last[..32 * 16 * 2]
+        .chunks_exact(2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .collect();
+    assert!(pixels.iter().any(|&p| p != 0), "the preview is all zeros");
+    let (_, read) = c.probe.read(sid, 1, 32 * 16, 99).unwrap();
+    assert_eq!(
+        &read[..32 * 16 * 2],
+        &last[..32 * 16 * 2],
+        "a read gives the newest preview"
+    );
 }
