@@ -58,8 +58,9 @@ pub struct ServeSettings {
     pub prefix: String,
     /// Directories files may be written under; empty: the current directory.
     pub data_roots: Vec<String>,
-    /// Channel Access port; 0: EPICS_CAS_SERVER_PORT / EPICS_CA_SERVER_PORT, else 5064.
-    pub ca_port: u16,
+    /// Channel Access port; unset: EPICS_CAS_SERVER_PORT / EPICS_CA_SERVER_PORT, else 5064;
+    /// 0: any free port (the log's `ready` line says which).
+    pub ca_port: Option<u16>,
     /// The IPv4 interface served on (loopback unless set otherwise).
     pub interface: String,
     /// Most image1:ArrayData updates a second (0: no previews).
@@ -71,7 +72,7 @@ impl Default for ServeSettings {
         ServeSettings {
             prefix: "ad:".into(),
             data_roots: Vec::new(),
-            ca_port: 0,
+            ca_port: None,
             interface: "127.0.0.1".into(),
             preview_rate: 5.0,
         }

@@ -56,7 +56,8 @@ struct ServeArgs {
     /// directory]
     #[arg(long = "data-root", value_name = "DIR")]
     data_roots: Vec<PathBuf>,
-    /// Channel Access port. [default: EPICS_CAS_SERVER_PORT, EPICS_CA_SERVER_PORT or 5064]
+    /// Channel Access port; 0 for any free port (the `ready` log line says which).
+    /// [default: EPICS_CAS_SERVER_PORT, EPICS_CA_SERVER_PORT or 5064]
     #[arg(long, value_name = "PORT")]
     ca_port: Option<u16>,
     /// The IPv4 interface to serve on. [default: 127.0.0.1]
@@ -805,7 +806,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         s.prefix.clone_from(p);
     }
     if let Some(p) = args.ca_port {
-        s.ca_port = p;
+        s.ca_port = Some(p);
     }
     if let Some(i) = args.interface {
         s.interface = i.to_string();
@@ -835,7 +836,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let opts = detflow::ioc::ServeOptions {
         data_roots: detflow::ioc::data_roots(&roots)?,
         prefix: config.serve.prefix.clone(),
-        ca_port: (config.serve.ca_port != 0).then_some(config.serve.ca_port),
+        ca_port: config.serve.ca_port,
         interface,
         preview_rate: rate,
         validated,

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -34,17 +34,13 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Start `detflow serve` on a free port with `args`, and wait until it answers.
+    /// Start `detflow serve` on a port of its own (any free one, read from its `ready` log
+    /// line) with `args`, and wait until it answers.
     fn start(dir: &Path, args: &[&str]) -> Daemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let log = dir.join("daemon.log");
         let child = common::detflow()
             .arg("serve")
-            .args(["--ca-port", &port.to_string(), "--preview-rate", "2"])
+            .args(["--ca-port", "0", "--preview-rate", "2"])
             .args(args)
             .env("EPICS_CAS_INTF_ADDR_LIST", "127.0.0.1")
             .env("EPICS_CAS_BEACON_ADDR_LIST", "127.0.0.1")
@@ -53,16 +49,28 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("detflow serve starts");
-        let daemon = Daemon { child, port, log };
+        let mut daemon = Daemon {
+            child,
+            port: 0,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Probe::connect(daemon.addr()).is_err() {
+        while daemon.port == 0 {
+            let text = daemon.log();
+            if let Some(rest) = text.split(" on port ").nth(1) {
+                daemon.port = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+            }
             assert!(
                 Instant::now() < deadline,
-                "the daemon did not serve in 30 s:\n{}",
-                daemon.log()
+                "the daemon did not say it was ready in 30 s:\n{text}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Probe::connect(daemon.addr()).expect("the daemon answers on the port it logged");
         daemon
     }
 
