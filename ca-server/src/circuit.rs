@@ -34,7 +34,8 @@ struct Outbox {
     bytes: usize,
     /// Subscriptions with a snapshot waiting in their slot, each at most once.
     dirty: VecDeque<Arc<Subscription>>,
-    /// False after EVENTS_OFF: updates wait (coalescing in their slots) until EVENTS_ON.
+    /// False after EVENTS_OFF: updates wait (queued, then collapsed to the newest at
+    /// EVENTS_ON) until EVENTS_ON.
     events_on: bool,
     /// The circuit is closing: the writer flushes the replies and shuts the socket.
     closing: bool,
@@ -433,7 +434,16 @@ impl Reader {
             cmd::EVENT_CANCEL => self.event_cancel(h),
             cmd::EVENTS_OFF => lock(&self.shared.out).events_on = false,
             cmd::EVENTS_ON => {
-                lock(&self.shared.out).events_on = true;
+                let mut out = lock(&self.shared.out);
+                out.events_on = true;
+                // Flow control: what queued while events were off collapses to the newest
+                // value of each subscription (as rsrv does).
+                for sub in &out.dirty {
+                    let mut q = lock(&sub.slot);
+                    let excess = q.len().saturating_sub(1);
+                    q.drain(..excess);
+                }
+                drop(out);
                 self.shared.wake_writer.notify_one();
             }
             cmd::READ_SYNC => self.shared.push_reply(|out| {

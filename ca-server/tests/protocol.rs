@@ -753,3 +753,24 @@ fn enum_writes_by_name_and_index() {
     let (_, payload) = p.read(ch.sid, 14, 0, 9).unwrap();
     assert_eq!(&payload[12..21], b"Multiple\0");
 }
+
+#[test]
+fn a_burst_of_small_updates_is_queued_not_coalesced() {
+    let s = server();
+    let pv = s.add_pv(PvSpec::long("COUNTER", 0)).unwrap();
+    let mut p = Probe::connect(addr(&s)).unwrap();
+    let ch = p.create_channel("COUNTER", 1).unwrap();
+    p.subscribe(ch.sid, 5, 1, 1, 1).unwrap();
+    p.recv(T).unwrap();
+    // Faster than any client reads: a counter that a camonitor must see whole.
+    for i in 1..=40 {
+        pv.post(i).unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let (h, payload) = p.recv(T).expect("an update");
+        assert_eq!(h.command, cmd::EVENT_ADD);
+        seen.push(i32::from_be_bytes(payload[..4].try_into().unwrap()));
+    }
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+}
