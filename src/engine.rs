@@ -859,6 +859,12 @@ fn run_writer(
         }
         slot.last = Some((status, failure));
     };
+    let count_written = |chunk_len: usize| {
+        counters.written.fetch_add(1, Ordering::Relaxed);
+        counters
+            .compressed_bytes
+            .fetch_add(chunk_len as u64, Ordering::Relaxed);
+    };
     // Write one frame (or count it dropped, or not captured).
     let mut write = |sink: &mut Sink, meta: &SlotMeta, chunk: Option<&[u8]>| {
         let accepted = accepting.load(Ordering::Relaxed);
@@ -883,10 +889,7 @@ fn run_writer(
             Sink::Owned(session) => {
                 match session.push(&frame, chunk) {
                     Ok(pushed) => {
-                        counters.written.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .compressed_bytes
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        count_written(chunk.len());
                         if pushed == Pushed::Complete {
                             // NumCapture reached: the files are closed; stop the detector.
                             accepting.store(false, Ordering::Relaxed);
@@ -934,10 +937,7 @@ fn run_writer(
                 };
                 match session.push(&frame, chunk) {
                     Ok(pushed) => {
-                        counters.written.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .compressed_bytes
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        count_written(chunk.len());
                         if pushed == Pushed::Complete {
                             end_capture(&mut slot, None);
                         } else {

@@ -548,3 +548,47 @@ fn image_previews_are_the_newest_frame_at_the_preview_rate() {
         "a read gives the newest preview"
     );
 }
+
+#[test]
+fn a_capture_opened_during_a_run_with_another_codec_gets_its_frames_re_encoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "64x64"]);
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 5.0);
+    // The run starts with no capture open and Compression None: its frames are raw.
+    c.put("HDF1:Compression", num(0.0));
+    c.put("cam1:ImageMode", num(2.0));
+    c.put_nowait("cam1:Acquire", &num(1.0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.num("cam1:ArrayCounter_RBV") < 10.0 {
+        assert!(Instant::now() < deadline, "no frames:\n{}", d.log());
+    }
+    // Now a zlib capture of 5 frames, opened mid-run.
+    c.put("HDF1:Compression", num(3.0));
+    c.put("HDF1:ZLevel", num(1.0));
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(20)),
+        Eca::Normal.code()
+    );
+    c.put("cam1:Acquire", num(0.0));
+    let file = c.text("HDF1:FullFileName_RBV");
+    let ds = hdf5::File::open(&file)
+        .unwrap()
+        .dataset("/entry/data/data")
+        .unwrap();
+    assert_eq!(ds.shape(), vec![5, 64, 64]);
+    assert!(
+        ds.filters()
+            .iter()
+            .any(|f| matches!(f, hdf5::filters::Filter::Deflate(_))),
+        "{:?}",
+        ds.filters()
+    );
+    let frames: Vec<u16> = ds.read_raw().unwrap();
+    assert!(
+        frames.iter().any(|&p| p != 0),
+        "the frames read back as zeros"
+    );
+}
