@@ -592,3 +592,42 @@ fn a_capture_opened_during_a_run_with_another_codec_gets_its_frames_re_encoded()
         "the frames read back as zeros"
     );
 }
+
+#[test]
+fn single_mode_with_autosave_writes_each_frame_to_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x24"]);
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 3.0);
+    c.put("HDF1:FileWriteMode", num(0.0));
+    // AutoSave off (areaDetector's default): frames pass the plugin by.
+    c.put("HDF1:AutoSave", num(0.0));
+    c.put("cam1:Acquire", num(1.0));
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "h5")
+            })
+            .count(),
+        0
+    );
+    // AutoSave on: one (H, W) file per frame, numbered on.
+    c.put("HDF1:AutoSave", num(1.0));
+    c.put("cam1:Acquire", num(1.0));
+    for n in 7..10 {
+        let file = format!("{root}/run_{n:03}.h5");
+        assert_eq!(frames_in(&file), vec![24, 32], "{file}");
+    }
+    assert_eq!(c.num("HDF1:FileNumber_RBV"), 10.0);
+    assert_eq!(
+        c.text("HDF1:FullFileName_RBV"),
+        format!("{root}/run_009.h5")
+    );
+    assert_eq!(c.num("HDF1:Capture_RBV"), 0.0);
+}

@@ -186,6 +186,20 @@ impl Ioc {
             shm: v.ring_shm.clone(),
             workers: v.workers,
         };
+        // FileWriteMode Single with AutoSave: each frame of this run is a file of its own
+        // (NDPluginFile), no Capture needed; closed when the run ends.
+        if self.int("HDF1:FileWriteMode_RBV") == 0
+            && self.flag("HDF1:AutoSave_RBV")
+            && self.plugin.lock().session.is_none()
+        {
+            match self.open_capture() {
+                Ok(()) => self.auto_save_open.store(true, Ordering::Release),
+                Err(why) => {
+                    tracing::warn!("AutoSave: {why}");
+                    self.set_text("HDF1:WriteMessage", &format!("AutoSave: {why}"));
+                }
+            }
+        }
         // Encode with the open capture's codec, else with the one the plugin would open with.
         let codec = match &self.plugin.lock().session {
             Some(session) => session.settings().codec,
@@ -248,6 +262,9 @@ impl Ioc {
         let handle = self.run.lock().unwrap().take();
         let Some(handle) = handle else { return };
         let summary = handle.wait();
+        if self.auto_save_open.swap(false, Ordering::AcqRel) {
+            self.end_capture(None);
+        }
         let lost = summary.frames_dropped
             + summary.frames_overrun
             + summary.frames_corrupted

@@ -79,6 +79,8 @@ pub struct Ioc {
     run: Mutex<Option<AcquisitionHandle>>,
     /// Set while a run's watcher is alive (from Acquire = 1 until AcquireBusy falls).
     busy: AtomicBool,
+    /// Set while a capture opened by a run for Single mode + AutoSave is open.
+    auto_save_open: AtomicBool,
     /// Set while the current run's detector is acquiring (cleared before Acquire falls).
     detector_running: AtomicBool,
     acquire_waiters: Mutex<Vec<Completion>>,
@@ -142,6 +144,7 @@ impl Ioc {
             run: Mutex::new(None),
             busy: AtomicBool::new(false),
             detector_running: AtomicBool::new(false),
+            auto_save_open: AtomicBool::new(false),
             acquire_waiters: Mutex::new(Vec::new()),
             capture_waiters: Mutex::new(Vec::new()),
             counter_base: AtomicI32::new(0),
@@ -317,7 +320,7 @@ impl Ioc {
             ("HDF1:FileName", t(&c.writer.name)),
             ("HDF1:FileNumber", i(c.writer.number.into())),
             ("HDF1:AutoIncrement", i(c.writer.auto_increment.into())),
-            ("HDF1:AutoSave", i(1)),
+            ("HDF1:AutoSave", i(0)),
             ("HDF1:FileTemplate", t(&c.writer.template)),
             ("HDF1:FileWriteMode", i(write_mode_index(v.capture.mode))),
             (

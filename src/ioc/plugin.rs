@@ -188,18 +188,27 @@ impl Ioc {
             self.set("HDF1:Capture_RBV", 1);
             return Ok(self.wait_capture(req));
         }
+        self.open_capture()
+            .map_err(|why| format!("Capture refused: {why}"))?;
+        self.set("HDF1:Capture_RBV", 1);
+        Ok(self.wait_capture(req))
+    }
+
+    /// Open a capture with the plugin's settings (inside the data roots only) and post its
+    /// readbacks.
+    pub(super) fn open_capture(&self) -> Result<(), Refusal> {
         let path = self.text("HDF1:FilePath_RBV");
         if let Some(why) = self.outside_roots(Path::new(&path)) {
             self.set("HDF1:FilePathExists_RBV", 0);
             self.set("HDF1:WriteStatus", 1);
-            return Err(format!("Capture refused: {why}"));
+            return Err(why);
         }
         let settings = self.capture_settings()?;
         let shape = self.frame_shape()?;
         let acq = self.acquisition_config()?;
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
             self.set("HDF1:WriteStatus", 1);
-            format!("Capture refused: {e}")
+            e.to_string()
         })?;
         let status = session.status().clone();
         tracing::info!(file = %status.full_file_name.display(), "capture started");
@@ -212,8 +221,7 @@ impl Ioc {
             "HDF1:SWMRActive_RBV",
             i32::from(self.flag("HDF1:SWMRMode_RBV")),
         );
-        self.set("HDF1:Capture_RBV", 1);
-        Ok(self.wait_capture(req))
+        Ok(())
     }
 
     pub(super) fn wait_capture(&self, req: &WriteRequest) -> WriteReply {
