@@ -631,3 +631,23 @@ fn single_mode_with_autosave_writes_each_frame_to_a_file_of_its_own() {
     );
     assert_eq!(c.num("HDF1:Capture_RBV"), 0.0);
 }
+
+#[test]
+fn capture_mode_buffers_numcapture_frames_then_writes_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x24"]);
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 4.0);
+    c.put("HDF1:FileWriteMode", num(1.0));
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    c.put("cam1:Acquire", num(1.0));
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(10)),
+        Eca::Normal.code()
+    );
+    assert_eq!(c.num("HDF1:NumCaptured_RBV"), 4.0);
+    let file = c.text("HDF1:FullFileName_RBV");
+    assert_eq!(file, format!("{root}/run_007.h5"));
+    assert_eq!(frames_in(&file), vec![4, 24, 32]);
+}
