@@ -651,3 +651,70 @@ fn capture_mode_buffers_numcapture_frames_then_writes_one_file() {
     assert_eq!(file, format!("{root}/run_007.h5"));
     assert_eq!(frames_in(&file), vec![4, 24, 32]);
 }
+
+/// Every setpoint that has a readback: a write the daemon accepts shows in the readback; one
+/// it refuses says why, naming the PV.
+#[test]
+fn every_accepted_setpoint_shows_in_its_readback() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x24"]);
+    let mut c = d.client();
+    let list = concat!(
+        include_str!("../src/ioc/ophyd_pvs.txt"),
+        include_str!("../src/ioc/ophyd_async_pvs.txt")
+    );
+    let mut setpoints: Vec<&str> = list
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.split('\t').take(2))
+        .filter(|s| s.contains(':') && !s.ends_with("_RBV") && !s.contains('.'))
+        .collect();
+    setpoints.sort_unstable();
+    setpoints.dedup();
+    // Actions, and FilePath (its readback is the resolved directory: tested above).
+    let skip = [
+        "cam1:Acquire",
+        "HDF1:Capture",
+        "HDF1:FlushNow",
+        "HDF1:FilePath",
+    ];
+    let (mut accepted, mut refused) = (0, 0);
+    for sp in setpoints.into_iter().filter(|s| !skip.contains(s)) {
+        let rbv = format!("{sp}_RBV");
+        let info = c.probe.create_channel(&format!("ad:{sp}"), 90_000).unwrap();
+        let has_rbv = c.probe.create_channel(&format!("ad:{rbv}"), 90_001).is_ok();
+        // Read-only without _RBV (ArraySize0, AcquireBusy, ...) or no readback: not setpoints.
+        if !has_rbv || info.access & 2 == 0 {
+            continue;
+        }
+        let is_text = info.native_type == DBR_STRING || info.native_type == DBR_CHAR;
+        let value = if is_text {
+            Put::Text("detflow-test".into())
+        } else {
+            let now = c.num(sp);
+            Put::Num(if now == 1.0 { 0.0 } else { 1.0 })
+        };
+        let id = c.put_nowait(sp, &value);
+        let status = c.completed(id, Duration::from_secs(10));
+        if status == Eca::Normal.code() {
+            accepted += 1;
+            match value {
+                Put::Num(v) => assert_eq!(c.num(&rbv), v, "{sp} = {v} accepted, {rbv} differs"),
+                Put::Text(t) => assert_eq!(c.text(&rbv), t, "{sp} = {t:?} accepted"),
+            }
+        } else {
+            refused += 1;
+            let why = format!(
+                "{} {}",
+                c.text("cam1:StatusMessage_RBV"),
+                c.text("HDF1:WriteMessage")
+            );
+            assert!(why.contains(sp), "{sp} refused without saying why: {why}");
+        }
+    }
+    assert!(
+        accepted > 150,
+        "{accepted} setpoints accepted, {refused} refused"
+    );
+}
