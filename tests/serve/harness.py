@@ -55,9 +55,10 @@ def private_tmp(keep):
     os.close(held)
 
 
-def search_packet(names):
+def search_packet(named):
+    """One datagram searching each (cid, name) of `named`, under its own cid."""
     out = struct.pack(">HHHHII", CA_PROTO_VERSION, 0, 0, CA_MINOR_VERSION, 0, 0)
-    for cid, name in enumerate(names):
+    for cid, name in named:
         raw = name.encode() + b"\0"
         raw += b"\0" * (-len(raw) % 8)
         out += struct.pack(">HHHHII", CA_PROTO_SEARCH, len(raw), DONT_REPLY,
@@ -91,7 +92,9 @@ def wait_ready(ioc, port, names, timeout_s):
                 say(f"ioc not ready after {timeout_s} s: no search reply for "
                     f"{[names[i] for i in sorted(missing)]}")
                 return False
-            sock.sendto(search_packet([names[i] for i in sorted(missing)]),
+            # Each name keeps its index as cid, whichever are still missing: a reply's cid
+            # then says which name it answers.
+            sock.sendto(search_packet([(i, names[i]) for i in sorted(missing)]),
                         ("127.0.0.1", port))
             deadline = time.monotonic() + 0.2
             while time.monotonic() < deadline:
