@@ -647,43 +647,28 @@ fn run_detector(
         if !detector.is_acquiring() {
             break;
         }
-        let read = match policy {
+        let slot = match policy {
             // Block: wait for the writer to free a slot (the detector holds its frames
             // meanwhile, and counts what its own buffer cannot hold as overruns).
-            Policy::Block => {
-                let Some(mut slot) = producer.grant_timeout(POLL) else {
-                    continue;
-                };
-                match detector.read_frame(slot.bytes_mut(), POLL) {
-                    Ok(meta) => {
-                        let len = meta.shape.bytes();
-                        tell(&meta, slot.bytes_mut());
-                        slot.commit(slot_meta(&meta, len));
-                        Ok(())
-                    }
-                    // Nothing was written into the slot: give it back unpublished.
-                    Err(e) => Err(e),
-                }
-            }
-            Policy::DropNewest => match producer.try_grant() {
-                Some(mut slot) => match detector.read_frame(slot.bytes_mut(), POLL) {
-                    Ok(meta) => {
-                        let len = meta.shape.bytes();
-                        tell(&meta, slot.bytes_mut());
-                        slot.commit(slot_meta(&meta, len));
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                None => match detector.read_frame(&mut scratch, POLL) {
-                    Ok(meta) => {
-                        tell(&meta, &scratch);
-                        producer.record_dropped(1);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+            Policy::Block => match producer.grant_timeout(POLL) {
+                Some(slot) => Some(slot),
+                None => continue,
             },
+            Policy::DropNewest => producer.try_grant(),
+        };
+        let read = match slot {
+            // A slot is published only once the detector filled it; on an error it goes back
+            // unpublished.
+            Some(mut slot) => detector.read_frame(slot.bytes_mut(), POLL).map(|meta| {
+                tell(&meta, slot.bytes_mut());
+                slot.commit(slot_meta(&meta, meta.shape.bytes()));
+            }),
+            // Drop-newest with every slot taken: the frame still leaves the detector (into
+            // the scratch buffer) so that it moves on, and is counted as dropped.
+            None => detector.read_frame(&mut scratch, POLL).map(|meta| {
+                tell(&meta, &scratch);
+                producer.record_dropped(1);
+            }),
         };
         match read {
             Ok(()) => {

@@ -405,6 +405,20 @@ impl AcquireArgs {
     }
 }
 
+/// SIGINT and SIGTERM: the first is noted (the returned number turns non-zero) so that the
+/// caller stops cleanly; a second one while it does exits at once, 128 + its number.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
+    let signal = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Handlers run in registration order: exit if one was seen before, then note this one.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, seen.clone())?;
+        signal_hook::flag::register(sig, seen.clone())?;
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+    }
+    Ok(signal)
+}
+
 /// Exit status when stopped by a signal: 128 + the signal number, as shells report it.
 fn signal_exit(signal: usize) -> ExitCode {
     ExitCode::from(128 + signal as u8)
@@ -428,19 +442,7 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         });
 
     // First Ctrl-C or SIGTERM: stop cleanly (drain, close the file). A second one: exit now.
-    let signal = Arc::new(AtomicUsize::new(0));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
-        signal_hook::flag::register(sig, flag.clone())?;
-        let signal = signal.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = signal.compare_exchange(0, sig as usize, Ordering::AcqRel, Ordering::Acquire);
-        });
-    }
+    let signal = stop_on_signals()?;
 
     // SIGUSR1: flush now, so readers see every frame written so far (areaDetector FlushNow).
     let flush_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -842,14 +844,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         validated,
         config,
     };
-    let stop = Arc::new(AtomicUsize::new(0));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())?;
-        signal_hook::flag::register(sig, flag)?;
-        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)?;
-    }
+    let stop = stop_on_signals()?;
     let roots = opts
         .data_roots
         .iter()

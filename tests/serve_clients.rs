@@ -17,13 +17,12 @@
 //! which would switch pyepics to another libca, so it gets its own). If pip fails the tests
 //! fail with its output: they never skip.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use detflow_test_support::{python_venv, run_step};
+use detflow_test_support::{python_venv, run_step, run_with_deadline};
 
 /// The seed's stack, pinned exactly as specs/scripts/requirements-bluesky-clients.txt (the
 /// versions known to work together, specs/bluesky-clients.md §1), plus matplotlib for the
@@ -241,11 +240,9 @@ fn run_scenario(s: &Scenario) -> Outcome {
         .env("MPLBACKEND", "Agg")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (status, client, daemon) = run_with_deadline(cmd, SCENARIO_DEADLINE);
+        .env("RUST_BACKTRACE", "1");
+    // With namespaces, killing the harness takes the daemon and the client down too.
+    let (status, client, daemon) = run_with_deadline(&mut cmd, SCENARIO_DEADLINE);
     if !namespaces {
         let _ = std::fs::remove_dir_all(&data_root);
     }
@@ -268,39 +265,6 @@ fn run_scenario(s: &Scenario) -> Outcome {
         tail(&daemon, 40_000)
     );
     Outcome { client, daemon }
-}
-
-/// Spawn `cmd`, collect its stdout and stderr, kill it at `deadline`.
-fn run_with_deadline(
-    mut cmd: Command,
-    deadline: Duration,
-) -> (Option<std::process::ExitStatus>, String, String) {
-    let mut child = cmd.spawn().expect("the harness starts");
-    let out = read_all(child.stdout.take().unwrap());
-    let err = read_all(child.stderr.take().unwrap());
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > end {
-            // With namespaces, this takes the daemon and the client down too.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
-}
-
-/// Read `pipe` to its end on a thread of its own.
-fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        pipe.read_to_end(&mut bytes).ok();
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 /// The last `max` bytes of `s`, on a char boundary.

@@ -6,7 +6,6 @@
 //! The Python packages are installed into a venv under the target dir. If that fails the
 //! tests fail with pip's output: they never skip.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -20,7 +19,7 @@ const PY_PACKAGES: &[&str] = &[
     "numpy<3",
 ];
 
-use detflow_test_support::run_step;
+use detflow_test_support::{run_step, run_with_deadline};
 
 /// The venv's python, made once per target dir: built in a private folder, then renamed
 /// into place, so parallel test binaries do not clash.
@@ -90,37 +89,8 @@ fn scenario(name: &str) -> String {
         .env("EPICS_CA_AUTO_ADDR_LIST", "NO")
         .env("EPICS_CAS_INTF_ADDR_LIST", "127.0.0.1")
         .env_remove("EPICS_CA_SERVER_PORT")
-        .env_remove("EPICS_CAS_SERVER_PORT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("the venv's python runs");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).ok();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(170);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = out_reader.join().unwrap();
-    let err = err_reader.join().unwrap();
+        .env_remove("EPICS_CAS_SERVER_PORT");
+    let (status, out, err) = run_with_deadline(&mut cmd, Duration::from_secs(170));
     let ok = status.is_some_and(|s| s.success()) && out.lines().any(|l| l == "ALL OK");
     assert!(
         ok,

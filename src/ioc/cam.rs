@@ -105,7 +105,7 @@ impl Ioc {
         let mut run = self.run.lock().unwrap();
         if self.busy.load(Ordering::Acquire) {
             // Still acquiring: this put completes with the run.
-            return self.wait_acquire(req);
+            return wait_in(&self.acquire_waiters, req);
         }
         match self.start_run() {
             Ok(handle) => {
@@ -117,7 +117,7 @@ impl Ioc {
                 self.set("cam1:AcquireBusy", 1);
                 self.set("cam1:DetectorState_RBV", 1);
                 self.set_text("cam1:StatusMessage_RBV", "Acquiring");
-                let reply = self.wait_acquire(req);
+                let reply = wait_in(&self.acquire_waiters, req);
                 let ioc = self.clone();
                 if let Err(e) = std::thread::Builder::new()
                     .name("detflow-run-watch".into())
@@ -133,16 +133,6 @@ impl Ioc {
                 self.set("cam1:DetectorState_RBV", 6);
                 WriteReply::reject()
             }
-        }
-    }
-
-    pub(super) fn wait_acquire(&self, req: &WriteRequest) -> WriteReply {
-        if req.is_notify() {
-            let c = req.completion();
-            self.acquire_waiters.lock().unwrap().push(c.clone());
-            WriteReply::Pending(c)
-        } else {
-            WriteReply::Accept
         }
     }
 
@@ -251,7 +241,7 @@ impl Ioc {
                 self.set("cam1:Acquire_RBV", 0);
                 if !self.flag("cam1:WaitForPlugins") {
                     self.set("cam1:AcquireBusy", 0);
-                    self.complete(&self.acquire_waiters, None);
+                    complete(&self.acquire_waiters, None);
                 }
             }
             if matches!(status.state, State::Done | State::Failed) {
@@ -298,7 +288,7 @@ impl Ioc {
         self.set("cam1:Acquire_RBV", 0);
         self.busy.store(false, Ordering::Release);
         self.set("cam1:AcquireBusy", 0);
-        self.complete(&self.acquire_waiters, None);
+        complete(&self.acquire_waiters, None);
     }
 
     pub(super) fn post_run_status(&self, s: &crate::engine::Status) {
@@ -322,15 +312,5 @@ impl Ioc {
             "HDF1:QueueFree",
             (s.ring_slots as u64).saturating_sub(in_use) as i32,
         );
-    }
-
-    pub(super) fn complete(&self, waiters: &Mutex<Vec<Completion>>, error: Option<Eca>) {
-        let waiting = std::mem::take(&mut *waiters.lock().unwrap());
-        for c in waiting {
-            match error {
-                None => c.complete(),
-                Some(eca) => c.fail(eca),
-            }
-        }
     }
 }

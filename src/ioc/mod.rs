@@ -266,6 +266,13 @@ impl Ioc {
         let i = |n: i64| Value::from(n as i32);
         let f = Value::from;
         let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
+        // simDetector's parameters: a useful picture at this size and type.
+        let mode = c
+            .detector
+            .mode
+            .parse()
+            .unwrap_or(detflow_sim::SimMode::Peaks);
+        let p = crate::engine::demo_params(mode, v.sensor, acq.pixel_type);
         let values: Vec<(&str, Value)> = vec![
             // cam1: ADBase + simDetector
             ("cam1:PortName_RBV", t("SIM1")),
@@ -298,6 +305,20 @@ impl Ioc {
             ("cam1:ArrayCallbacks", i(1)),
             ("cam1:WaitForPlugins", i(0)),
             ("cam1:SimMode", i(sim_mode_index(&c.detector.mode))),
+            ("cam1:Gain", f(p.gain)),
+            ("cam1:GainX", f(p.gain_x)),
+            ("cam1:GainY", f(p.gain_y)),
+            ("cam1:Offset", f(p.offset)),
+            ("cam1:Noise", f(p.noise)),
+            ("cam1:PeakVariation", f(p.peak_variation)),
+            ("cam1:PeakStartX", i(p.peak_start_x.into())),
+            ("cam1:PeakStartY", i(p.peak_start_y.into())),
+            ("cam1:PeakWidthX", i(p.peak_width_x.into())),
+            ("cam1:PeakWidthY", i(p.peak_width_y.into())),
+            ("cam1:PeakNumX", i(p.peak_num_x.into())),
+            ("cam1:PeakNumY", i(p.peak_num_y.into())),
+            ("cam1:PeakStepX", i(p.peak_step_x.into())),
+            ("cam1:PeakStepY", i(p.peak_step_y.into())),
             ("cam1:GainRed", f(1.0)),
             ("cam1:GainGreen", f(1.0)),
             ("cam1:GainBlue", f(1.0)),
@@ -313,6 +334,7 @@ impl Ioc {
             ("HDF1:ADCoreVersion_RBV", t("3.12.1")),
             ("HDF1:DriverVersion_RBV", t(version)),
             ("HDF1:EnableCallbacks", i(1)),
+            ("HDF1:ArrayCallbacks", i(1)),
             ("HDF1:BlockingCallbacks", i(0)),
             ("HDF1:QueueSize", i(v.ring_slots as i64)),
             ("HDF1:QueueFree", i(v.ring_slots as i64)),
@@ -352,6 +374,7 @@ impl Ioc {
             ("image1:ADCoreVersion_RBV", t("3.12.1")),
             ("image1:DriverVersion_RBV", t(version)),
             ("image1:EnableCallbacks", i(1)),
+            ("image1:ArrayCallbacks", i(1)),
             ("image1:BlockingCallbacks", i(0)),
             (
                 "image1:MinCallbackTime",
@@ -368,38 +391,6 @@ impl Ioc {
             } else {
                 self.set_both(suffix, value);
             }
-        }
-        for p in ["cam1", "HDF1", "image1"] {
-            self.set_both(&format!("{p}:ArrayCallbacks"), Value::from(1i32));
-        }
-        // simDetector's parameters: a useful picture at this size and type.
-        let mode = c
-            .detector
-            .mode
-            .parse()
-            .unwrap_or(detflow_sim::SimMode::Peaks);
-        let p = crate::engine::demo_params(mode, v.sensor, acq.pixel_type);
-        for (suffix, value) in [
-            ("cam1:Gain", p.gain),
-            ("cam1:GainX", p.gain_x),
-            ("cam1:GainY", p.gain_y),
-            ("cam1:Offset", p.offset),
-            ("cam1:Noise", p.noise),
-            ("cam1:PeakVariation", p.peak_variation),
-        ] {
-            self.set_both(suffix, Value::from(value));
-        }
-        for (suffix, value) in [
-            ("cam1:PeakStartX", p.peak_start_x),
-            ("cam1:PeakStartY", p.peak_start_y),
-            ("cam1:PeakWidthX", p.peak_width_x as i32),
-            ("cam1:PeakWidthY", p.peak_width_y as i32),
-            ("cam1:PeakNumX", p.peak_num_x as i32),
-            ("cam1:PeakNumY", p.peak_num_y as i32),
-            ("cam1:PeakStepX", p.peak_step_x),
-            ("cam1:PeakStepY", p.peak_step_y),
-        ] {
-            self.set_both(suffix, Value::from(value));
         }
         // Compression from the configured codec.
         let (compression, codec_text) = compression_of(v.capture.codec);
@@ -645,6 +636,29 @@ impl Ioc {
     }
 }
 
+/// The reply to a write that finishes later (Acquire, Capture): a put-callback waits in
+/// `waiters` until [`complete`]; a plain put is done now.
+fn wait_in(waiters: &Mutex<Vec<Completion>>, req: &WriteRequest) -> WriteReply {
+    if req.is_notify() {
+        let c = req.completion();
+        waiters.lock().unwrap().push(c.clone());
+        WriteReply::Pending(c)
+    } else {
+        WriteReply::Accept
+    }
+}
+
+/// Finish every put-callback waiting in `waiters`, with `error` if given.
+fn complete(waiters: &Mutex<Vec<Completion>>, error: Option<Eca>) {
+    let waiting = std::mem::take(&mut *waiters.lock().unwrap());
+    for c in waiting {
+        match error {
+            None => c.complete(),
+            Some(eca) => c.fail(eca),
+        }
+    }
+}
+
 impl Observer for Ioc {
     fn frame_acquired(&self, count: u64, meta: &FrameMeta, bytes: &[u8]) {
         let counter = self
@@ -656,16 +670,31 @@ impl Observer for Ioc {
         if !self.flag("cam1:ArrayCallbacks_RBV") {
             return;
         }
-        for p in ["HDF1", "image1"] {
-            if self.flag(&format!("{p}:EnableCallbacks_RBV")) {
-                let rbv = format!("{p}:ArrayCounter_RBV");
-                self.set(&rbv, self.int(&rbv) as i32 + 1);
-                self.set(&format!("{p}:UniqueId_RBV"), meta.unique_id as i32);
+        // Per frame: names spelled out, no formatting on the detector thread.
+        const PLUGINS: [[&str; 3]; 2] = [
+            [
+                "HDF1:EnableCallbacks_RBV",
+                "HDF1:ArrayCounter_RBV",
+                "HDF1:UniqueId_RBV",
+            ],
+            [
+                "image1:EnableCallbacks_RBV",
+                "image1:ArrayCounter_RBV",
+                "image1:UniqueId_RBV",
+            ],
+        ];
+        let mut image_enabled = false;
+        for [enabled, counter, unique_id] in PLUGINS {
+            let on = self.flag(enabled);
+            if on {
+                self.set(counter, self.int(counter) as i32 + 1);
+                self.set(unique_id, meta.unique_id as i32);
             }
+            image_enabled = on; // image1 comes last
         }
         // The newest frame to image1, at most preview_rate a second; never waits.
         let rate = self.opts.preview_rate;
-        if rate <= 0.0 || !self.flag("image1:EnableCallbacks_RBV") {
+        if rate <= 0.0 || !image_enabled {
             return;
         }
         let due = {

@@ -186,12 +186,12 @@ impl Ioc {
         }
         if self.plugin.lock().session.is_some() {
             self.set("HDF1:Capture_RBV", 1);
-            return Ok(self.wait_capture(req));
+            return Ok(wait_in(&self.capture_waiters, req));
         }
         self.open_capture()
             .map_err(|why| format!("Capture refused: {why}"))?;
         self.set("HDF1:Capture_RBV", 1);
-        Ok(self.wait_capture(req))
+        Ok(wait_in(&self.capture_waiters, req))
     }
 
     /// Open a capture with the plugin's settings (inside the data roots only) and post its
@@ -224,16 +224,6 @@ impl Ioc {
         Ok(())
     }
 
-    pub(super) fn wait_capture(&self, req: &WriteRequest) -> WriteReply {
-        if req.is_notify() {
-            let c = req.completion();
-            self.capture_waiters.lock().unwrap().push(c.clone());
-            WriteReply::Pending(c)
-        } else {
-            WriteReply::Accept
-        }
-    }
-
     /// Close the open capture (Capture = 0, or shutting down).
     pub(super) fn end_capture(&self, error: Option<String>) {
         let session = self.plugin.lock().session.take();
@@ -249,7 +239,7 @@ impl Ioc {
         } else {
             self.set("HDF1:Capture", 0);
             self.set("HDF1:Capture_RBV", 0);
-            self.complete(&self.capture_waiters, None);
+            complete(&self.capture_waiters, None);
         }
     }
 
@@ -273,7 +263,7 @@ impl Ioc {
         self.set("HDF1:SWMRActive_RBV", 0);
         self.set("HDF1:Capture", 0);
         self.set("HDF1:Capture_RBV", 0);
-        self.complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
+        complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
     }
 
     /// FullFileName and FileNumber, posted when they change.

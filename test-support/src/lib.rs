@@ -1,12 +1,15 @@
 //! What several crates' tests need alike: a Python virtual environment with the packages an
-//! interop test reads with (h5py, numpy, pyepics …). A dev-dependency only.
+//! interop test reads with (h5py, numpy, pyepics …), and running a client scenario with a
+//! deadline. A dev-dependency only.
 //!
 //! Interop tests must fail, never skip, when their reader cannot be installed: every step
 //! here panics with the command's output when it fails.
 #![warn(missing_docs)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Run `cmd`; panic with its output, naming `what`, unless it succeeds. Returns stdout.
 pub fn run_step(cmd: &mut Command, what: &str) -> String {
@@ -72,4 +75,43 @@ pub fn python_venv(root: &Path, packages: &[&str]) -> PathBuf {
         py.display()
     );
     py
+}
+
+/// Spawn `cmd` with its stdout and stderr piped, collect both, and kill it at `deadline`.
+/// Returns the exit status (`None` when it was killed), stdout and stderr.
+pub fn run_with_deadline(
+    cmd: &mut Command,
+    deadline: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = read_all(child.stdout.take().expect("stdout is piped"));
+    let err = read_all(child.stderr.take().expect("stderr is piped"));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break Some(status);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let join = |h: std::thread::JoinHandle<String>| h.join().unwrap_or_default();
+    (status, join(out), join(err))
+}
+
+/// Read `pipe` to its end on a thread of its own.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).ok();
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }

@@ -48,18 +48,8 @@ pub fn python() -> &'static Path {
 /// Run a Python script with the venv's interpreter and `args`; panics with its output if it
 /// fails; returns stdout.
 pub fn run_python(script: &str, args: &[&Path]) -> String {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("the venv's python runs");
-    assert!(
-        out.status.success(),
-        "python check failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    detflow_test_support::run_step(
+        Command::new(python()).arg("-c").arg(script).args(args),
+        "python check",
+    )
 }
