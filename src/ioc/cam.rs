@@ -269,10 +269,10 @@ impl Ioc {
         self.set("HDF1:DroppedArrays_RBV", total);
         self.set("cam1:ArrayRate_RBV", 0.0);
         match &summary.error {
+            // The state goes back to Idle below (clients wait for Idle); the message stays.
             Some(e) => {
                 tracing::warn!("acquisition ended: {e}");
                 self.set_text("cam1:StatusMessage_RBV", e);
-                self.set("cam1:DetectorState_RBV", 6);
             }
             None => self.set_text("cam1:StatusMessage_RBV", "Idle"),
         }
