@@ -756,6 +756,8 @@ impl Config {
                 store_performance: w.performance,
                 refs: w.refs.as_ref().map(|r| absolute(std::path::Path::new(r))),
                 ref_pattern,
+                // `acquire` writes where it is told; the daemon sets its data roots.
+                roots: detflow_writer::DataRoots::anywhere(),
             },
         })
     }

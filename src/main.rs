@@ -845,12 +845,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         config,
     };
     let stop = stop_on_signals()?;
-    let roots = opts
-        .data_roots
-        .iter()
-        .map(|r| r.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let roots = opts.data_roots.to_string();
     let prefix = opts.prefix.clone();
     let ioc = detflow::ioc::Ioc::start(opts)?;
     tracing::info!(

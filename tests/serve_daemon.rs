@@ -342,6 +342,76 @@ fn writes_only_under_its_data_roots() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
+/// FileTemplate, FileName and TempSuffix cannot take a file out of the data roots either:
+/// the full name (template applied, `..` and links resolved) is checked when the capture
+/// opens, and again by the writer as each file and directory is created.
+#[test]
+fn every_file_name_stays_under_the_data_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &["--data-root", root.to_str().unwrap(), "--size", "32x32"],
+    );
+    let mut c = d.client();
+    c.put("HDF1:FilePath", text(root.to_str().unwrap()));
+    c.put("HDF1:FileWriteMode", num(2.0));
+    c.put("HDF1:NumCapture", num(2.0));
+    c.put("HDF1:CreateDirectory", num(-5.0));
+    let cases = [
+        ("HDF1:FileTemplate", "%s../outside/%s_%4.4d.h5", "escape"),
+        ("HDF1:FileTemplate", "/elsewhere/%.0s%s_%4.4d.h5", "escape"),
+        ("HDF1:FileTemplate", "%slink/%s_%4.4d.h5", "escape"),
+        ("HDF1:FileName", "../outside/evil", "evil"),
+        ("HDF1:FileTemplate", "%slink/new/%s_%4.4d.h5", "escape"),
+        ("HDF1:TempSuffix", "/../../outside/tmp", "escape"),
+    ];
+    for (pv, value, name) in cases {
+        c.put("HDF1:FileTemplate", text("%s%s_%4.4d.h5"));
+        c.put("HDF1:FileName", text(name));
+        c.put("HDF1:TempSuffix", text(""));
+        c.put(pv, text(value));
+        let id = c.put_nowait("HDF1:Capture", &num(1.0));
+        assert_ne!(
+            c.completed(id, Duration::from_secs(5)),
+            Eca::Normal.code(),
+            "{pv}={value:?}: Capture accepted"
+        );
+        assert_eq!(c.num("HDF1:Capture_RBV"), 0.0, "{pv}={value:?}");
+        assert_eq!(c.num("HDF1:WriteStatus"), 1.0, "{pv}={value:?}");
+        let message = c.text("HDF1:WriteMessage");
+        assert!(
+            message.contains(pv) && message.contains("outside the data roots"),
+            "{pv}={value:?}: {message}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{pv}={value:?}"
+        );
+        assert!(!Path::new("/elsewhere").exists());
+    }
+    // The same settings inside the root still write.
+    c.put("HDF1:FileTemplate", text("%s%s_%4.4d.h5"));
+    c.put("HDF1:FileName", text("ok"));
+    c.put("HDF1:TempSuffix", text(""));
+    let id = c.put_nowait("HDF1:Capture", &num(1.0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.num("HDF1:Capture_RBV") != 1.0 {
+        assert!(Instant::now() < deadline, "Capture_RBV never rose");
+    }
+    c.put("HDF1:Capture", num(0.0));
+    assert_eq!(c.completed(id, Duration::from_secs(10)), Eca::Normal.code());
+    assert!(
+        c.text("HDF1:FullFileName_RBV")
+            .starts_with(root.to_str().unwrap())
+    );
+}
+
 /// Configure a Multiple acquisition of `n` frames captured into `dir`.
 fn configure(c: &mut Client, dir: &Path, n: f64) {
     c.put("HDF1:FilePath", text(dir.to_str().unwrap()));

@@ -42,7 +42,8 @@ use detflow_hal::{
     TriggerMode,
 };
 use detflow_writer::{
-    CaptureSession, CaptureSettings, Codec, FileNaming, FileStatus, FileTemplate, WriteMode,
+    CaptureSession, CaptureSettings, Codec, DataRoots, FileNaming, FileStatus, FileTemplate,
+    WriteMode,
 };
 
 use crate::config::{BackendSpec, Config, Validated};
@@ -61,7 +62,7 @@ pub struct ServeOptions {
     /// PV prefix, e.g. `ad:`.
     pub prefix: String,
     /// Directories files may be written under (existing; made absolute and canonical).
-    pub data_roots: Vec<PathBuf>,
+    pub data_roots: DataRoots,
     /// Channel Access port (`None`: EPICS_CAS_SERVER_PORT / EPICS_CA_SERVER_PORT / 5064).
     pub ca_port: Option<u16>,
     /// The interface to serve on.

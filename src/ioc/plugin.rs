@@ -10,7 +10,7 @@ impl Ioc {
         let p = if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.opts.data_roots[0].join(p)
+            self.opts.data_roots.roots()[0].join(p)
         };
         // `.` components say nothing; `..` are kept for the data-root check to resolve.
         p.components()
@@ -21,53 +21,43 @@ impl Ioc {
     /// Why `path` may not be written, if it may not: outside every data root (after `..`
     /// and symbolic links are resolved, as far as the path exists).
     pub(super) fn outside_roots(&self, path: &Path) -> Option<String> {
-        let mut lexical = PathBuf::new();
-        for c in path.components() {
-            match c {
-                Component::ParentDir => {
-                    lexical.pop();
-                }
-                Component::CurDir => {}
-                other => lexical.push(other),
-            }
-        }
-        // The deepest part that exists, with its links resolved, plus the rest.
-        let mut existing = lexical.clone();
-        let mut rest = Vec::new();
-        while !existing.exists() {
-            match (
-                existing.file_name().map(|n| n.to_owned()),
-                existing.parent(),
-            ) {
-                (Some(name), Some(parent)) => {
-                    rest.push(name);
-                    existing = parent.to_path_buf();
-                }
-                _ => break,
-            }
-        }
-        let mut real = existing.canonicalize().unwrap_or(existing);
-        for name in rest.iter().rev() {
-            real.push(name);
-        }
-        if self.opts.data_roots.iter().any(|r| real.starts_with(r)) {
-            None
-        } else {
-            Some(format!(
+        self.opts.data_roots.check(path).err().map(|_| {
+            format!(
                 "FilePath {:?} is outside the data roots ({})",
                 path.display().to_string(),
-                self.roots_text()
-            ))
-        }
+                self.opts.data_roots
+            )
+        })
     }
 
-    pub(super) fn roots_text(&self) -> String {
-        self.opts
-            .data_roots
+    /// Why the capture `settings` describe may not be written, if it may not: the first
+    /// file's full name (FilePath, FileName, FileNumber and FileTemplate, then TempSuffix)
+    /// leads outside every data root. The message names the PV that takes it out. The writer
+    /// checks every file again as it creates it, so a link swapped in later is caught too.
+    fn file_outside_roots(&self, settings: &CaptureSettings) -> Option<String> {
+        let mut naming = settings.naming.clone();
+        naming.path =
+            detflow_writer::naming::expand_path_time(&naming.path, std::time::SystemTime::now())
+                .ok()?;
+        let name = naming.next_name();
+        let mut temp = name.clone().into_os_string();
+        temp.push(&settings.temp_suffix);
+        let e = [name, PathBuf::from(temp)]
             .iter()
-            .map(|r| r.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+            .find_map(|p| self.opts.data_roots.check(p).err())?;
+        let (pv, value) = if settings.temp_suffix.contains('/') {
+            ("HDF1:TempSuffix", settings.temp_suffix.clone())
+        } else if settings.naming.name.contains('/') {
+            ("HDF1:FileName", settings.naming.name.clone())
+        } else {
+            ("HDF1:FileTemplate", settings.naming.template.to_string())
+        };
+        Some(format!(
+            "{pv} {value:?} makes {:?}, which resolves to {:?}, outside the data roots ({})",
+            e.path.display().to_string(),
+            e.resolved.display().to_string(),
+            e.roots
+        ))
     }
 
     /// Set FilePathExists_RBV and WriteMessage for `path`; with `create`, make the
@@ -81,7 +71,9 @@ impl Ioc {
         }
         let depth = self.int("HDF1:CreateDirectory_RBV") as i32;
         if create && depth != 0 && !Path::new(path).is_dir() {
-            if let Err(e) = detflow_writer::naming::create_directories(path, depth) {
+            if let Err(e) =
+                detflow_writer::naming::create_directories(path, depth, &self.opts.data_roots)
+            {
                 let why =
                     format!("FilePath {path:?}: cannot create it (CreateDirectory {depth}): {e}");
                 self.set_text("HDF1:WriteMessage", &why);
@@ -172,6 +164,7 @@ impl Ioc {
             store_performance: self.flag("HDF1:StorePerform_RBV"),
             refs: None,
             ref_pattern: None,
+            roots: self.opts.data_roots.clone(),
         })
     }
 
@@ -204,6 +197,11 @@ impl Ioc {
             return Err(why);
         }
         let settings = self.capture_settings()?;
+        if let Some(why) = self.file_outside_roots(&settings) {
+            self.set("HDF1:WriteStatus", 1);
+            self.set_text("HDF1:WriteMessage", &why);
+            return Err(why);
+        }
         let shape = self.frame_shape()?;
         let acq = self.acquisition_config()?;
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
@@ -307,25 +305,17 @@ pub(super) fn with_slash(path: &str) -> String {
     }
 }
 
-/// Check the data roots: each must be an existing directory; returned canonical.
-pub fn data_roots(roots: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+/// Check the data roots: each must be an existing directory; returned canonical. None
+/// given: the current directory.
+pub fn data_roots(roots: &[PathBuf]) -> anyhow::Result<DataRoots> {
     let roots = if roots.is_empty() {
         vec![std::env::current_dir().context("cannot read the current directory")?]
     } else {
         roots.to_vec()
     };
-    roots
-        .iter()
-        .map(|r| {
-            let real = r.canonicalize().map_err(|e| {
-                anyhow::anyhow!("invalid data-root {:?}: {e}", r.display().to_string())
-            })?;
-            anyhow::ensure!(
-                real.is_dir(),
-                "invalid data-root {:?}: not a directory",
-                r.display().to_string()
-            );
-            Ok(real)
-        })
-        .collect()
+    for r in &roots {
+        DataRoots::new(std::slice::from_ref(r))
+            .map_err(|e| anyhow::anyhow!("invalid data-root {:?}: {e}", r.display().to_string()))?;
+    }
+    Ok(DataRoots::new(&roots)?)
 }

@@ -38,6 +38,7 @@ use crate::codec::Codec;
 use crate::layout;
 use crate::naming::{self, FileNaming};
 use crate::refs::{RefLog, RefPattern, RefSink, ValueRef};
+use crate::roots::DataRoots;
 use crate::stream::{FileSummary, StreamSpec, StreamWriter};
 
 /// areaDetector FileWriteMode.
@@ -113,6 +114,9 @@ pub struct CaptureSettings {
     /// Name files from this reference pattern instead of the FileTemplate: one file (one
     /// frame, Single layout) per point. See the module docs and [`check_ref_pattern`].
     pub ref_pattern: Option<RefPattern>,
+    /// Every file and directory the capture creates must resolve inside these, checked as it
+    /// is created (a daemon's data roots); anywhere by default.
+    pub roots: DataRoots,
 }
 
 impl Default for CaptureSettings {
@@ -140,8 +144,19 @@ impl Default for CaptureSettings {
             store_performance: true,
             refs: None,
             ref_pattern: None,
+            roots: DataRoots::anywhere(),
         }
     }
+}
+
+/// Refuse `path` when it resolves outside `roots`; `setting` names what gave it.
+fn within(roots: &DataRoots, path: &std::path::Path, setting: &str) -> Result<(), WriterError> {
+    roots
+        .check(path)
+        .map_err(|source| WriterError::OutsideRoots {
+            setting: setting.to_owned(),
+            source,
+        })
 }
 
 /// Why detflow cannot write the files `pattern` names, if it cannot: it writes HDF5 files
@@ -277,35 +292,42 @@ impl CaptureSession {
                 reason: e.reason,
             })?;
         if settings.create_dirs != 0 && !naming::path_exists(&naming.path) {
-            naming::create_directories(&naming.path, settings.create_dirs).map_err(|e| {
-                WriterError::BadDirectory {
+            naming::create_directories(&naming.path, settings.create_dirs, &settings.roots)
+                .map_err(|e| WriterError::BadDirectory {
                     setting: "path".into(),
                     path: naming.path.clone().into(),
                     reason: format!(
                         "could not create it with create-dirs {}: {e}",
                         settings.create_dirs
                     ),
-                }
-            })?;
+                })?;
         }
         match &settings.ref_pattern {
             Some(pattern) => {
                 let first = pattern.value_ref(naming.number.max(0) as u64);
                 let dir = first.path().parent().unwrap_or(std::path::Path::new("/"));
                 if settings.create_dirs != 0 && !dir.exists() {
-                    naming::create_directories(&dir.to_string_lossy(), settings.create_dirs)
-                        .map_err(|e| WriterError::BadDirectory {
-                            setting: "ref-pattern".into(),
-                            path: dir.to_path_buf(),
-                            reason: format!(
-                                "could not create it with create-dirs {}: {e}",
-                                settings.create_dirs
-                            ),
-                        })?;
+                    naming::create_directories(
+                        &dir.to_string_lossy(),
+                        settings.create_dirs,
+                        &settings.roots,
+                    )
+                    .map_err(|e| WriterError::BadDirectory {
+                        setting: "ref-pattern".into(),
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "could not create it with create-dirs {}: {e}",
+                            settings.create_dirs
+                        ),
+                    })?;
                 }
+                within(&settings.roots, dir, "ref-pattern")?;
                 crate::stream::check_directory(dir, "ref-pattern")?;
             }
-            None => crate::stream::check_directory(naming.directory(), "path")?,
+            None => {
+                within(&settings.roots, naming.directory(), "path")?;
+                crate::stream::check_directory(naming.directory(), "path")?
+            }
         }
         let status = FileStatus {
             file_path: naming::normalise_path(&naming.path),
@@ -330,13 +352,13 @@ impl CaptureSession {
             ),
         };
         let ref_sink = match &settings.refs {
-            Some(path) => Some(
+            Some(path) => Some(within(&settings.roots, path, "refs").and_then(|()| {
                 RefSink::create(path).map_err(|e| WriterError::BadDirectory {
                     setting: "refs".into(),
                     path: path.clone(),
                     reason: format!("cannot create the references file: {e}"),
-                })?,
-            ),
+                })
+            })?),
             None => None,
         };
         let mut session = CaptureSession {
@@ -391,6 +413,7 @@ impl CaptureSession {
     fn spec(&self, path: PathBuf, num_capture: u64, frame_dimension: bool) -> StreamSpec {
         let s = &self.settings;
         StreamSpec {
+            roots: s.roots.clone(),
             num_capture,
             frame_dimension,
             dim_offset: self.geometry.dim_offset,

@@ -38,6 +38,7 @@ pub mod codec;
 pub mod layout;
 pub mod naming;
 pub mod refs;
+pub mod roots;
 mod sink;
 pub mod stream;
 pub mod vds;
@@ -49,6 +50,7 @@ pub use capture::{
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
+pub use roots::{DataRoots, OutsideRoots};
 pub use sink::read_chunk;
 pub use stream::{FileSummary, StreamSpec, StreamWriter, check_directory};
 pub use vds::{MasterReport, PointDescription, VdsSpec, build_master};
@@ -118,6 +120,15 @@ pub enum WriterError {
         free: u64,
         /// Bytes the frame needs (with margin).
         needed: u64,
+    },
+    /// A file or directory would be created outside the data roots.
+    #[error("{setting}: {source}")]
+    OutsideRoots {
+        /// What named it: the setting, or the kind of file (`"file"`, `"directory"`).
+        setting: String,
+        /// Where it leads.
+        #[source]
+        source: roots::OutsideRoots,
     },
     /// The file exists and overwriting was not allowed.
     #[error("file {path:?} exists; choose another name or number, or allow overwriting")]

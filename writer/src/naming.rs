@@ -438,7 +438,14 @@ pub fn path_exists(path: &str) -> bool {
 /// the root. A negative depth -k becomes N - k (at least 1) for a path of N components, so -1
 /// creates only the leaf directory and -5 at most the last five. Existing directories are not
 /// an error; the first other failure stops the creation and is returned.
-pub fn create_directories(path: &str, depth: i32) -> std::io::Result<()> {
+///
+/// Each directory is checked against `roots` just before it is made, with links resolved,
+/// and one outside them is refused (`PermissionDenied`) before it exists.
+pub fn create_directories(
+    path: &str,
+    depth: i32,
+    roots: &crate::roots::DataRoots,
+) -> std::io::Result<()> {
     if depth == 0 || path.is_empty() {
         return Ok(());
     }
@@ -458,6 +465,12 @@ pub fn create_directories(path: &str, depth: i32) -> std::io::Result<()> {
         current.push(part);
         if (i as i64 + 1) < first {
             continue;
+        }
+        if current.is_dir() {
+            continue;
+        }
+        if let Err(e) = roots.check(&current) {
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
         }
         match std::fs::create_dir(&current) {
             Ok(()) => {}
@@ -649,28 +662,50 @@ mod tests {
         let root = base.path().to_str().unwrap().to_owned();
         let n_root = root.split('/').filter(|p| !p.is_empty()).count() as i32;
         let path = format!("{root}/a/b/c");
+        let anywhere = crate::roots::DataRoots::anywhere();
         // Depth 0 creates nothing.
-        create_directories(&path, 0).unwrap();
+        create_directories(&path, 0, &anywhere).unwrap();
         assert!(!Path::new(&format!("{root}/a")).exists());
         // -1 creates only the leaf: its parent is missing, so it fails.
-        assert!(create_directories(&path, -1).is_err());
+        assert!(create_directories(&path, -1, &anywhere).is_err());
         // -3 creates a, b and c.
-        create_directories(&path, -3).unwrap();
+        create_directories(&path, -3, &anywhere).unwrap();
         assert!(Path::new(&path).is_dir());
         // A positive depth counts from the root: everything from component D on is created,
         // and components before D are assumed to exist.
         let deeper = format!("{root}/x/y");
         // Depth n_root + 2 creates only y, under a missing x: that fails.
-        assert!(create_directories(&deeper, n_root + 2).is_err());
+        assert!(create_directories(&deeper, n_root + 2, &anywhere).is_err());
         assert!(!Path::new(&deeper).exists());
-        create_directories(&deeper, n_root + 1).unwrap(); // creates x and y
+        create_directories(&deeper, n_root + 1, &anywhere).unwrap(); // creates x and y
         assert!(Path::new(&deeper).is_dir());
         // 1 creates everything below the root; existing parts are fine.
-        create_directories(&format!("{root}/x/y/z"), 1).unwrap();
+        create_directories(&format!("{root}/x/y/z"), 1, &anywhere).unwrap();
         assert!(path_exists(&format!("{root}/x/y/z/")));
         // A path through a file fails.
         std::fs::write(format!("{root}/file"), b"").unwrap();
-        assert!(create_directories(&format!("{root}/file/sub"), 1).is_err());
+        assert!(create_directories(&format!("{root}/file/sub"), 1, &anywhere).is_err());
+    }
+
+    #[test]
+    fn create_directory_stops_at_the_data_roots() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(base.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(base.path().join("outside"), root.join("link")).unwrap();
+        let roots = crate::roots::DataRoots::new(&[root.clone()]).unwrap();
+        let inside = root.join("a/b");
+        create_directories(inside.to_str().unwrap(), 1, &roots).unwrap();
+        assert!(inside.is_dir());
+        for escape in ["../outside/new", "a/../../escaped", "link/new"] {
+            let p = root.join(escape);
+            let e = create_directories(p.to_str().unwrap(), 1, &roots).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{escape}");
+            assert!(e.to_string().contains("outside the data roots"), "{e}");
+        }
+        assert!(!base.path().join("outside/new").exists());
+        assert!(!base.path().join("escaped").exists());
     }
 
     #[test]

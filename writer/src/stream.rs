@@ -18,6 +18,7 @@ use hdf5::{Dataset, Datatype, File, H5Type};
 use crate::WriterError;
 use crate::codec::Codec;
 use crate::layout;
+use crate::roots::DataRoots;
 use crate::sink::{self, ChunkedSpec};
 
 /// Per-frame attribute values are written to the file at least this often.
@@ -75,6 +76,9 @@ pub struct StreamSpec {
     /// Keep the file in memory only (HDF5's core driver without a backing store): every
     /// HDF5 call is made, nothing reaches a disk. A null sink for benchmarks and tests.
     pub in_memory: bool,
+    /// The file, its temporary name and its space reserve must resolve inside these when
+    /// they are created (a daemon's data roots); anywhere by default.
+    pub roots: DataRoots,
 }
 
 impl StreamSpec {
@@ -97,6 +101,7 @@ impl StreamSpec {
             temp_suffix: String::new(),
             overwrite: false,
             in_memory: false,
+            roots: DataRoots::anywhere(),
         }
     }
 
@@ -295,6 +300,16 @@ impl StreamWriter {
         let open_path = spec.open_path();
         let reserve = reserve_path(&open_path);
         if !spec.in_memory {
+            // Checked now, just before anything is created, so that a link swapped in after
+            // the settings were accepted cannot redirect the file.
+            for p in [&spec.path, &open_path, &reserve] {
+                spec.roots
+                    .check(p)
+                    .map_err(|source| WriterError::OutsideRoots {
+                        setting: "file".into(),
+                        source,
+                    })?;
+            }
             hold_space(&reserve, reserve_bytes(&spec)).map_err(|e| WriterError::BadDirectory {
                 setting: "path".into(),
                 path: dir.to_path_buf(),

@@ -66,6 +66,8 @@ pub struct VdsSpec {
     pub fill: Option<f64>,
     /// Replace an existing master file.
     pub overwrite: bool,
+    /// The master must resolve inside these when it is created; anywhere by default.
+    pub roots: crate::roots::DataRoots,
 }
 
 impl VdsSpec {
@@ -78,6 +80,7 @@ impl VdsSpec {
             description: None,
             fill: None,
             overwrite: false,
+            roots: crate::roots::DataRoots::anywhere(),
         }
     }
 }
@@ -268,6 +271,12 @@ pub fn build_master(refs: &[String], spec: &VdsSpec) -> Result<MasterReport, Wri
         let path = out.clone();
         move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
     };
+    spec.roots
+        .check(&out)
+        .map_err(|source| WriterError::OutsideRoots {
+            setting: "master".into(),
+            source,
+        })?;
     let file = if spec.overwrite {
         File::create(&out)
     } else {

@@ -278,3 +278,39 @@ fn create_dirs_and_strftime_paths() {
     let err = CaptureSession::start(st, geometry()).unwrap_err();
     assert!(matches!(err, WriterError::BadDirectory { .. }), "{err}");
 }
+
+/// The data roots are checked as each file is created, not only when the capture starts: a
+/// directory swapped for a link out of the root mid-capture does not redirect the next file.
+#[test]
+fn a_link_swapped_in_mid_capture_does_not_take_files_out_of_the_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    let mut s = settings(&root.join("sub"), WriteMode::Single, 0);
+    s.roots = detflow_writer::DataRoots::new(std::slice::from_ref(&root)).unwrap();
+    let mut session = CaptureSession::start(s, geometry()).unwrap();
+    let (meta, pixels) = frame(1);
+    session.push(&meta, &pixels).unwrap();
+    let first = session.status().full_file_name.clone();
+    assert!(first.starts_with(&root), "{first:?}");
+    // Swap the directory for a link that leads out of the root.
+    std::fs::rename(root.join("sub"), root.join("old")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+    let (meta, pixels) = frame(2);
+    let err = session.push(&meta, &pixels).unwrap_err();
+    assert!(
+        matches!(err, WriterError::OutsideRoots { .. }),
+        "expected OutsideRoots, got {err}"
+    );
+    assert!(err.to_string().contains("outside the data roots"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    let (status, _) = session.finish();
+    assert!(!status.write_ok);
+    // The first file, written before the swap, is intact.
+    assert_eq!(
+        shape_of(&root.join("old").join(first.file_name().unwrap())),
+        vec![3, 4]
+    );
+}
