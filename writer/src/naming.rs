@@ -694,7 +694,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::fs::create_dir(base.path().join("outside")).unwrap();
         std::os::unix::fs::symlink(base.path().join("outside"), root.join("link")).unwrap();
-        let roots = crate::roots::DataRoots::new(&[root.clone()]).unwrap();
+        let roots = crate::roots::DataRoots::new(std::slice::from_ref(&root)).unwrap();
         let inside = root.join("a/b");
         create_directories(inside.to_str().unwrap(), 1, &roots).unwrap();
         assert!(inside.is_dir());
