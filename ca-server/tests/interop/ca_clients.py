@@ -107,8 +107,18 @@ def run_pyepics():
     check("enum put by index", g("DET:ImageMode_RBV", as_string=True, use_monitor=False) == "Single")
     epics.caput("HDF1:FilePath", "/data/scan1/", wait=True, timeout=5)
     check("char waveform put", g("HDF1:FilePath_RBV", as_string=True, use_monitor=False) == "/data/scan1/")
+    # The server's guarantee (ca-server/README.md, "Ordering"): the monitor update a put
+    # causes is sent before the put's completion, so libca has delivered it by the time
+    # caput(wait=True) returns. pyepics' get(use_monitor=False) then asks for the element
+    # count of that update (NORD 2); without the guarantee it raced and read [4, 5, 0].
+    wave = []
+    wp = epics.PV("DET:Waveform", callback=lambda **kw: wave.append(list(kw["value"])))
+    wait_for("waveform monitor connects", lambda: len(wave) >= 1)
     epics.caput("DET:Waveform", [4.0, 5.0], wait=True, timeout=5)
-    check("waveform put sets NORD", list(g("DET:Waveform", use_monitor=False)) == [4.0, 5.0])
+    check("put's monitor update before its completion", wave[-1] == [4.0, 5.0], wave)
+    check("waveform put sets NORD", list(g("DET:Waveform", use_monitor=False)) == [4.0, 5.0],
+          g("DET:Waveform", use_monitor=False))
+    wp.clear_callbacks()
     # refused writes change nothing
     epics.caput("DET:AcquireTime", 20.0, wait=True, timeout=5)  # outside DRVH 10
     check("out of limits refused", g("DET:AcquireTime", use_monitor=False) == 0.25)
