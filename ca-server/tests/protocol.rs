@@ -924,3 +924,40 @@ fn a_puts_monitor_update_comes_before_its_completion_and_later_replies() {
         );
     }
 }
+
+/// A server on a port it chose (port 0) holds its UDP search port alone: a client socket
+/// that sets SO_REUSEADDR (caproto's search sockets do) cannot be given the same port, which
+/// would send that client's search replies to the server. A configured port is shared, as
+/// rsrv shares 5064.
+#[test]
+fn an_ephemeral_search_port_is_not_shared() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let reuse_bind = |port: u16| {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+    };
+    let s = server();
+    assert!(
+        reuse_bind(s.port()).is_err(),
+        "a SO_REUSEADDR socket was bound to the server's search port {}",
+        s.port()
+    );
+    // A configured port: the server binds it shared.
+    let port = s.port();
+    drop(s);
+    let fixed = Server::builder()
+        .ignore_env()
+        .interface(Ipv4Addr::LOCALHOST)
+        .port(port)
+        .beacon_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9))
+        .quiet()
+        .build()
+        .expect("the port is free again");
+    let other = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    other.set_reuse_address(true).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, fixed.port())).into())
+        .expect("a second CA server shares a configured port");
+}

@@ -43,14 +43,52 @@ if not line.startswith("READY port="):
     server.kill()
     raise SystemExit(f"server did not start: {line!r}")
 PORT = int(line.split("=")[1])
+
+
+def hold_repeater_port():
+    """Bind the clients' repeater port and keep it for the whole run, answering
+    registrations as a repeater does (REPEATER_CONFIRM).
+
+    Clients send REPEATER_REGISTER to 127.0.0.1:EPICS_CA_REPEATER_PORT, caproto's sync client
+    from its search socket, a fresh ephemeral UDP socket per call. The port used to be the
+    server's + 1, held by nobody: when a search socket's ephemeral port happened to be that
+    port, the client registered with itself, and caproto failed with "Packet with bad command
+    ID 0x18" (REPEATER_REGISTER) on its own search socket. A port bound here, without
+    SO_REUSEADDR, is one the kernel never hands to another socket while we hold it.
+    """
+    import socket
+    import struct
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", 0))
+
+    def serve():
+        while True:
+            try:
+                data, peer = sock.recvfrom(2048)
+            except OSError:
+                return
+            if len(data) >= 16 and struct.unpack(">H", data[:2])[0] == 0x18:
+                # REPEATER_CONFIRM: command 17, param2 the client's address.
+                ip = socket.inet_aton(peer[0])
+                confirm = struct.pack(">HHHHI", 17, 0, 0, 0, 0) + ip
+                try:
+                    sock.sendto(confirm, peer)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+REPEATER = hold_repeater_port()
 os.environ.update({
     "EPICS_CA_ADDR_LIST": "127.0.0.1",
     "EPICS_CA_AUTO_ADDR_LIST": "NO",
     "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
     "EPICS_CA_SERVER_PORT": str(PORT),
-    "EPICS_CA_REPEATER_PORT": str(PORT + 1),
+    "EPICS_CA_REPEATER_PORT": str(REPEATER.getsockname()[1]),
 })
-print("server port", PORT, flush=True)
+print("server port", PORT, "repeater port", REPEATER.getsockname()[1], flush=True)
 
 RAMP = None
 
