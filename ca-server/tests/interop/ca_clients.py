@@ -160,8 +160,17 @@ def run_pyepics():
     # refused writes change nothing
     epics.caput("DET:AcquireTime", 20.0, wait=True, timeout=5)  # outside DRVH 10
     check("out of limits refused", g("DET:AcquireTime", use_monitor=False) == 0.25)
+    # pyepics' caput(wait=True) returns 1 whatever the put-callback's status (it never reads
+    # it): a refused put shows as the record's alarm, already there when caput returns.
     epics.caput("DET:Even", 3, wait=True, timeout=5)
     check("callback reject", g("DET:Even", use_monitor=False) == 0)
+    check("refused put raises the WRITE alarm",
+          g("DET:Even.SEVR", as_string=True, use_monitor=False) == "INVALID"
+          and g("DET:Even.STAT", as_string=True, use_monitor=False) == "WRITE",
+          (g("DET:Even.SEVR", as_string=True), g("DET:Even.STAT", as_string=True)))
+    epics.caput("DET:Even", 2, wait=True, timeout=5)
+    check("a good put clears the alarm",
+          g("DET:Even.SEVR", as_string=True, use_monitor=False) == "NO_ALARM")
     try:
         epics.caput("DET:Locked", 9, wait=True, timeout=5)
         refused = False
