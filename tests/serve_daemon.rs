@@ -206,7 +206,7 @@ impl Client {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Put {
     Num(f64),
     Text(String),
@@ -787,4 +787,74 @@ fn every_accepted_setpoint_shows_in_its_readback() {
         accepted > 150,
         "{accepted} setpoints accepted, {refused} refused"
     );
+}
+
+/// A refused put fails at the client as a failed put to an rsrv record does: ECA_PUTFAIL on
+/// the put-callback (WRITE_NOTIFY), CA_PROTO_ERROR(ECA_PUTFAIL) carrying the request's
+/// header for a plain WRITE. The PV keeps its value and goes into WRITE alarm (SEVR INVALID,
+/// as asyn sets), seen by the client when its put returns, until a good value is written;
+/// the message names the PV in StatusMessage / WriteMessage.
+#[test]
+fn a_refused_put_fails_at_the_client_and_raises_the_alarm_until_a_good_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "64x48"]);
+    let mut c = d.client();
+    let cases = [
+        ("HDF1:NumCapture", num(-5.0), num(5.0), "HDF1:WriteMessage"),
+        ("cam1:SizeX", num(0.0), num(32.0), "cam1:StatusMessage_RBV"),
+        (
+            "HDF1:FileTemplate",
+            text("%s%s_%n.h5"),
+            text("%s%s_%4.4d.h5"),
+            "HDF1:WriteMessage",
+        ),
+        ("HDF1:FileNumber", num(-1.0), num(3.0), "HDF1:WriteMessage"),
+    ];
+    for (pv, bad, good, message) in &cases {
+        let before = c.text(pv);
+        let id = c.put_nowait(pv, bad);
+        assert_eq!(
+            c.completed(id, Duration::from_secs(10)),
+            Eca::PutFail.code(),
+            "put-callback {pv} = {bad:?}"
+        );
+        // Posted before the reply, so already there when the put returns.
+        assert_eq!(c.text(&format!("{pv}.SEVR")), "INVALID", "{pv} = {bad:?}");
+        assert_eq!(c.text(&format!("{pv}.STAT")), "WRITE", "{pv} = {bad:?}");
+        assert_eq!(c.text(pv), before, "{pv} = {bad:?} changed the value");
+        let why = c.text(message);
+        assert!(why.contains(pv), "{message} does not name {pv}: {why:?}");
+
+        // A plain WRITE of the same value: CA_PROTO_ERROR with the request's header.
+        let (sid, _) = c.channel(pv);
+        let (ty, n, payload) = match bad {
+            Put::Num(v) => (DBR_DOUBLE, 1, v.to_be_bytes().to_vec()),
+            Put::Text(t) => {
+                let mut b = t.as_bytes().to_vec();
+                b.push(0);
+                (DBR_CHAR, b.len() as u32, b)
+            }
+        };
+        let request = Header::new(cmd::WRITE, ty, n, sid, 4242);
+        c.probe.send(request, &payload).unwrap();
+        let (h, body) = c
+            .probe
+            .recv_cmd(cmd::ERROR, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no CA_PROTO_ERROR for a plain WRITE {pv}: {e}"));
+        assert_eq!(h.param2, Eca::PutFail.code(), "plain WRITE {pv} = {bad:?}");
+        let mut sent = Vec::new();
+        detflow_ca::proto::push_message(&mut sent, request, &payload);
+        assert_eq!(
+            body[..16],
+            sent[..16],
+            "the error carries the request's header"
+        );
+        assert_eq!(c.text(&format!("{pv}.SEVR")), "INVALID");
+
+        // A good value clears the alarm.
+        c.put(pv, good.clone());
+        assert_eq!(c.text(&format!("{pv}.SEVR")), "NO_ALARM", "{pv} = {good:?}");
+        assert_eq!(c.text(&format!("{pv}.STAT")), "NO_ALARM", "{pv} = {good:?}");
+    }
 }

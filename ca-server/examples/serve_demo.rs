@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use detflow_ca::{Access, Eca, NativeType, PvHandle, PvSpec, Server, Value, WriteReply};
+use detflow_ca::{Access, Alarm, Eca, NativeType, PvHandle, PvSpec, Server, Value, WriteReply};
 
 /// Serve `spec` with a read-only `_RBV` twin that follows every accepted write.
 fn with_rbv(server: &Server, spec: PvSpec) -> (PvHandle, PvHandle) {
@@ -104,7 +104,8 @@ fn main() {
     server
         .add_pv(PvSpec::long(&p("Locked"), 7).access(Access::ReadOnly))
         .unwrap();
-    // A write the daemon refuses when odd; put-notify fails later for negative values.
+    // A write the daemon refuses when odd (and then in WRITE alarm until a write is
+    // accepted, as `detflow serve` does); put-notify fails later for negative values.
     let checked = server.add_pv(PvSpec::long(&p("Even"), 0)).unwrap();
     checked.on_write(|req| {
         let v = req.value().get_f64(0).unwrap_or(0.0);
@@ -118,8 +119,10 @@ fn main() {
             return WriteReply::Pending(c);
         }
         if v as i64 % 2 != 0 {
+            req.pv().set_alarm(Alarm::WRITE_FAILED);
             return WriteReply::Reject(Eca::PutFail);
         }
+        req.pv().set_alarm(Alarm::NONE);
         WriteReply::Accept
     });
     // The image: 1024 × 1024 u16 ramp served as DBR_SHORT.

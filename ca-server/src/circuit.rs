@@ -3,9 +3,15 @@
 //!
 //! Replies to requests queue in an outbox bounded in bytes (when it is full the reader stops
 //! reading, so a client that never reads its replies is throttled by TCP). Monitor updates
-//! never queue: each subscription holds only its newest snapshot, and the outbox holds at
-//! most one reference per subscription. A client that stays unwritable for the send timeout
-//! is disconnected; posters are never blocked by it.
+//! never queue as bytes: each subscription holds a short queue of snapshots, and the outbox
+//! holds at most one reference per subscription. A client that stays unwritable for the
+//! send timeout is disconnected; posters are never blocked by it.
+//!
+//! Order on a circuit: replies and subscription references share one queue, sent in the
+//! order they were queued. An update posted before a reply is queued (for example the
+//! monitor update a put causes, posted before the put's WRITE_NOTIFY reply) is therefore
+//! sent before that reply (see the crate README, "Ordering"), unless the client turned
+//! events off (EVENTS_OFF).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -28,13 +34,25 @@ const CHUNK_MERGE: usize = 64 << 10;
 /// The writer sends its buffer once it holds this many bytes of updates.
 const WRITE_BATCH: usize = 256 << 10;
 
+/// One thing for the writer to send, in queue order.
+enum Entry {
+    /// Reply bytes (small replies are merged into one entry).
+    Reply(Vec<u8>),
+    /// A subscription with snapshots waiting in its slot: they are encoded when the writer
+    /// reaches this entry, so an update is sent before every reply queued after it.
+    Updates(Arc<Subscription>),
+}
+
 struct Outbox {
-    /// Reply bytes, in order.
-    chunks: VecDeque<Vec<u8>>,
+    /// Replies and subscriptions with updates, in the order they were queued. A
+    /// subscription appears at most once (its `queued` flag) in `queue` and `held`
+    /// together.
+    queue: VecDeque<Entry>,
+    /// Reply bytes in `queue`.
     bytes: usize,
-    /// Subscriptions with a snapshot waiting in their slot, each at most once.
-    dirty: VecDeque<Arc<Subscription>>,
-    /// False after EVENTS_OFF: updates wait (queued, then collapsed to the newest at
+    /// Subscriptions with updates waiting while events are off (EVENTS_OFF).
+    held: VecDeque<Arc<Subscription>>,
+    /// False after EVENTS_OFF: updates wait in `held` (collapsed to the newest at
     /// EVENTS_ON) until EVENTS_ON.
     events_on: bool,
     /// The circuit is closing: the writer flushes the replies and shuts the socket.
@@ -69,10 +87,12 @@ impl CircuitShared {
         if out.closing {
             return;
         }
-        if out.chunks.back().is_none_or(|c| c.len() >= CHUNK_MERGE) {
-            out.chunks.push_back(Vec::with_capacity(1024));
+        if !matches!(out.queue.back(), Some(Entry::Reply(c)) if c.len() < CHUNK_MERGE) {
+            out.queue.push_back(Entry::Reply(Vec::with_capacity(1024)));
         }
-        let chunk = out.chunks.back_mut().expect("a chunk was just ensured");
+        let Some(Entry::Reply(chunk)) = out.queue.back_mut() else {
+            unreachable!("a reply entry was just ensured")
+        };
         let before = chunk.len();
         f(chunk);
         let added = chunk.len() - before;
@@ -91,19 +111,22 @@ impl CircuitShared {
             return;
         }
         out.bytes += bytes.len();
-        out.chunks.push_back(bytes);
+        out.queue.push_back(Entry::Reply(bytes));
         self.wake_writer.notify_one();
     }
 
-    /// Put a subscription with a fresh slot in the writer's queue.
+    /// Put a subscription with a fresh slot in the writer's queue, after every reply queued
+    /// so far (or aside, while events are off).
     pub(crate) fn push_dirty(&self, sub: Arc<Subscription>) {
         let mut out = lock(&self.out);
         if out.closing {
             return;
         }
-        out.dirty.push_back(sub);
         if out.events_on {
+            out.queue.push_back(Entry::Updates(sub));
             self.wake_writer.notify_one();
+        } else {
+            out.held.push_back(sub);
         }
     }
 
@@ -162,9 +185,9 @@ pub(crate) fn spawn(
     stream.set_write_timeout(Some(server.config.send_timeout))?;
     let shared = Arc::new(CircuitShared {
         out: Mutex::new(Outbox {
-            chunks: VecDeque::new(),
+            queue: VecDeque::new(),
             bytes: 0,
-            dirty: VecDeque::new(),
+            held: VecDeque::new(),
             events_on: true,
             closing: false,
         }),
@@ -207,60 +230,38 @@ fn run_writer(c: &Arc<CircuitShared>, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let result = (|| -> io::Result<()> {
         loop {
-            let (chunks, subs) = {
+            let entries = {
                 let mut out = lock(&c.out);
-                loop {
-                    if !out.chunks.is_empty() || (out.events_on && !out.dirty.is_empty()) {
-                        break;
-                    }
+                while out.queue.is_empty() {
                     if out.closing {
                         return Ok(());
                     }
                     out = c.wake_writer.wait(out).unwrap_or_else(|e| e.into_inner());
                 }
-                let chunks = std::mem::take(&mut out.chunks);
                 out.bytes = 0;
-                let subs: Vec<_> = if out.events_on {
-                    out.dirty.drain(..).collect()
-                } else {
-                    Vec::new()
-                };
                 c.space.notify_all();
-                (chunks, subs)
+                std::mem::take(&mut out.queue)
             };
-            for chunk in &chunks {
-                stream.write_all(chunk)?;
-            }
-            for sub in subs {
-                // Clear `queued` before taking the slot (pairs with Subscription::offer).
-                sub.queued.store(false, Ordering::SeqCst);
-                if sub.cancelled.load(Ordering::Acquire) {
-                    continue;
-                }
-                let snaps = std::mem::take(&mut *lock(&sub.slot));
-                if snaps.is_empty() {
-                    continue;
-                }
-                let readable = {
-                    let st = sub.pv.state();
-                    sub.pv.access_for(st.access, sub.view).can_read()
-                };
-                for snap in &snaps {
-                    pv::encode_reply(
-                        &mut buf,
-                        cmd::EVENT_ADD,
-                        sub.data_type,
-                        sub.count,
-                        Eca::Normal.code(),
-                        sub.subid,
-                        &sub.pv,
-                        sub.view,
-                        snap,
-                        readable,
-                    );
-                    if buf.len() >= WRITE_BATCH {
-                        stream.write_all(&buf)?;
-                        buf.clear();
+            // In queue order: an update queued before a reply goes out before it.
+            for entry in entries {
+                match entry {
+                    Entry::Reply(bytes) => {
+                        if buf.len() + bytes.len() > WRITE_BATCH {
+                            stream.write_all(&buf)?;
+                            buf.clear();
+                        }
+                        if bytes.len() >= WRITE_BATCH {
+                            stream.write_all(&bytes)?;
+                        } else {
+                            buf.extend_from_slice(&bytes);
+                        }
+                    }
+                    Entry::Updates(sub) => {
+                        encode_updates(&sub, &mut buf);
+                        if buf.len() >= WRITE_BATCH {
+                            stream.write_all(&buf)?;
+                            buf.clear();
+                        }
                     }
                 }
             }
@@ -280,6 +281,38 @@ fn run_writer(c: &Arc<CircuitShared>, mut stream: TcpStream) {
         c.close();
     }
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Encode the updates waiting in `sub`'s slot into `out`.
+fn encode_updates(sub: &Arc<Subscription>, out: &mut Vec<u8>) {
+    // Clear `queued` before taking the slot (pairs with Subscription::offer): a snapshot
+    // offered after the take queues the subscription again, behind what is queued now.
+    sub.queued.store(false, Ordering::SeqCst);
+    if sub.cancelled.load(Ordering::Acquire) {
+        return;
+    }
+    let snaps = std::mem::take(&mut *lock(&sub.slot));
+    if snaps.is_empty() {
+        return;
+    }
+    let readable = {
+        let st = sub.pv.state();
+        sub.pv.access_for(st.access, sub.view).can_read()
+    };
+    for snap in &snaps {
+        pv::encode_reply(
+            out,
+            cmd::EVENT_ADD,
+            sub.data_type,
+            sub.count,
+            Eca::Normal.code(),
+            sub.subid,
+            &sub.pv,
+            sub.view,
+            snap,
+            readable,
+        );
+    }
 }
 
 /// Why a circuit is closed by the server.
@@ -432,16 +465,31 @@ impl Reader {
             cmd::WRITE | cmd::WRITE_NOTIFY => self.write(h, payload),
             cmd::EVENT_ADD => self.event_add(h, payload),
             cmd::EVENT_CANCEL => self.event_cancel(h),
-            cmd::EVENTS_OFF => lock(&self.shared.out).events_on = false,
+            cmd::EVENTS_OFF => {
+                let mut out = lock(&self.shared.out);
+                out.events_on = false;
+                // Updates not yet taken by the writer wait for EVENTS_ON.
+                let queue = std::mem::take(&mut out.queue);
+                for entry in queue {
+                    match entry {
+                        Entry::Updates(sub) => out.held.push_back(sub),
+                        reply => out.queue.push_back(reply),
+                    }
+                }
+            }
             cmd::EVENTS_ON => {
                 let mut out = lock(&self.shared.out);
                 out.events_on = true;
                 // Flow control: what queued while events were off collapses to the newest
                 // value of each subscription (as rsrv does).
-                for sub in &out.dirty {
-                    let mut q = lock(&sub.slot);
-                    let excess = q.len().saturating_sub(1);
-                    q.drain(..excess);
+                let held = std::mem::take(&mut out.held);
+                for sub in held {
+                    {
+                        let mut q = lock(&sub.slot);
+                        let excess = q.len().saturating_sub(1);
+                        q.drain(..excess);
+                    }
+                    out.queue.push_back(Entry::Updates(sub));
                 }
                 drop(out);
                 self.shared.wake_writer.notify_one();
@@ -636,6 +684,7 @@ impl Reader {
                 sid: h.param1,
                 request: h,
                 done: AtomicBool::new(false),
+                held: Mutex::new(Some(None)),
             })
         });
         let reply = match pv.callback() {
@@ -669,6 +718,11 @@ impl Reader {
                 // The server's references go; the daemon's clone finishes the reply.
                 drop(completion);
             }
+        }
+        // The value is stored and its monitor updates queued: a reply finished meanwhile
+        // (by another thread) goes out now, after them.
+        if let Some(i) = &inner {
+            i.release();
         }
     }
 

@@ -809,6 +809,10 @@ pub(crate) struct CompletionInner {
     pub sid: u32,
     pub request: Header,
     pub done: AtomicBool,
+    /// `Some` until the circuit has stored the written value ([`CompletionInner::release`]):
+    /// a reply finished before then waits here (its status inside), so that it never
+    /// overtakes the monitor updates of the put it answers.
+    pub held: Mutex<Option<Option<Eca>>>,
 }
 
 impl CompletionInner {
@@ -817,6 +821,23 @@ impl CompletionInner {
         if self.done.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Some(held) = lock(&self.held).as_mut() {
+            *held = Some(eca);
+            return;
+        }
+        self.send(eca);
+    }
+
+    /// The write is stored: send a reply that was finished meanwhile, and send later ones
+    /// at once.
+    pub(crate) fn release(&self) {
+        let finished = lock(&self.held).take().flatten();
+        if let Some(eca) = finished {
+            self.send(eca);
+        }
+    }
+
+    fn send(&self, eca: Eca) {
         if let Some(c) = self.circuit.upgrade()
             && c.has_channel(self.sid)
         {
@@ -838,6 +859,7 @@ impl CompletionInner {
 impl Drop for CompletionInner {
     fn drop(&mut self) {
         self.finish(Eca::PutFail);
+        self.release();
     }
 }
 

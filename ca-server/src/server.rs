@@ -339,9 +339,14 @@ impl Server {
             }
             listeners.push(l);
         }
+        // A port of our own choosing (0 asked) is not shared: with SO_REUSEADDR on it, the
+        // kernel may give the same port to a client's ephemeral socket that sets
+        // SO_REUSEADDR too (caproto's search sockets do), and the client's search replies
+        // would then come back to us. A configured port is shared, as rsrv shares 5064.
+        let share = config.port != 0;
         let mut udps = Vec::new();
         for ip in &config.interfaces {
-            let u = bind_udp(SocketAddrV4::new(*ip, port), true, "UDP search")?;
+            let u = bind_udp(SocketAddrV4::new(*ip, port), share, "UDP search")?;
             u.set_read_timeout(Some(Duration::from_millis(100)))
                 .map_err(|source| ServerError::Bind {
                     what: "UDP search",

@@ -270,6 +270,13 @@ impl Alarm {
         status: 0,
         severity: Severity::NoAlarm,
     };
+
+    /// A put to the record failed: STAT WRITE, SEVR INVALID, as asyn's device support sets
+    /// on an areaDetector record whose driver refuses a write (until a write succeeds).
+    pub const WRITE_FAILED: Alarm = Alarm {
+        status: 2,
+        severity: Severity::Invalid,
+    };
 }
 
 /// The names of the alarm status codes, in code order (the first 16 fit in an enum).

@@ -3,6 +3,13 @@
 //! the `serve_demo` example, inside a private network namespace with only `lo` when
 //! `unshare -n` works here (otherwise on 127.0.0.1 with an ephemeral port).
 //!
+//! In the namespace the ephemeral ports are narrowed to [`EPHEMERAL_PORTS`]: a client socket
+//! that lands on a port that matters (the server's, or the repeater port the clients
+//! register with) then happens in most runs instead of one in thousands, so such a
+//! collision fails here every time rather than now and then in CI. caproto's sync client
+//! opens an ephemeral UDP socket per call (about 200 in its scenario), and once one of them
+//! was given the repeater port and received its own REPEATER_REGISTER.
+//!
 //! The Python packages are installed into a venv under the target dir. If that fails the
 //! tests fail with pip's output: they never skip.
 
@@ -20,6 +27,9 @@ const PY_PACKAGES: &[&str] = &[
 ];
 
 use detflow_test_support::{run_step, run_with_deadline};
+
+/// The ephemeral port range inside the scenarios' network namespace (64 ports).
+const EPHEMERAL_PORTS: &str = "40000 40063";
 
 /// The venv's python, made once per target dir: built in a private folder, then renamed
 /// into place, so parallel test binaries do not clash.
@@ -76,7 +86,14 @@ fn scenario(name: &str) -> String {
     let demo = serve_demo();
     let mut cmd = if have_netns() {
         let mut c = Command::new("unshare");
-        c.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]);
+        c.args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && echo \"$0\" > /proc/sys/net/ipv4/ip_local_port_range \
+             && exec \"$@\"",
+            EPHEMERAL_PORTS,
+        ]);
         c.arg(py);
         c
     } else {

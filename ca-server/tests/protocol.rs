@@ -774,3 +774,190 @@ fn a_burst_of_small_updates_is_queued_not_coalesced() {
     }
     assert_eq!(seen, (1..=40).collect::<Vec<_>>());
 }
+
+/// The order clients rely on (README, "Ordering"): the monitor update a put causes is sent
+/// before the put's WRITE_NOTIFY reply and before the reply to the next request, whether the
+/// put is accepted at once, echoed to a readback by the write callback, or completed later
+/// from another thread. Repeated, since the old writer lost this race only some of the time.
+#[test]
+fn a_puts_monitor_update_comes_before_its_completion_and_later_replies() {
+    const DBR_LONG: u16 = 5;
+    const DBR_DOUBLE: u16 = 6;
+    let s = server();
+    s.add_pv(PvSpec::waveform("W", NativeType::Double, 16).initial(vec![1.0, 2.5, -3.0]))
+        .unwrap();
+    let set = s.add_pv(PvSpec::long("N", 0)).unwrap();
+    let rbv = s.add_pv(PvSpec::long("N_RBV", 0).read_only()).unwrap();
+    set.on_write(move |req| {
+        rbv.post(req.value().clone()).unwrap();
+        WriteReply::Accept
+    });
+    let later = s.add_pv(PvSpec::long("L", 0)).unwrap();
+    let later_rbv = s.add_pv(PvSpec::long("L_RBV", 0).read_only()).unwrap();
+    later.on_write(move |req| {
+        let c = req.completion();
+        let (done, rbv, v) = (c.clone(), later_rbv.clone(), req.value().clone());
+        std::thread::spawn(move || {
+            rbv.post(v).unwrap();
+            done.complete();
+        });
+        WriteReply::Pending(c)
+    });
+    let mut p = Probe::connect(addr(&s)).unwrap();
+    let w = p.create_channel("W", 1).unwrap();
+    let n = p.create_channel("N", 2).unwrap();
+    let n_rbv = p.create_channel("N_RBV", 3).unwrap();
+    let l = p.create_channel("L", 4).unwrap();
+    let l_rbv = p.create_channel("L_RBV", 5).unwrap();
+    p.subscribe(w.sid, DBR_DOUBLE, 0, 10, 1).unwrap();
+    p.subscribe(n_rbv.sid, DBR_LONG, 1, 11, 1).unwrap();
+    p.subscribe(l.sid, DBR_LONG, 1, 12, 1).unwrap();
+    p.subscribe(l_rbv.sid, DBR_LONG, 1, 13, 1).unwrap();
+    for _ in 0..4 {
+        let (h, _) = p.recv(T).expect("the first updates");
+        assert_eq!(h.command, cmd::EVENT_ADD);
+    }
+
+    // Send `requests` in one segment; what arrives until `n` replies other than updates
+    // came, as (command, param1, param2, payload).
+    let exchange = |p: &mut Probe, requests: &[(Header, Vec<u8>)], n: usize| {
+        let mut bytes = Vec::new();
+        for (h, payload) in requests {
+            detflow_ca::proto::push_message(&mut bytes, *h, payload);
+        }
+        p.send_raw(&bytes).unwrap();
+        let mut seen = Vec::new();
+        let mut replies = 0;
+        while replies < n {
+            let (h, payload) = p.recv(T).expect("replies");
+            if h.command != cmd::EVENT_ADD {
+                replies += 1;
+            }
+            seen.push((h.command, h.param1, h.param2, payload));
+        }
+        seen
+    };
+    let order = |seen: &[(u16, u32, u32, Vec<u8>)]| -> Vec<(u16, u32)> {
+        seen.iter().map(|(c, _, id, _)| (*c, *id)).collect()
+    };
+    for i in 0..200u32 {
+        // Accepted at once: a waveform shortened to 2 elements (pyepics then reads 2).
+        let payload: Vec<u8> = [f64::from(i), 5.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let seen = exchange(
+            &mut p,
+            &[
+                (
+                    Header::new(cmd::WRITE_NOTIFY, DBR_DOUBLE, 2, w.sid, 1000 + i),
+                    payload.clone(),
+                ),
+                (
+                    Header::new(cmd::READ_NOTIFY, DBR_DOUBLE, 0, w.sid, 5000 + i),
+                    Vec::new(),
+                ),
+            ],
+            2,
+        );
+        assert_eq!(
+            order(&seen),
+            [
+                (cmd::EVENT_ADD, 10),
+                (cmd::WRITE_NOTIFY, 1000 + i),
+                (cmd::READ_NOTIFY, 5000 + i)
+            ],
+            "put {i} on W"
+        );
+        assert_eq!(
+            seen[0].3, payload,
+            "the update carries the new value, NORD 2"
+        );
+        assert_eq!(seen[1].1, Eca::Normal.code());
+        // Echoed to a readback by the write callback.
+        let seen = exchange(
+            &mut p,
+            &[
+                (
+                    Header::new(cmd::WRITE_NOTIFY, DBR_LONG, 1, n.sid, 2000 + i),
+                    i.to_be_bytes().to_vec(),
+                ),
+                (
+                    Header::new(cmd::READ_NOTIFY, DBR_LONG, 1, n_rbv.sid, 6000 + i),
+                    Vec::new(),
+                ),
+            ],
+            2,
+        );
+        assert_eq!(
+            order(&seen),
+            [
+                (cmd::EVENT_ADD, 11),
+                (cmd::WRITE_NOTIFY, 2000 + i),
+                (cmd::READ_NOTIFY, 6000 + i)
+            ],
+            "put {i} on N"
+        );
+        assert_eq!(seen[0].3[..4], i.to_be_bytes());
+        // Completed from another thread after it posts a readback (the two updates may come
+        // in either order, both before the completion).
+        let value = 3 * i + 1;
+        let mut seen = exchange(
+            &mut p,
+            &[(
+                Header::new(cmd::WRITE_NOTIFY, DBR_LONG, 1, l.sid, 3000 + i),
+                value.to_be_bytes().to_vec(),
+            )],
+            1,
+        );
+        let last = seen.pop().map(|(c, _, id, _)| (c, id));
+        assert_eq!(last, Some((cmd::WRITE_NOTIFY, 3000 + i)), "put {i} on L");
+        seen.sort_by_key(|(_, _, id, _)| *id);
+        assert_eq!(
+            order(&seen),
+            [(cmd::EVENT_ADD, 12), (cmd::EVENT_ADD, 13)],
+            "put {i} on L"
+        );
+        assert!(
+            seen.iter()
+                .all(|(_, _, _, v)| v[..4] == value.to_be_bytes())
+        );
+    }
+}
+
+/// A server on a port it chose (port 0) holds its UDP search port alone: a client socket
+/// that sets SO_REUSEADDR (caproto's search sockets do) cannot be given the same port, which
+/// would send that client's search replies to the server. A configured port is shared, as
+/// rsrv shares 5064.
+#[test]
+fn an_ephemeral_search_port_is_not_shared() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let reuse_bind = |port: u16| {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+    };
+    let s = server();
+    assert!(
+        reuse_bind(s.port()).is_err(),
+        "a SO_REUSEADDR socket was bound to the server's search port {}",
+        s.port()
+    );
+    // A configured port: the server binds it shared.
+    let port = s.port();
+    drop(s);
+    let fixed = Server::builder()
+        .ignore_env()
+        .interface(Ipv4Addr::LOCALHOST)
+        .port(port)
+        .beacon_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9))
+        .quiet()
+        .build()
+        .expect("the port is free again");
+    let other = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    other.set_reuse_address(true).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, fixed.port())).into())
+        .expect("a second CA server shares a configured port");
+}

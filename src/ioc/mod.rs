@@ -474,10 +474,14 @@ impl Ioc {
         }
     }
 
+    /// A refused write is answered as rsrv answers a put that fails: ECA_PUTFAIL on the
+    /// put-callback, CA_PROTO_ERROR(ECA_PUTFAIL) for a plain put. The message goes to
+    /// StatusMessage / WriteMessage, and the PV stays in WRITE alarm (INVALID) until a write
+    /// to it is accepted, as an asyn record does.
     fn on_write(self: &Arc<Self>, suffix: &str, req: &WriteRequest) -> WriteReply {
         let value = req.value().clone();
         tracing::debug!(pv = suffix, ?value, "put");
-        match self.apply(suffix, value, req) {
+        let reply = match self.apply(suffix, value, req) {
             Ok(reply) => reply,
             Err(message) => {
                 tracing::warn!("{}{suffix}: {message}", self.opts.prefix);
@@ -489,7 +493,15 @@ impl Ioc {
                 self.set_text(target, &message);
                 WriteReply::reject()
             }
-        }
+        };
+        // Posted before the reply is queued: the client sees the alarm when its put returns.
+        req.pv()
+            .set_alarm(if matches!(reply, WriteReply::Reject(_)) {
+                detflow_ca::Alarm::WRITE_FAILED
+            } else {
+                detflow_ca::Alarm::NONE
+            });
+        reply
     }
 
     /// Check a write, echo it to its readback, and act on it.
@@ -562,6 +574,10 @@ impl Ioc {
                 ));
             }
             ("HDF1", "NumCapture") => whole(0.0, i32::MAX as f64)?,
+            // As `acquire --number`.
+            ("HDF1", "FileNumber") if num < 0.0 => {
+                return Err(format!("{suffix} {num}: file numbers start at 0"));
+            }
             ("HDF1", "FileTemplate") => {
                 text.parse::<FileTemplate>()
                     .map_err(|e| format!("{suffix} {text:?}: {e}"))?;

@@ -43,14 +43,52 @@ if not line.startswith("READY port="):
     server.kill()
     raise SystemExit(f"server did not start: {line!r}")
 PORT = int(line.split("=")[1])
+
+
+def hold_repeater_port():
+    """Bind the clients' repeater port and keep it for the whole run, answering
+    registrations as a repeater does (REPEATER_CONFIRM).
+
+    Clients send REPEATER_REGISTER to 127.0.0.1:EPICS_CA_REPEATER_PORT, caproto's sync client
+    from its search socket, a fresh ephemeral UDP socket per call. The port used to be the
+    server's + 1, held by nobody: when a search socket's ephemeral port happened to be that
+    port, the client registered with itself, and caproto failed with "Packet with bad command
+    ID 0x18" (REPEATER_REGISTER) on its own search socket. A port bound here, without
+    SO_REUSEADDR, is one the kernel never hands to another socket while we hold it.
+    """
+    import socket
+    import struct
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", 0))
+
+    def serve():
+        while True:
+            try:
+                data, peer = sock.recvfrom(2048)
+            except OSError:
+                return
+            if len(data) >= 16 and struct.unpack(">H", data[:2])[0] == 0x18:
+                # REPEATER_CONFIRM: command 17, param2 the client's address.
+                ip = socket.inet_aton(peer[0])
+                confirm = struct.pack(">HHHHI", 17, 0, 0, 0, 0) + ip
+                try:
+                    sock.sendto(confirm, peer)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+REPEATER = hold_repeater_port()
 os.environ.update({
     "EPICS_CA_ADDR_LIST": "127.0.0.1",
     "EPICS_CA_AUTO_ADDR_LIST": "NO",
     "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
     "EPICS_CA_SERVER_PORT": str(PORT),
-    "EPICS_CA_REPEATER_PORT": str(PORT + 1),
+    "EPICS_CA_REPEATER_PORT": str(REPEATER.getsockname()[1]),
 })
-print("server port", PORT, flush=True)
+print("server port", PORT, "repeater port", REPEATER.getsockname()[1], flush=True)
 
 RAMP = None
 
@@ -107,13 +145,32 @@ def run_pyepics():
     check("enum put by index", g("DET:ImageMode_RBV", as_string=True, use_monitor=False) == "Single")
     epics.caput("HDF1:FilePath", "/data/scan1/", wait=True, timeout=5)
     check("char waveform put", g("HDF1:FilePath_RBV", as_string=True, use_monitor=False) == "/data/scan1/")
+    # The server's guarantee (ca-server/README.md, "Ordering"): the monitor update a put
+    # causes is sent before the put's completion, so libca has delivered it by the time
+    # caput(wait=True) returns. pyepics' get(use_monitor=False) then asks for the element
+    # count of that update (NORD 2); without the guarantee it raced and read [4, 5, 0].
+    wave = []
+    wp = epics.PV("DET:Waveform", callback=lambda **kw: wave.append(list(kw["value"])))
+    wait_for("waveform monitor connects", lambda: len(wave) >= 1)
     epics.caput("DET:Waveform", [4.0, 5.0], wait=True, timeout=5)
-    check("waveform put sets NORD", list(g("DET:Waveform", use_monitor=False)) == [4.0, 5.0])
+    check("put's monitor update before its completion", wave[-1] == [4.0, 5.0], wave)
+    check("waveform put sets NORD", list(g("DET:Waveform", use_monitor=False)) == [4.0, 5.0],
+          g("DET:Waveform", use_monitor=False))
+    wp.clear_callbacks()
     # refused writes change nothing
     epics.caput("DET:AcquireTime", 20.0, wait=True, timeout=5)  # outside DRVH 10
     check("out of limits refused", g("DET:AcquireTime", use_monitor=False) == 0.25)
+    # pyepics' caput(wait=True) returns 1 whatever the put-callback's status (it never reads
+    # it): a refused put shows as the record's alarm, already there when caput returns.
     epics.caput("DET:Even", 3, wait=True, timeout=5)
     check("callback reject", g("DET:Even", use_monitor=False) == 0)
+    check("refused put raises the WRITE alarm",
+          g("DET:Even.SEVR", as_string=True, use_monitor=False) == "INVALID"
+          and g("DET:Even.STAT", as_string=True, use_monitor=False) == "WRITE",
+          (g("DET:Even.SEVR", as_string=True), g("DET:Even.STAT", as_string=True)))
+    epics.caput("DET:Even", 2, wait=True, timeout=5)
+    check("a good put clears the alarm",
+          g("DET:Even.SEVR", as_string=True, use_monitor=False) == "NO_ALARM")
     try:
         epics.caput("DET:Locked", 9, wait=True, timeout=5)
         refused = False
