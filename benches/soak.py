@@ -319,7 +319,7 @@ def soak(args, sf, ioc, sampler, daemon, data_dir, period, result):
         raise RuntimeError(f"cam1:AcquirePeriod_RBV reads {period_rbv} after caput {period}")
     before = sf.counters(ioc)
     run = {"period_s": period_rbv, "target_fps": 1.0 / period_rbv, "stopped_by": "time",
-           "array_rate": [], "frames_per_file": args.frames_per_file}
+           "timeline": [], "frames_per_file": args.frames_per_file}
     result["soak"] = run
     sampler.phase = "soak"
     sf.arm(ioc, {})
@@ -359,7 +359,11 @@ def soak(args, sf, ioc, sampler, daemon, data_dir, period, result):
                 run["stopped_by"] = ("the capture ended: "
                                      + ioc.get("HDF1:WriteMessage", as_string=True))
                 break
-            run["array_rate"].append(float(ioc.get("cam1:ArrayRate_RBV")))
+            if not run["timeline"] or time.time() - run["timeline"][-1][0] >= 5:
+                c = sf.counters(ioc)
+                run["timeline"].append([time.time(), c["array_counter"], c["dropped_arrays"],
+                                        c["dropped_frames"],
+                                        int(ioc.get("HDF1:NumCaptured_RBV"))])
             elapsed = time.monotonic() - t0
             for at, key in list(marks.items()):
                 if elapsed >= at and seconds > at + 30:
@@ -407,9 +411,6 @@ def soak(args, sf, ioc, sampler, daemon, data_dir, period, result):
         "write_message": ioc.get("HDF1:WriteMessage", as_string=True),
         "acquired_fps": acquired / run["seconds"],
     })
-    rates = run.pop("array_rate")
-    run["array_rate_rbv"] = ({"mean": float(sum(rates) / len(rates)), "min": min(rates),
-                              "max": max(rates)} if rates else None)
     # The run is over and every file closed; the clients' circuits close as the daemon
     # notices they left.
     run["proc"]["after_stop"] = settled_figures(daemon, run["proc"]["start"]["fds"])
@@ -422,7 +423,55 @@ def soak(args, sf, ioc, sampler, daemon, data_dir, period, result):
                      "empty_frames": followed["empty_frames"],
                      "delete_errors": followed["delete_errors"]}
     run["rss"] = sf.rss_phase(sampler, "soak")
+    run["minutes"] = minute_table(run, followed, sampler, caget)
     sampler.phase = "end"
+
+
+def minute_table(run, followed, sampler, caget):
+    """Minute by minute: acquisition rate, frames dropped, caget p99 and max, the reader's
+    largest lag, the daemon's RSS and fds, and who used the CPUs."""
+    import numpy as np
+    tl = run["timeline"]
+    if len(tl) < 2:
+        return []
+    t0 = tl[0][0]
+    rows = []
+    m = 0
+    while True:
+        a, b = t0 + 60 * m, t0 + 60 * (m + 1)
+        w = [x for x in tl if a <= x[0] <= b]
+        if len(w) < 2:
+            break
+        dt = w[-1][0] - w[0][0]
+        gets = [x[2] * 1000 for x in caget if a <= x[0] < b and x[2] >= 0]
+        lags = [x[2] - x[1] for x in followed["samples"] if a <= x[0] < b and x[2] >= 0]
+        with sampler.lock:
+            rss = [x for x in sampler.samples if x["phase"] == "soak"
+                   and a <= time.time() - (time.monotonic() - x["t"]) < b]
+        rows.append({
+            "minute": m,
+            "fps": (w[-1][1] - w[0][1]) / dt,
+            "written_fps": (w[-1][4] - w[0][4]) / dt,
+            "dropped": w[-1][2] - w[0][2],
+            "caget_p99_ms": float(np.percentile(gets, 99)) if gets else None,
+            "caget_max_ms": max(gets) if gets else None,
+            "lag_max_frames": max(lags) if lags else None,
+            "rss_mib": rss[-1]["rss_kib"] / 1024 if rss else None,
+            "fds": rss[-1]["fds"] if rss else None,
+            "cpu": sampler.cpu_between(a, b),
+        })
+        m += 1
+    return rows
+
+
+def fmt_minute(x):
+    f = lambda v, spec: "-" if v is None else format(v, spec)
+    c = x["cpu"]
+    cpu = f"{c['daemon']:4.0f} {c['other']:4.0f}" if c else "   -    -"
+    return (f"  {x['minute']:4d} {x['fps']:7.1f} {x['written_fps']:7.1f} {x['dropped']:6d} "
+            f"{f(x['caget_p99_ms'], '7.2f')} {f(x['caget_max_ms'], '7.1f')} "
+            f"{f(x['lag_max_frames'], '6.0f')} {f(x['rss_mib'], '7.1f')} {f(x['fds'], '4d')} "
+            f"{cpu}")
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -500,6 +549,17 @@ def report(r):
               f"ms, >50 ms {c['over_50ms']}, timeouts {s['caget']['timeouts']}")
         else:
             p(f"  caget: no samples, timeouts {s['caget']['timeouts']}")
+        if s.get("minutes"):
+            p("")
+            p("  minute by minute: frames acquired and written per second, frames dropped "
+              "(DroppedArrays),")
+            p("  caget p99 and max (ms), the reader's largest lag (frames), the daemon's RSS "
+              "and fds,")
+            p("  CPU in % of one CPU of the daemon (dmn) and of other processes (oth)")
+            p(f"  {'min':>4} {'acq/s':>7} {'wrt/s':>7} {'drop':>6} {'get p99':>7} "
+              f"{'get max':>7} {'lag':>6} {'RSS MiB':>7} {'fds':>4} {'dmn':>4} {'oth':>4}")
+            out.extend(fmt_minute(x) for x in s["minutes"])
+            p("")
         rd = s["reader"]
         lag = rd["lag"]
         if lag.get("n"):
