@@ -120,12 +120,13 @@ def fresh_main(argv):
 class Daemon:
     """`detflow serve`, its stderr in a log file, and /proc readings of it."""
 
-    def __init__(self, binary, scratch, args):
+    def __init__(self, binary, scratch, args, extra=()):
         self.log_path = scratch / "daemon.log"
         self.log = open(self.log_path, "w")
         cmd = [str(binary), "serve", "--data-root", str(scratch)]
         if args.size:
             cmd += ["--size", args.size]
+        cmd += list(extra)
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, **CA_ENV), cwd=scratch)
@@ -341,6 +342,20 @@ class Ioc:
             time.sleep(0.002)
         raise RuntimeError(f"{PREFIX}{name} did not reach {want} within {timeout} s "
                            f"(reads {self.get(name)!r})")
+
+
+def wait_until_served(ioc, daemon, timeout=30):
+    """Wait until the daemon serves its PVs (cam1:Acquire connects)."""
+    end = time.monotonic() + timeout
+    while True:
+        if not daemon.alive():
+            raise RuntimeError(f"the daemon exited at start ({daemon.proc.returncode})")
+        try:
+            ioc.pv("cam1:Acquire")
+            return
+        except RuntimeError:
+            if time.monotonic() > end:
+                raise
 
 
 def configure(ioc, data_dir, compression, image_mode, num_images, num_capture):
@@ -1054,16 +1069,7 @@ def main():
                                        text=True).stdout.strip()}
     ioc = Ioc(epics)
     try:
-        end = time.monotonic() + 30
-        while True:
-            if not daemon.alive():
-                raise RuntimeError(f"the daemon exited at start ({daemon.proc.returncode})")
-            try:
-                ioc.pv("cam1:Acquire")
-                break
-            except RuntimeError:
-                if time.monotonic() > end:
-                    raise
+        wait_until_served(ioc, daemon)
         sampler.start()
         w, h = int(ioc.get("cam1:ArraySizeX_RBV")), int(ioc.get("cam1:ArraySizeY_RBV"))
         result["frame"] = f"{w}x{h} {ioc.get('cam1:DataType_RBV', as_string=True)}"
