@@ -182,6 +182,148 @@ pub fn auto_slots(frame_bytes: usize) -> usize {
         .clamp(4, 64)
 }
 
+/// The ring may take at most `1 / RING_MEMORY_SHARE` of the memory the kernel reports as
+/// available (MemAvailable): every slot is allocated and touched before the run, so a larger
+/// ring would push the machine into swap or the OOM killer before the first frame.
+pub const RING_MEMORY_SHARE: u64 = 4;
+
+/// The ring cap when MemAvailable cannot be read (not Linux, no /proc).
+pub const RING_MEMORY_FALLBACK: u64 = 8 << 30;
+
+/// MemAvailable from /proc/meminfo, in bytes; `None` when it cannot be read.
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The most bytes the ring may take on this machine now: a quarter of MemAvailable
+/// ([`RING_MEMORY_SHARE`]), or [`RING_MEMORY_FALLBACK`] when MemAvailable is unknown.
+pub fn ring_memory_cap() -> RingCap {
+    match mem_available() {
+        Some(available) => RingCap {
+            bytes: available / RING_MEMORY_SHARE,
+            available: Some(available),
+        },
+        None => RingCap {
+            bytes: RING_MEMORY_FALLBACK,
+            available: None,
+        },
+    }
+}
+
+/// How much memory the ring may take, and where that figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingCap {
+    /// Bytes the ring's slots may take in all.
+    pub bytes: u64,
+    /// MemAvailable when the cap was derived from it.
+    pub available: Option<u64>,
+}
+
+impl std::fmt::Display for RingCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.available {
+            Some(a) => write!(
+                f,
+                "{} MiB, a quarter of MemAvailable ({} MiB)",
+                self.bytes >> 20,
+                a >> 20
+            ),
+            None => write!(
+                f,
+                "{} MiB (MemAvailable is unknown on this system)",
+                self.bytes >> 20
+            ),
+        }
+    }
+}
+
+/// Bytes a ring slot of `frame_bytes` takes (slots are page-aligned).
+fn slot_footprint(frame_bytes: usize) -> u64 {
+    frame_bytes.max(1).next_multiple_of(4096) as u64
+}
+
+/// The slots a run's ring gets: `requested` (0: [`auto_slots`]), never more than `frames`
+/// when that is finite (non-zero), and within `cap`. An automatic size shrinks to fit the
+/// cap; a requested one that does not fit is refused, naming `ring-slots` and the cap.
+pub fn fit_ring(
+    requested: usize,
+    frame_bytes: usize,
+    frames: u64,
+    cap: RingCap,
+) -> Result<usize, ConfigError> {
+    let by_frames = |n: usize| match usize::try_from(frames) {
+        Ok(0) => n,
+        Ok(f) => n.min(f),
+        Err(_) => n,
+    };
+    let slot = slot_footprint(frame_bytes);
+    let fitting = usize::try_from(cap.bytes / slot).unwrap_or(usize::MAX);
+    if requested == 0 {
+        let slots = by_frames(auto_slots(frame_bytes)).min(fitting);
+        if slots == 0 {
+            return Err(bad(
+                "ring-slots",
+                0,
+                format!(
+                    "not even one slot of {frame_bytes} bytes fits the ring's memory cap of {cap}"
+                ),
+            ));
+        }
+        return Ok(slots);
+    }
+    let slots = by_frames(requested);
+    let need = slots as u128 * u128::from(slot);
+    if need > u128::from(cap.bytes) {
+        return Err(bad(
+            "ring-slots",
+            requested,
+            format!(
+                "{slots} slots of {frame_bytes} bytes need {} MiB; the ring is capped at {cap}: \
+                 give --ring-slots {fitting} or fewer (TOML: [ring] slots)",
+                need >> 20
+            ),
+        ));
+    }
+    Ok(slots)
+}
+
+/// A run that is never flushed before its file is closed loses every frame when the writer
+/// is killed: refuse that unless asked for by name (`no_flush`), and refuse `no_flush` with
+/// a flush setting that contradicts it.
+fn check_flushing(w: &WriterSettings) -> Result<(), ConfigError> {
+    match (w.no_flush, w.flush, w.flush_interval > 0.0) {
+        (false, 0, false) => Err(bad(
+            "flush-interval",
+            w.flush_interval,
+            "with flush 0 too, nothing is flushed before the file is closed, so a writer \
+             killed mid-run keeps no frame: give --flush-interval S or --flush N (TOML: \
+             flush_interval, flush), or --no-flush (TOML: no_flush = true) to write that \
+             way on purpose",
+        )),
+        (true, n, _) if n > 0 => Err(bad(
+            "flush",
+            n,
+            "--no-flush (TOML: no_flush) flushes only at close: give one or the other",
+        )),
+        (true, _, true) => Err(bad(
+            "flush-interval",
+            w.flush_interval,
+            "--no-flush (TOML: no_flush) flushes only at close: set flush_interval = 0 with \
+             it, or drop no_flush",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// File settings (NDPluginFile + NDFileHDF5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -225,7 +367,12 @@ pub struct WriterSettings {
     /// Flush every this many frames (NumFramesFlush); 0: not by count.
     pub flush: u64,
     /// Flush at least every this many seconds while frames are waiting; 0: not by time.
+    /// `flush = 0` with `flush_interval = 0` is refused unless `no_flush` is set.
     pub flush_interval: f64,
+    /// Flush only when the file is closed (needs `flush = 0` and `flush_interval = 0`): a
+    /// writer killed mid-run then leaves no frame readable. Off by default; `detflow` warns at
+    /// start when it is on.
+    pub no_flush: bool,
     /// Store the NDAttribute datasets (StoreAttr).
     pub attributes: bool,
     /// Store performance/timestamp (StorePerform).
@@ -262,6 +409,7 @@ impl Default for WriterSettings {
             swmr: true,
             flush: 0,
             flush_interval: 1.0,
+            no_flush: false,
             attributes: true,
             performance: true,
             refs: None,
@@ -474,20 +622,6 @@ impl Config {
             }
             n => n,
         };
-        // Keep the ring within a quarter of the machine's memory at most (the slots are
-        // allocated up front and touched).
-        let ring_bytes = slots as u128 * frame_bytes.next_multiple_of(4096) as u128;
-        if ring_bytes > 8 << 30 {
-            return Err(bad(
-                "ring-slots",
-                slots,
-                format!(
-                    "{slots} slots of {frame_bytes} bytes need {} MiB; the limit is 8192 MiB",
-                    ring_bytes >> 20
-                ),
-            ));
-        }
-
         let ring_policy: detflow_ring::Policy = self.ring.policy.parse().map_err(|_| {
             bad(
                 "ring-policy",
@@ -543,6 +677,7 @@ impl Config {
             return Err(bad("number", w.number, "file numbers start at 0"));
         }
         seconds("flush-interval", w.flush_interval)?;
+        check_flushing(w)?;
         if w.temp_suffix.contains('/') {
             return Err(bad(
                 "temp-suffix",
@@ -639,6 +774,9 @@ impl Config {
             (_, 0, c) | (_, c, 0) => c,
             (_, f, c) => f.min(c),
         };
+        // The slots are allocated and touched before the run: refuse now a ring the machine
+        // cannot hold (the engine checks again with the run's frame count and frame size).
+        fit_ring(self.ring.slots, frame_bytes, frames, ring_memory_cap())?;
         let naming = FileNaming {
             path: w.path.clone(),
             name: w.name.clone(),
@@ -972,6 +1110,68 @@ mod tests {
                 listen: "127.0.0.1:9000".parse().unwrap(),
                 incomplete: crate::backend::udp::Incomplete::Flag
             }
+        );
+    }
+
+    #[test]
+    fn the_ring_fits_the_run_and_the_memory_cap() {
+        let cap = |bytes: u64| RingCap {
+            bytes,
+            available: Some(bytes * RING_MEMORY_SHARE),
+        };
+        let mib2 = 1024 * 1024 * 2;
+        // Never more slots than frames, requested or automatic; 0 frames keeps the request.
+        assert_eq!(fit_ring(4000, mib2, 5, cap(1 << 30)), Ok(5));
+        assert_eq!(fit_ring(0, mib2, 3, cap(1 << 30)), Ok(3));
+        assert_eq!(fit_ring(100, mib2, 0, cap(1 << 30)), Ok(100));
+        // A requested ring over the cap is refused, naming the setting and the cap.
+        let e = fit_ring(4000, mib2, 0, cap(1 << 30)).unwrap_err();
+        assert_eq!((e.setting, e.value.as_str()), ("ring-slots", "4000"));
+        assert!(
+            e.reason
+                .contains("1024 MiB, a quarter of MemAvailable (4096 MiB)")
+                && e.reason.contains("--ring-slots 512 or fewer"),
+            "{e}"
+        );
+        // An automatic ring shrinks to the cap; when not even one slot fits, it is refused.
+        assert_eq!(fit_ring(0, mib2, 0, cap(10 * mib2 as u64)), Ok(10));
+        assert_eq!(
+            fit_ring(0, mib2, 0, cap(1 << 20)).unwrap_err().setting,
+            "ring-slots"
+        );
+    }
+
+    #[test]
+    fn never_flushing_needs_no_flush_and_no_flush_needs_no_flush_setting() {
+        let e = with(|c| c.writer.flush_interval = 0.0).unwrap_err();
+        assert_eq!((e.setting, e.value.as_str()), ("flush-interval", "0"));
+        assert!(
+            e.reason.contains("flush 0") && e.reason.contains("no_flush"),
+            "{e}"
+        );
+        let v = with(|c| {
+            c.writer.flush_interval = 0.0;
+            c.writer.no_flush = true;
+        })
+        .unwrap();
+        assert_eq!((v.capture.flush_every, v.capture.flush_interval), (0, None));
+        assert!(
+            with(|c| c.writer.no_flush = true).is_err(),
+            "flush_interval 1 contradicts it"
+        );
+        let e = with(|c| {
+            c.writer.flush_interval = 0.0;
+            c.writer.no_flush = true;
+            c.writer.flush = 4;
+        })
+        .unwrap_err();
+        assert_eq!((e.setting, e.value.as_str()), ("flush", "4"));
+        assert!(
+            with(|c| {
+                c.writer.flush_interval = 0.0;
+                c.writer.flush = 4;
+            })
+            .is_ok()
         );
     }
 

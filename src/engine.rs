@@ -1,7 +1,8 @@
 //! The acquisition engine shared by `detflow acquire` and (later) `detflow serve`.
 //!
-//! [`Acquisition::start`] validates nothing itself (give it [`Validated`] settings), creates
-//! the file, and starts two threads: the detector thread, which is granted a ring slot, has
+//! [`Acquisition::start`] validates nothing itself (give it [`Validated`] settings), allocates
+//! the ring (before any file exists, so a machine that cannot hold it is left no empty file),
+//! creates the file, and starts two threads: the detector thread, which is granted a ring slot, has
 //! the detector write a frame straight into it and commits it; and the writer thread, which
 //! reads each slot in place, encodes it, writes it as one HDF5 chunk and releases the slot.
 //! [`AcquisitionHandle`] stops, observes ([`Status`]) and waits for the run.
@@ -35,7 +36,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// The ring between the detector and the writer, and the compressors behind it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RingOptions {
-    /// Frame slots.
+    /// Frame slots asked for (0: automatic); a run gets no more than its frame count, within
+    /// the memory cap ([`crate::config::fit_ring`]).
     pub slots: usize,
     /// What the detector thread does when every slot is taken.
     pub policy: Policy,
@@ -414,12 +416,15 @@ impl Acquisition {
         let shape = detector
             .configure(&acquisition)
             .context("the detector refused the configuration")?;
+        // The ring first: a machine that cannot hold it must not be left with an empty file
+        // (which would refuse the rerun as existing).
+        let ring_memory = allocate_ring(&ring, shape, frames)?;
         let session = CaptureSession::start(capture, geometry(&acquisition, shape))?;
         Self::launch(
             detector,
             shape,
-            frames,
-            ring,
+            ring_memory,
+            ring.workers,
             codec,
             Sink::Owned(Box::new(session)),
             None,
@@ -442,11 +447,12 @@ impl Acquisition {
         let shape = detector
             .configure(&acquisition)
             .context("the detector refused the configuration")?;
+        let ring_memory = allocate_ring(&ring, shape, frames)?;
         Self::launch(
             detector,
             shape,
-            frames,
-            ring,
+            ring_memory,
+            ring.workers,
             codec,
             Sink::Shared(plugin),
             observer,
@@ -456,19 +462,12 @@ impl Acquisition {
     fn launch(
         mut detector: Box<dyn Backend>,
         shape: FrameShape,
-        frames: u64,
-        ring: RingOptions,
+        (producer, ring_handle, frames): (Producer, Ring, u64),
+        ring_workers: usize,
         codec: Codec,
         sink: Sink,
         observer: Option<Arc<dyn Observer>>,
     ) -> anyhow::Result<AcquisitionHandle> {
-        let (producer, ring_handle) = Ring::new(RingConfig {
-            slots: ring.slots,
-            slot_bytes: shape.bytes(),
-            policy: ring.policy,
-            shm: ring.shm.clone(),
-        })
-        .context("cannot allocate the frame ring")?;
         // One lossless consumer for the file: a pool of compressors, or the writer alone
         // when chunks are the frames themselves.
         let claimer = ring_handle
@@ -478,7 +477,7 @@ impl Acquisition {
         let workers = if codec == Codec::None {
             0
         } else {
-            ring.workers.max(1)
+            ring_workers.max(1)
         };
         let files = Arc::new(Mutex::new(match &sink {
             Sink::Owned(session) => session.status().clone(),
@@ -548,6 +547,36 @@ impl Acquisition {
             writer: Some(writer_thread),
         })
     }
+}
+
+/// Allocate (and touch) the ring for a run of `frames` frames of `shape` (0: until
+/// stopped): never more slots than frames, and within the machine's memory cap
+/// ([`crate::config::fit_ring`]). Returns the producer, the ring and `frames` for `launch`.
+fn allocate_ring(
+    ring: &RingOptions,
+    shape: FrameShape,
+    frames: u64,
+) -> anyhow::Result<(Producer, Ring, u64)> {
+    let slots = crate::config::fit_ring(
+        ring.slots,
+        shape.bytes(),
+        frames,
+        crate::config::ring_memory_cap(),
+    )?;
+    let (producer, handle) = Ring::new(RingConfig {
+        slots,
+        slot_bytes: shape.bytes(),
+        policy: ring.policy,
+        shm: ring.shm.clone(),
+    })
+    .with_context(|| {
+        format!(
+            "cannot allocate the frame ring ({slots} slots of {} bytes; --ring-slots sets \
+             the count)",
+            shape.bytes()
+        )
+    })?;
+    Ok((producer, handle, frames))
 }
 
 /// Make the backend `spec` names. A replay file sets `acquisition`'s frame size and pixel

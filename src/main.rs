@@ -20,9 +20,30 @@ struct Cli {
     command: Command,
 }
 
+/// How `acquire` ends, for scripts (and `--help`).
+const ACQUIRE_EXIT_HELP: &str = "Exit status:
+  0    every frame asked for was written, or --frames 0 ... until the detector stopped
+  1    a bad setting (refused before any file is created) or a write failure
+  130  stopped by Ctrl-C (SIGINT), 143 by SIGTERM: the ring was written out, the file
+       closed and complete with frames_written frames
+  2    aborted by a second Ctrl-C or SIGTERM during that stop: exits at once, the file
+       keeps the frames flushed before (SWMR, readable with h5py swmr=True)";
+
+/// How `serve` ends.
+const SERVE_EXIT_HELP: &str = "Exit status:
+  0    stopped by SIGINT or SIGTERM: any acquisition stopped, every file closed
+  1    a bad setting, or the server could not start
+  2    aborted by a second SIGINT or SIGTERM during that stop: exits at once";
+
+/// Exit status when a second SIGINT or SIGTERM arrives while a stop is under way: the
+/// process exits at once, without closing the file (distinct from 130/143, a clean stop,
+/// and from 1, an error).
+const ABORT_EXIT: i32 = 2;
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Acquire frames from the simulated detector into HDF5 files.
+    #[command(after_help = ACQUIRE_EXIT_HELP)]
     Acquire(Box<AcquireArgs>),
     /// Measure the pipeline's frame rate per codec and pixel type, next to this machine's
     /// raw write speed and each codec's single-thread speed.
@@ -39,7 +60,9 @@ enum Command {
     /// Run as a daemon: an areaDetector IOC (ADSimDetector cam1:, NDFileHDF5 HDF1:,
     /// NDStdArrays image1:) over Channel Access that ophyd, apstools and ophyd-async drive.
     /// Idle until a client acquires; SIGINT/SIGTERM stop any acquisition, close the files
-    /// and exit 0. Logs go to stderr (RUST_LOG=debug for every put).
+    /// and exit 0 (a second one during that stop exits 2 at once). Logs go to stderr
+    /// (RUST_LOG=debug for every put).
+    #[command(after_help = SERVE_EXIT_HELP)]
     Serve(ServeArgs),
 }
 
@@ -276,16 +299,21 @@ struct AcquireArgs {
     /// writer leaves a file readable up to the last flush. [default]
     #[arg(long, overrides_with = "no_swmr")]
     swmr: bool,
-    /// A plain HDF5 file, as areaDetector writes by default (unreadable if the writer is
-    /// killed).
+    /// A plain HDF5 file, as areaDetector writes by default (no reader while it is written;
+    /// a killed writer's file still reads back up to about the last flush).
     #[arg(long)]
     no_swmr: bool,
     /// Flush every N frames (NumFramesFlush); 0: not by count. [default: 0]
     #[arg(long, value_name = "N")]
     flush: Option<u64>,
-    /// Flush at least every S seconds while frames wait; 0: not by time. [default: 1]
+    /// Flush at least every S seconds while frames wait; 0: not by time (then --flush N,
+    /// or --no-flush). [default: 1]
     #[arg(long, value_name = "S")]
     flush_interval: Option<f64>,
+    /// Flush only when the file is closed: a writer killed mid-run leaves no frame
+    /// readable. Warns at start; refused with --flush N or --flush-interval S.
+    #[arg(long)]
+    no_flush: bool,
     /// Do not store the NDAttribute datasets (StoreAttr off).
     #[arg(long)]
     no_attributes: bool,
@@ -382,6 +410,12 @@ impl AcquireArgs {
         if self.no_swmr {
             w.swmr = false;
         }
+        if self.no_flush {
+            // Flags override the file; a flush flag given with --no-flush is refused.
+            w.no_flush = true;
+            w.flush_interval = self.flush_interval.unwrap_or(0.0);
+            w.flush = self.flush.unwrap_or(0);
+        }
         if let Some(s) = self.flush_interval {
             w.flush_interval = s;
         }
@@ -406,13 +440,14 @@ impl AcquireArgs {
 }
 
 /// SIGINT and SIGTERM: the first is noted (the returned number turns non-zero) so that the
-/// caller stops cleanly; a second one while it does exits at once, 128 + its number.
+/// caller stops cleanly; a second one (of either) while it does exits at once with
+/// [`ABORT_EXIT`].
 fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
     let signal = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Handlers run in registration order: exit if one was seen before, then note this one.
-        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, seen.clone())?;
+        signal_hook::flag::register_conditional_shutdown(sig, ABORT_EXIT, seen.clone())?;
         signal_hook::flag::register(sig, seen.clone())?;
         signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
     }
@@ -427,6 +462,9 @@ fn signal_exit(signal: usize) -> ExitCode {
 fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let settings = config.validate()?;
+    if config.writer.no_flush {
+        eprintln!("detflow: warning: {NO_FLUSH_WARNING}");
+    }
     let frames = settings.frames;
     let vds = config
         .writer
@@ -458,18 +496,7 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         eprintln!("detflow: receiving on udp {listen}");
     }
     let bar = if std::io::stderr().is_terminal() {
-        let bar = if frames > 0 {
-            ProgressBar::new(frames)
-        } else {
-            ProgressBar::new_spinner()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames  {msg}",
-            )
-            .expect("progress template is valid"),
-        );
-        bar
+        progress_bar(frames, indicatif::ProgressDrawTarget::stderr())
     } else {
         ProgressBar::hidden()
     };
@@ -478,16 +505,19 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         if signal.load(Ordering::Acquire) != 0 && !stop_sent {
             handle.stop();
             stop_sent = true;
+            bar.suspend(|| {
+                eprintln!(
+                    "detflow: stopping: writing the frames in the ring, then closing the file \
+                     (again to abort: exit {ABORT_EXIT}, the file keeps what was flushed)"
+                );
+            });
         }
         if flush_request.swap(false, Ordering::AcqRel) {
             handle.flush_now();
         }
         let s = handle.status();
         bar.set_position(s.frames_written);
-        bar.set_message(format!(
-            "{:.0} fps  {:.0} MB/s  dropped {}",
-            s.fps, s.mb_per_s, s.frames_dropped
-        ));
+        bar.set_message(progress_message(s.fps, s.mb_per_s, s.frames_dropped));
         std::thread::sleep(Duration::from_millis(50));
     }
     bar.finish_and_clear();
@@ -522,6 +552,37 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `--no-flush` costs, said at start.
+const NO_FLUSH_WARNING: &str = "--no-flush (no_flush): nothing is flushed before the file is \
+    closed; a writer killed mid-run leaves no frame readable";
+
+/// The progress bar of a run of `frames` frames (0: until stopped). Its line fits an
+/// 80-column terminal with the longest values a run shows (see the tests).
+fn progress_bar(frames: u64, target: indicatif::ProgressDrawTarget) -> ProgressBar {
+    let (bar, template) = if frames > 0 {
+        (
+            ProgressBar::with_draw_target(Some(frames), target),
+            "{spinner} {elapsed_precise} {wide_bar} {pos}/{len} {msg}",
+        )
+    } else {
+        (
+            ProgressBar::with_draw_target(None, target),
+            "{spinner} {elapsed_precise} {pos} frames {msg}",
+        )
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("progress template is valid"));
+    bar
+}
+
+/// The rates beside the progress bar; frames dropped only when there are some.
+fn progress_message(fps: f64, mb_per_s: f64, dropped: u64) -> String {
+    let mut m = format!("{fps:.0} fps {mb_per_s:.0} MB/s");
+    if dropped > 0 {
+        m.push_str(&format!(" {dropped} dropped"));
+    }
+    m
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -819,6 +880,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut roots: Vec<PathBuf> = s.data_roots.iter().map(PathBuf::from).collect();
     roots.extend(args.data_roots.iter().cloned());
     let validated = config.validate()?;
+    if config.writer.no_flush {
+        tracing::warn!("{NO_FLUSH_WARNING}");
+    }
     let interface: std::net::Ipv4Addr = config.serve.interface.parse().map_err(|_| {
         anyhow::anyhow!(
             "invalid interface {:?}: expected an IPv4 address such as 127.0.0.1",
@@ -856,7 +920,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     while stop.load(Ordering::Acquire) == 0 {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    tracing::info!("signal {}: stopping", stop.load(Ordering::Acquire));
+    tracing::info!(
+        "signal {}: stopping (a second signal aborts at once, exit {ABORT_EXIT})",
+        stop.load(Ordering::Acquire)
+    );
     ioc.shutdown();
     tracing::info!("stopped; every file closed");
     Ok(ExitCode::SUCCESS)
@@ -876,6 +943,83 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("detflow: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An 80-column terminal that keeps what is drawn on it.
+    #[derive(Debug, Default, Clone)]
+    struct Term80(Arc<Mutex<Vec<String>>>);
+
+    impl indicatif::TermLike for Term80 {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(s.to_owned());
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(s.to_owned());
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_progress_line_fits_80_columns_with_the_longest_values() {
+        // The most frames a run takes (num_images is a u32), a small-frame rate, a fast
+        // disk's MB/s, and every frame dropped.
+        for frames in [u64::from(u32::MAX), 0] {
+            let term = Term80::default();
+            let bar = progress_bar(
+                frames,
+                indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())),
+            );
+            bar.set_position(u64::from(u32::MAX) - 1);
+            bar.set_message(progress_message(999_999.0, 99_999.0, u64::from(u32::MAX)));
+            bar.tick();
+            let drawn = term.0.lock().unwrap().clone();
+            let text: Vec<&str> = drawn
+                .iter()
+                .flat_map(|s| s.split(['\n', '\r']))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            for line in &text {
+                assert!(
+                    line.chars().count() <= 80,
+                    "{} columns: {line:?}",
+                    line.chars().count()
+                );
+            }
+            let last = text.last().expect("something was drawn");
+            assert!(last.contains("4294967294"), "the count is shown: {last:?}");
+            assert!(
+                last.contains("999999 fps 99999 MB/s 4294967295 dropped"),
+                "the whole message is shown: {last:?}"
+            );
         }
     }
 }
