@@ -403,6 +403,14 @@ impl StreamWriter {
             move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
         };
         let mut builder = File::with_options();
+        // Memory must not grow with the frames written: a fixed-size metadata cache (the
+        // chunk index, object headers; HDF5's adaptive cache grows to 32 MiB), and small
+        // raw-chunk caches that favour evicting chunks already full (the per-frame
+        // datasets only append).
+        builder.with_fapl(|p| {
+            p.mdc_config(&bounded_metadata_cache())
+                .chunk_cache(101, CHUNK_CACHE_BYTES, 1.0)
+        });
         if spec.in_memory {
             builder.with_fapl(|p| p.core_options(64 << 20, false));
         }
@@ -887,6 +895,28 @@ impl StreamWriter {
         // Other writers may have the file from here on.
         self.lock = None;
         Ok(())
+    }
+}
+
+/// Raw-chunk cache of each dataset: the per-frame datasets' current chunks (the image
+/// dataset is written with direct chunk writes, past the cache).
+const CHUNK_CACHE_BYTES: usize = 256 << 10;
+
+/// HDF5's metadata cache at a fixed 4 MiB: what one file's writer touches (the newest
+/// chunk-index blocks and the object headers) fits many times over.
+fn bounded_metadata_cache() -> hdf5::plist::file_access::MetadataCacheConfig {
+    use hdf5::plist::file_access::{
+        CacheDecreaseMode, CacheIncreaseMode, FlashIncreaseMode, MetadataCacheConfig,
+    };
+    MetadataCacheConfig {
+        set_initial_size: true,
+        initial_size: 4 << 20,
+        min_size: 4 << 20,
+        max_size: 4 << 20,
+        incr_mode: CacheIncreaseMode::Off,
+        flash_incr_mode: FlashIncreaseMode::Off,
+        decr_mode: CacheDecreaseMode::Off,
+        ..MetadataCacheConfig::default()
     }
 }
 
