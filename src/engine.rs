@@ -227,6 +227,9 @@ struct Counters {
 pub struct Summary {
     /// Files written (absolute paths).
     pub files: Vec<PathBuf>,
+    /// Files deleted (or moved away) while they were written: their frames are lost,
+    /// although counted as written.
+    pub files_lost: Vec<PathBuf>,
     /// Frames the detector delivered.
     pub frames_acquired: u64,
     /// Frames in the file.
@@ -851,6 +854,9 @@ fn run_writer(
             shared.full_file_name.clone_from(&s.full_file_name);
             shared.write_message.clone_from(&s.write_message);
         }
+        if shared.lost.len() != s.lost.len() {
+            shared.lost.clone_from(&s.lost);
+        }
         shared.file_number = s.file_number;
         shared.num_captured = s.num_captured;
         shared.write_ok = s.write_ok;
@@ -985,15 +991,25 @@ fn run_writer(
                 Ok(())
             }
         };
-        let flushed = match sink {
-            Sink::Owned(session) => flush(session),
-            Sink::Shared(plugin) => match plugin.lock().session.as_mut() {
-                Some(session) => flush(session),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = flushed {
-            record(error, format!("writer: {e}"));
+        match sink {
+            Sink::Owned(session) => {
+                if let Err(e) = flush(session) {
+                    // The capture closed its file (a flush failed, or the file was deleted):
+                    // the run fails as on a write error.
+                    record(error, format!("writer: {e}"));
+                    accepting.store(false, Ordering::Relaxed);
+                    counters.state.store(3, Ordering::Release);
+                    counters.write_failed.store(true, Ordering::Release);
+                    publish(session.status());
+                }
+            }
+            Sink::Shared(plugin) => {
+                let mut slot = plugin.lock();
+                if let Some(Err(e)) = slot.session.as_mut().map(flush) {
+                    // The capture ends with the error (Write Error); acquisition goes on.
+                    end_capture(&mut slot, Some(e.to_string()));
+                }
+            }
         }
     };
 
@@ -1079,15 +1095,15 @@ fn run_writer(
         // The capture outlives the run: make what was written visible to readers now.
         Sink::Shared(plugin) => {
             let mut slot = plugin.lock();
-            if let Some(session) = slot.session.as_mut() {
-                if let Err(e) = session.flush() {
-                    let message = e.to_string();
-                    drop(slot);
-                    record(error, format!("writer: {message}"));
-                }
+            if let Some(Err(e)) = slot.session.as_mut().map(CaptureSession::flush) {
+                let message = e.to_string();
+                end_capture(&mut slot, Some(message.clone()));
+                drop(slot);
+                record(error, format!("writer: {message}"));
             }
         }
     }
+    let failed = failed || counters.write_failed.load(Ordering::Acquire);
     counters
         .state
         .store(if failed { 3 } else { 2 }, Ordering::Release);
@@ -1177,9 +1193,13 @@ impl AcquisitionHandle {
         let stopped_early = self.counters.stop.load(Ordering::Acquire)
             && (s.frames_requested == 0 || s.frames_acquired < s.frames_requested);
         let error = (!s.write_message.is_empty()).then(|| s.write_message.clone());
-        let value_refs = self.files.lock().unwrap().value_refs.clone();
+        let (value_refs, files_lost) = {
+            let files = self.files.lock().unwrap();
+            (files.value_refs.clone(), files.lost.clone())
+        };
         Summary {
             files: s.files,
+            files_lost,
             full_file_name: s.full_file_name,
             file_number: s.file_number,
             frames_acquired: s.frames_acquired,

@@ -644,6 +644,9 @@ fn print_summary(
     for f in &s.files {
         println!("file            {}", f.display());
     }
+    for f in &s.files_lost {
+        println!("LOST            {} (deleted while written)", f.display());
+    }
     println!("next number     {}", s.file_number);
     println!(
         "frames          {} acquired, {} written, {} dropped",

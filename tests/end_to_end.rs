@@ -275,3 +275,90 @@ fn both_ring_policies_keep_the_counts_exact() {
         assert!(s["ring"]["high_water"].as_u64().unwrap() <= 2);
     }
 }
+
+/// Hears when the daemon's file plugin capture ends, as the IOC does (WriteStatus).
+struct CaptureEnded(
+    std::sync::Mutex<std::sync::mpsc::Sender<(detflow_writer::FileStatus, Option<String>)>>,
+);
+
+impl detflow::engine::Observer for CaptureEnded {
+    fn capture_ended(&self, status: &detflow_writer::FileStatus, error: Option<&str>) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap()
+            .send((status.clone(), error.map(str::to_owned)));
+    }
+}
+
+/// The daemon's path: a capture on the shared file plugin whose directory is removed ends,
+/// at the next flush, with the error the IOC posts as WriteStatus = Write Error and
+/// WriteMessage; the acquisition itself goes on.
+#[test]
+fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("run");
+    std::fs::create_dir(&sub).unwrap();
+    let mut c = config(&sub);
+    c.detector.frames = 0;
+    c.detector.period = 0.005;
+    c.writer.flush_interval = 0.05;
+    let v = c.validate().unwrap();
+    let mut acq = v.acquisition.clone();
+    let detector =
+        detflow::engine::make_backend(v.backend.clone(), v.sensor, v.seed, v.mode, &mut acq)
+            .unwrap();
+    let shape = detflow_hal::FrameShape {
+        width: 64,
+        height: 48,
+        pixel_type: acq.pixel_type,
+        color_mode: detflow_hal::ColorMode::Mono,
+    };
+    let session = detflow_writer::CaptureSession::start(
+        v.capture.clone(),
+        detflow::engine::geometry(&acq, shape),
+    )
+    .unwrap();
+    let file = session.status().full_file_name.clone();
+    let plugin = std::sync::Arc::new(detflow::engine::SharedCapture::new(true));
+    plugin.lock().session = Some(session);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = Acquisition::start_shared(
+        detector,
+        acq,
+        0,
+        detflow::engine::RingOptions {
+            slots: 8,
+            policy: v.ring_policy,
+            shm: None,
+            workers: 1,
+        },
+        plugin.clone(),
+        v.capture.codec,
+        Some(std::sync::Arc::new(CaptureEnded(std::sync::Mutex::new(tx)))),
+    )
+    .unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 5 * 64 * 48 * 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no frames reach {file:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_dir_all(&sub).unwrap();
+    let ended = rx.recv_timeout(Duration::from_secs(30));
+    let acquiring = handle.status().state == State::Acquiring;
+    handle.stop();
+    let _ = handle.wait();
+    let (status, error) = ended.expect("the capture ends at the next flush");
+    let error = error.expect("with an error (WriteStatus = Write Error)");
+    assert!(
+        error.contains("run/detflow_0001.h5") && error.contains("deleted"),
+        "{error}"
+    );
+    assert!(!status.write_ok);
+    assert_eq!(status.lost, vec![file]);
+    assert!(acquiring, "the detector runs on without a capture");
+    assert!(plugin.lock().session.is_none());
+}

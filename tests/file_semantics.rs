@@ -571,3 +571,255 @@ print(int(f["/entry/data/data"][k].astype(np.int64).sum()))
         "{line}"
     );
 }
+
+/// Wait (bounded) until `path` holds at least `bytes`: its writer has it and is writing
+/// frames to it.
+fn wait_for_size(path: &Path, bytes: u64) {
+    let t = Instant::now();
+    while std::fs::metadata(path).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{path:?} never reached {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: kill() takes no pointers; the child has not been waited for, so its pid is ours.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+}
+
+/// A first run writes `same_0001.h5`; a second run of the same file with `--overwrite` is
+/// refused before it touches it, and the first run's file reads back whole.
+fn a_second_writer_is_refused(swmr: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("same_0001.h5");
+    let args = |frames: &'static str| {
+        [
+            "acquire", "--frames", frames, "--size", "256x256", "--period", "0.01", "--name",
+            "same", swmr, "--json", "--path",
+        ]
+    };
+    let first = common::detflow()
+        .args(args("0"))
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_size(&file, 10 * 256 * 256 * 2);
+    let second = common::detflow()
+        .args(args("200"))
+        .arg(dir.path())
+        .arg("--overwrite")
+        .output()
+        .unwrap();
+    interrupt(&first);
+    let first_pid = first.id();
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "the second writer must be refused: {stderr}"
+    );
+    assert!(
+        stderr.contains(file.to_str().unwrap())
+            && stderr.contains(&format!("being written by pid {first_pid} ")),
+        "the refusal names the file and its writer: {stderr}"
+    );
+    let s = common::summary(&out);
+    assert!(s["error"].is_null(), "{s}");
+    let written = s["frames_written"].as_u64().unwrap() as usize;
+    assert!(written >= 10, "{s}");
+    let f = hdf5::File::open(&file).unwrap();
+    let data = f.dataset("/entry/instrument/detector/data").unwrap();
+    assert_eq!(data.shape(), vec![written, 256, 256]);
+    let ids: Vec<i32> = f
+        .dataset("/entry/instrument/NDAttributes/NDArrayUniqueId")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(ids, (1..=written as i32).collect::<Vec<_>>());
+    let pixels: Vec<u16> = data.read_raw().unwrap();
+    for (k, frame) in pixels.chunks(256 * 256).enumerate() {
+        assert!(
+            frame.iter().any(|&p| p != 0),
+            "frame {k} of {written} is empty"
+        );
+    }
+}
+
+#[test]
+fn a_second_writer_is_refused_before_it_touches_a_no_swmr_file() {
+    a_second_writer_is_refused("--no-swmr");
+}
+
+#[test]
+fn a_second_writer_is_refused_before_it_touches_a_swmr_file() {
+    a_second_writer_is_refused("--swmr");
+}
+
+#[test]
+fn a_file_deleted_mid_run_fails_the_run_and_is_named_lost() {
+    for swmr in ["--swmr", "--no-swmr"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("X");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("gone_0001.h5");
+        let child = common::detflow()
+            .args([
+                "acquire", "--frames", "300", "--size", "64x48", "--period", "0.02", "--name",
+                "gone", swmr, "--json", "--path",
+            ])
+            .arg(&sub)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_size(&file, 5 * 64 * 48 * 2);
+        std::fs::remove_dir_all(&sub).unwrap(); // rm -rf X
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{swmr}: a lost file is an error: {stderr}"
+        );
+        let s = common::summary(&out);
+        assert_eq!(s["files_lost"], serde_json::json!([file]), "{swmr}: {s}");
+        assert_eq!(s["files"], serde_json::json!([]), "{swmr}: {s}");
+        let error = s["error"].as_str().unwrap();
+        assert!(
+            error.contains("gone_0001.h5") && error.contains("deleted"),
+            "{swmr}: {error}"
+        );
+        assert!(
+            s["frames_written"].as_u64().unwrap() < 300,
+            "stopped early: {s}"
+        );
+    }
+}
+
+#[test]
+fn a_killed_writer_leaves_every_per_frame_dataset_as_long_as_its_flushed_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kill_0001.h5");
+    let mut child = common::detflow()
+        .args([
+            "acquire", "--frames", "0", "--size", "64x48", "--period", "0.002", "--flush", "10",
+            "--name", "kill", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until a reader sees 150 flushed frames: several flushes happened.
+    common::run_python(
+        r#"
+import sys, time, h5py
+deadline = time.time() + 60
+while True:
+    try:
+        with h5py.File(sys.argv[1], "r", swmr=True) as f:
+            n = len(f["/entry/instrument/NDAttributes/NDArrayUniqueId"])
+    except (OSError, KeyError):  # not written far enough yet
+        n = 0
+    if n >= 150:
+        break
+    assert time.time() < deadline, "only %d frames flushed after 60 s" % n
+    time.sleep(0.05)
+"#,
+        &[&file],
+    );
+    child.kill().unwrap(); // SIGKILL: no chance to close
+    child.wait().unwrap();
+    let rows = common::run_python(
+        r#"
+import sys, json, numpy as np, h5py
+f = h5py.File(sys.argv[1], "r", swmr=True)
+ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][()]
+n = len(ids)
+assert list(ids) == list(range(1, n + 1)), ids
+frames = f["/entry/instrument/detector/data"].shape[0]
+rows = {name: len(f["/entry/instrument/" + name]) for name in [
+    "NDAttributes/NDArrayTimeStamp", "NDAttributes/NDArrayEpicsTSSec",
+    "NDAttributes/NDArrayEpicsTSnSec", "performance/timestamp"]}
+perf = f["/entry/instrument/performance/timestamp"][()]
+since_first = perf[:n, 2]
+assert (np.diff(since_first) >= 0).all() and since_first[-1] > 0, since_first
+print(json.dumps(dict(ids=n, frames=frames, **rows)))
+"#,
+        &[&file],
+    );
+    let rows: serde_json::Value = serde_json::from_str(rows.trim()).unwrap();
+    let ids = rows["ids"].as_u64().unwrap();
+    let frames = rows["frames"].as_u64().unwrap();
+    assert!(ids >= 150, "{rows}");
+    // Rows are written performance first and NDArrayUniqueId last, after the image: each
+    // per-frame dataset holds at least every frame with an id, and no more than the image.
+    for (name, n) in rows.as_object().unwrap() {
+        let n = n.as_u64().unwrap();
+        assert!(ids <= n && n <= frames, "{name} has {n} rows: {rows}");
+    }
+}
+
+#[test]
+fn a_killed_runs_space_reserve_goes_at_the_next_start_and_a_live_runs_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let reserve = |name: &str| dir.path().join(format!(".{name}_0001.h5.detflow-reserve"));
+    let spawn = |name: &str| {
+        common::detflow()
+            .args([
+                "acquire", "--frames", "0", "--size", "64x48", "--period", "0.01", "--name", name,
+                "--json", "--path",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = spawn("killed");
+    let live = spawn("live");
+    for name in ["killed", "live"] {
+        wait_for_size(&dir.path().join(format!("{name}_0001.h5")), 5 * 64 * 48 * 2);
+        assert!(
+            reserve(name).exists(),
+            "{name}: a running writer holds a reserve"
+        );
+    }
+    killed.kill().unwrap(); // SIGKILL
+    killed.wait().unwrap();
+    assert!(
+        reserve("killed").exists(),
+        "a killed run cannot remove its reserve"
+    );
+    let out = common::run(&[
+        "acquire",
+        "--frames",
+        "2",
+        "--size",
+        "8x6",
+        "--name",
+        "next",
+        "--path",
+        dir.path().to_str().unwrap(),
+    ]);
+    let next_ok = out.status.success();
+    let (stale_gone, live_kept) = (!reserve("killed").exists(), reserve("live").exists());
+    interrupt(&live);
+    let live_out = live.wait_with_output().unwrap();
+    assert!(next_ok, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stale_gone,
+        "the next start in the directory removes the stale reserve"
+    );
+    assert!(live_kept, "a live writer's reserve is left alone");
+    assert!(!reserve("next").exists());
+    assert!(common::summary(&live_out)["error"].is_null());
+    assert!(
+        !reserve("live").exists(),
+        "a stopped run removes its reserve"
+    );
+}

@@ -287,10 +287,10 @@ impl Ioc {
         let mut slot = self.plugin.lock();
         if let Some(session) = slot.session.as_mut() {
             if let Err(e) = session.flush() {
+                // The failed flush closed the capture's file: end the capture with it.
                 let message = format!("FlushNow: {e}");
                 drop(slot);
-                self.set_text("HDF1:WriteMessage", &message);
-                self.set("HDF1:WriteStatus", 1);
+                self.end_capture(Some(message));
             }
         }
     }

@@ -225,6 +225,8 @@ pub struct FileStatus {
     pub write_message: String,
     /// Every file closed so far.
     pub files: Vec<FileSummary>,
+    /// Files deleted (or moved away) while they were written: their frames are lost.
+    pub lost: Vec<PathBuf>,
     /// The value reference of every frame written, in order (see [`RefLog`]).
     pub value_refs: RefLog,
 }
@@ -323,10 +325,13 @@ impl CaptureSession {
                 }
                 within(&settings.roots, dir, "ref-pattern")?;
                 crate::stream::check_directory(dir, "ref-pattern")?;
+                crate::lock::remove_stale_reserves(dir);
             }
             None => {
                 within(&settings.roots, naming.directory(), "path")?;
-                crate::stream::check_directory(naming.directory(), "path")?
+                crate::stream::check_directory(naming.directory(), "path")?;
+                // Space reserves left by killed runs (no live writer holds them) go now.
+                crate::lock::remove_stale_reserves(naming.directory());
             }
         }
         let status = FileStatus {
@@ -343,6 +348,7 @@ impl CaptureSession {
                 String::new()
             },
             files: Vec::new(),
+            lost: Vec::new(),
             value_refs: RefLog::new(
                 geometry.shape.pixel_type,
                 [
@@ -402,10 +408,21 @@ impl CaptureSession {
         // holds frames even when closing reported an error too.
         if let Some(w) = self.open.take() {
             let (summary, closed) = w.close_reporting();
-            if let Err(close_error) = closed {
-                self.status.write_message = format!("{e}; then {close_error}");
+            let lost = matches!(e, WriterError::Vanished { .. });
+            match closed {
+                Err(close_error @ WriterError::Vanished { .. }) => {
+                    if !lost {
+                        self.status.write_message = format!("{e}; then {close_error}");
+                    }
+                    self.status.lost.push(summary.path);
+                }
+                Err(close_error) => {
+                    self.status.write_message = format!("{e}; then {close_error}");
+                    self.status.files.push(summary);
+                }
+                Ok(()) if lost => self.status.lost.push(summary.path),
+                Ok(()) => self.status.files.push(summary),
             }
-            self.status.files.push(summary);
         }
         e
     }
@@ -481,9 +498,17 @@ impl CaptureSession {
 
     fn close_open(&mut self) -> Result<(), WriterError> {
         if let Some(w) = self.open.take() {
-            match w.close() {
-                Ok(summary) => self.status.files.push(summary),
-                Err(e) => return Err(self.fail(e)),
+            let (summary, closed) = w.close_reporting();
+            match closed {
+                Ok(()) => self.status.files.push(summary),
+                Err(e) => {
+                    if matches!(e, WriterError::Vanished { .. }) {
+                        self.status.lost.push(summary.path);
+                    } else {
+                        self.status.files.push(summary);
+                    }
+                    return Err(self.fail(e));
+                }
             }
         }
         Ok(())
@@ -618,26 +643,31 @@ impl CaptureSession {
     }
 
     /// Make every frame written so far visible to readers now (areaDetector FlushNow).
+    /// A failure (the file deleted meanwhile, an HDF5 error) ends the capture as a write
+    /// error would: the file is closed and the error kept in the readbacks.
     pub fn flush(&mut self) -> Result<(), WriterError> {
         if let Some(sink) = self.ref_sink.as_mut() {
             let _ = sink.flush();
         }
-        match self.open.as_mut() {
-            Some(w) => w.flush().inspect_err(|e| {
-                self.status.write_ok = false;
-                self.status.write_message = e.to_string();
-            }),
-            None => Ok(()),
+        match self.open.as_mut().map(StreamWriter::flush) {
+            Some(Err(e)) => Err(self.fail(e)),
+            _ => Ok(()),
         }
     }
 
     /// Flush the open file if its flush interval has passed with frames waiting; for the
-    /// writer thread to call while no frame arrives.
+    /// writer thread to call while no frame arrives. Fails as [`flush`](Self::flush) does.
     pub fn flush_if_due(&mut self) -> Result<(), WriterError> {
-        match self.open.as_mut() {
-            Some(w) => w.flush_if_due(),
-            None => Ok(()),
+        match self.open.as_mut().map(StreamWriter::flush_if_due) {
+            Some(Err(e)) => Err(self.fail(e)),
+            _ => Ok(()),
         }
+    }
+
+    /// True once the capture ended by itself (complete, or a write error): frames are
+    /// refused and [`finish`](Self::finish) only reports.
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// End the capture: close the open file, or write the frames buffered in Capture mode

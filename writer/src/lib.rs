@@ -36,6 +36,7 @@ use thiserror::Error;
 pub mod capture;
 pub mod codec;
 pub mod layout;
+pub mod lock;
 pub mod naming;
 pub mod refs;
 pub mod roots;
@@ -48,6 +49,7 @@ pub use capture::{
     check_ref_pattern,
 };
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
+pub use lock::remove_stale_reserves;
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use roots::{DataRoots, OutsideRoots};
@@ -135,6 +137,31 @@ pub enum WriterError {
     Exists {
         /// The existing file.
         path: PathBuf,
+    },
+    /// Another live writer holds the file: it is neither truncated nor replaced.
+    #[error("file {path:?} is being written by {holder}: refusing to overwrite or replace it")]
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// Who holds it, as far as can be seen (`pid N (command line)`).
+        holder: String,
+    },
+    /// The file could not be opened or locked before writing it.
+    #[error("cannot lock {path:?} for writing: {source}")]
+    Lock {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file being written was deleted (or its directory removed), moved or replaced:
+    /// the frames written to it are lost.
+    #[error("{path:?} was {how} while being written: the frames written to it are lost")]
+    Vanished {
+        /// The file, under the name it was written as.
+        path: PathBuf,
+        /// `deleted`, or `moved or replaced`.
+        how: &'static str,
     },
     /// The temporary file could not be renamed to its final name.
     #[error("could not rename {from:?} to {to:?}: {source}")]

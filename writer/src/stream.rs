@@ -3,11 +3,17 @@
 //! [`StreamWriter::create`] builds the whole tree (see [`crate::layout`]) before the first
 //! frame, then starts SWMR if asked; nothing structural is added afterwards.
 //! [`StreamWriter::write_frame`] grows the image dataset by one frame and writes the encoded
-//! chunk with direct chunk write. Per-frame NDAttributes are kept in memory and written in
-//! batches (at each flush, every [`ATTRIBUTE_BATCH`] frames, and at close) with
-//! `NDArrayUniqueId` last, so a SWMR reader that sees an id can trust that frame.
-//! [`StreamWriter::close`] writes the performance table, closes the file and renames it from
-//! its temporary name. Dropping a writer without `close` still does all of that.
+//! chunk with direct chunk write. Per-frame rows (the performance table, then the
+//! NDAttributes with `NDArrayUniqueId` last) are written in batches of at most
+//! [`ATTRIBUTE_BATCH`] frames, at each flush and at close, so memory does not grow with the
+//! run, a SWMR reader that sees an id can trust that frame, and a killed writer leaves
+//! every per-frame dataset as long as the frames it flushed.
+//! [`StreamWriter::close`] writes what is pending, closes the file and renames it from its
+//! temporary name. Dropping a writer without `close` still does all of that.
+//!
+//! The file is locked against other writers from before it is created until it is renamed
+//! ([`crate::lock`]), and at each flush and at close the writer checks that the file it
+//! writes is still there: a deleted file is a write error, not a silent success.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,10 +24,12 @@ use hdf5::{Dataset, Datatype, File, H5Type};
 use crate::WriterError;
 use crate::codec::Codec;
 use crate::layout;
+use crate::lock::{SpaceReserve, TargetLock};
 use crate::roots::DataRoots;
 use crate::sink::{self, ChunkedSpec};
 
-/// Per-frame attribute values are written to the file at least this often.
+/// Per-frame rows (NDAttributes, performance) are written to the file at least this often:
+/// at most this many frames' rows are held in memory.
 pub const ATTRIBUTE_BATCH: usize = 1024;
 
 /// Space held back beside each open file, released before it is closed, so that HDF5 can
@@ -130,32 +138,81 @@ pub struct FileSummary {
     pub raw_bytes: u64,
 }
 
-/// Per-frame attribute datasets and the values not yet written to them.
-struct Attributes {
+/// The NDAttribute datasets (NDFileHDF5's per-frame attributes).
+struct AttributeSets {
     time_stamp: Dataset,
     epics_sec: Dataset,
     epics_nsec: Dataset,
     unique_id: Dataset,
-    /// Frames whose values are in the datasets.
+}
+
+/// Per-frame datasets and the rows not yet written to them (at most [`ATTRIBUTE_BATCH`]).
+struct PerFrame {
+    attrs: Option<AttributeSets>,
+    /// `performance/timestamp`, `[frames, 5]`.
+    performance: Option<Dataset>,
+    /// Frames whose rows are in the datasets.
     stored: usize,
+    /// Frames whose rows are pending.
+    pending: usize,
     pending_ts: Vec<f64>,
     pending_sec: Vec<u32>,
     pending_nsec: Vec<u32>,
     pending_id: Vec<i32>,
+    /// Performance rows, five values each, flattened.
+    pending_perf: Vec<f64>,
 }
 
-impl Attributes {
-    fn push(&mut self, meta: &FrameMeta) {
-        self.pending_ts.push(meta.timestamp.epics_seconds());
-        self.pending_sec.push(meta.timestamp.sec);
-        self.pending_nsec.push(meta.timestamp.nsec);
-        // areaDetector's uniqueId is an int: it wraps past 2^31 frames.
-        self.pending_id.push(meta.unique_id as i32);
+impl PerFrame {
+    fn new(attrs: Option<AttributeSets>, performance: Option<Dataset>) -> Self {
+        let cap = |n: usize| if attrs.is_some() { n } else { 0 };
+        PerFrame {
+            pending_ts: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
+            pending_sec: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
+            pending_nsec: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
+            pending_id: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
+            pending_perf: Vec::with_capacity(if performance.is_some() {
+                5 * ATTRIBUTE_BATCH
+            } else {
+                0
+            }),
+            attrs,
+            performance,
+            stored: 0,
+            pending: 0,
+        }
     }
 
-    /// Append the pending values, `NDArrayUniqueId` last, and flush them when `flush`.
+    fn is_empty(&self) -> bool {
+        self.attrs.is_none() && self.performance.is_none()
+    }
+
+    fn push(&mut self, meta: &FrameMeta, perf: [f64; 5]) {
+        if self.is_empty() {
+            return;
+        }
+        if self.attrs.is_some() {
+            self.pending_ts.push(meta.timestamp.epics_seconds());
+            self.pending_sec.push(meta.timestamp.sec);
+            self.pending_nsec.push(meta.timestamp.nsec);
+            // areaDetector's uniqueId is an int: it wraps past 2^31 frames.
+            self.pending_id.push(meta.unique_id as i32);
+        }
+        if self.performance.is_some() {
+            self.pending_perf.extend_from_slice(&perf);
+        }
+        self.pending += 1;
+    }
+
+    fn batch_full(&self) -> bool {
+        self.pending >= ATTRIBUTE_BATCH
+    }
+
+    /// Append the pending rows: the performance table first, the NDAttributes after it
+    /// with `NDArrayUniqueId` last, and flush each dataset when `flush`. A reader (or a
+    /// killed writer's file) then never shows an id whose other rows are missing.
     fn store(&mut self, flush: bool) -> hdf5::Result<()> {
-        let (from, to) = (self.stored, self.stored + self.pending_id.len());
+        let (from, to) = (self.stored, self.stored + self.pending);
         fn put<T: H5Type>(
             ds: &Dataset,
             values: &mut Vec<T>,
@@ -173,11 +230,26 @@ impl Attributes {
             }
             Ok(())
         }
-        put(&self.time_stamp, &mut self.pending_ts, from, to, flush)?;
-        put(&self.epics_sec, &mut self.pending_sec, from, to, flush)?;
-        put(&self.epics_nsec, &mut self.pending_nsec, from, to, flush)?;
-        put(&self.unique_id, &mut self.pending_id, from, to, flush)?;
+        if let Some(ds) = &self.performance {
+            if from < to {
+                ds.resize([to, 5])?;
+                let rows = ndarray::ArrayView2::from_shape((to - from, 5), &self.pending_perf)
+                    .map_err(|e| hdf5::Error::Internal(e.to_string()))?;
+                ds.write_slice(rows, (from..to, ..))?;
+                self.pending_perf.clear();
+            }
+            if flush {
+                ds.flush()?;
+            }
+        }
+        if let Some(a) = &self.attrs {
+            put(&a.time_stamp, &mut self.pending_ts, from, to, flush)?;
+            put(&a.epics_sec, &mut self.pending_sec, from, to, flush)?;
+            put(&a.epics_nsec, &mut self.pending_nsec, from, to, flush)?;
+            put(&a.unique_id, &mut self.pending_id, from, to, flush)?;
+        }
         self.stored = to;
+        self.pending = 0;
         Ok(())
     }
 }
@@ -186,15 +258,17 @@ impl Attributes {
 struct Handles {
     file: File,
     image: Dataset,
-    attrs: Option<Attributes>,
-    performance: Option<Dataset>,
+    per_frame: PerFrame,
 }
 
 /// An open HDF5 file being written frame by frame.
 pub struct StreamWriter {
     open: Option<Handles>,
     /// The space reserve file, while it exists.
-    reserve: Option<PathBuf>,
+    reserve: Option<SpaceReserve>,
+    /// Held from before the file was created until it is closed and renamed (`None` for an
+    /// in-memory file).
+    lock: Option<TargetLock>,
     /// A write failed: the file is closed with what it has, without further additions.
     failed: bool,
     spec: StreamSpec,
@@ -206,7 +280,6 @@ pub struct StreamWriter {
     /// Frames written since the last flush.
     unflushed: u64,
     first_frame: Option<Instant>,
-    perf_rows: Vec<[f64; 5]>,
 }
 
 impl std::fmt::Debug for StreamWriter {
@@ -298,11 +371,11 @@ impl StreamWriter {
             });
         }
         let open_path = spec.open_path();
-        let reserve = reserve_path(&open_path);
+        let reserve_name = reserve_path(&open_path);
         if !spec.in_memory {
             // Checked now, just before anything is created, so that a link swapped in after
             // the settings were accepted cannot redirect the file.
-            for p in [&spec.path, &open_path, &reserve] {
+            for p in [&spec.path, &open_path, &reserve_name] {
                 spec.roots
                     .check(p)
                     .map_err(|source| WriterError::OutsideRoots {
@@ -310,20 +383,52 @@ impl StreamWriter {
                         source,
                     })?;
             }
-            hold_space(&reserve, reserve_bytes(&spec)).map_err(|e| WriterError::BadDirectory {
-                setting: "path".into(),
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "cannot reserve {} bytes to close files safely: {e}",
-                    reserve_bytes(&spec)
-                ),
-            })?;
         }
+        // Lock the file before anything can truncate it: a file another writer holds is
+        // refused here, untouched.
+        let lock = if spec.in_memory {
+            None
+        } else {
+            Some(TargetLock::acquire(&open_path, spec.overwrite)?)
+        };
+        let created = lock.as_ref().is_some_and(|l| l.created);
+        let forget = |lock: Option<TargetLock>| {
+            if created {
+                let _ = std::fs::remove_file(&open_path);
+            }
+            drop(lock);
+        };
+        let reserve = if spec.in_memory {
+            None
+        } else {
+            match SpaceReserve::create(&reserve_name, reserve_bytes(&spec)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    forget(lock);
+                    return Err(WriterError::BadDirectory {
+                        setting: "path".into(),
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "cannot reserve {} bytes to close files safely: {e}",
+                            reserve_bytes(&spec)
+                        ),
+                    });
+                }
+            }
+        };
         let ctx = |what: &'static str| {
             let path = open_path.clone();
             move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
         };
         let mut builder = File::with_options();
+        // Memory must not grow with the frames written: a fixed-size metadata cache (the
+        // chunk index, object headers; HDF5's adaptive cache grows to 32 MiB), and small
+        // raw-chunk caches that favour evicting chunks already full (the per-frame
+        // datasets only append).
+        builder.with_fapl(|p| {
+            p.mdc_config(&bounded_metadata_cache())
+                .chunk_cache(101, CHUNK_CACHE_BYTES, 1.0)
+        });
         if spec.in_memory {
             builder.with_fapl(|p| p.core_options(64 << 20, false));
         }
@@ -332,22 +437,17 @@ impl StreamWriter {
             use hdf5::file::LibraryVersion;
             builder.with_fapl(|p| p.libver_bounds(LibraryVersion::V110, LibraryVersion::V110));
         }
-        let file = if spec.overwrite {
-            builder.create(&open_path)
-        } else {
-            builder.create_excl(&open_path)
-        }
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&reserve);
-            if open_path.exists() && !spec.overwrite {
-                WriterError::Exists {
-                    path: open_path.clone(),
+        // The lock made (or holds) the file: HDF5 truncates what is now ours alone.
+        let file = match builder.create(&open_path) {
+            Ok(file) => file,
+            Err(e) => {
+                if let Some(r) = reserve {
+                    r.release();
                 }
-            } else {
-                ctx("create the file")(e)
+                forget(lock);
+                return Err(ctx("create the file")(e));
             }
-        });
-        let file = file?;
+        };
         let _ = sink::set_cloexec(&file);
         let built = Self::build_layout(&file, &spec)
             .and_then(|parts| {
@@ -361,8 +461,11 @@ impl StreamWriter {
             Ok(parts) => parts,
             Err(e) => {
                 drop(file);
+                if let Some(r) = reserve {
+                    r.release();
+                }
                 let _ = std::fs::remove_file(&open_path);
-                let _ = std::fs::remove_file(&reserve);
+                drop(lock);
                 return Err(e);
             }
         };
@@ -370,12 +473,11 @@ impl StreamWriter {
             open: Some(Handles {
                 file,
                 image,
-                attrs,
-                performance,
+                per_frame: PerFrame::new(attrs, performance),
             }),
-            reserve: (!spec.in_memory).then_some(reserve),
+            reserve,
+            lock,
             failed: false,
-            perf_rows: Vec::with_capacity(spec.num_capture.min(1 << 16) as usize),
             spec,
             frames: 0,
             chunk_bytes: 0,
@@ -389,7 +491,7 @@ impl StreamWriter {
     fn build_layout(
         file: &File,
         spec: &StreamSpec,
-    ) -> hdf5::Result<(Dataset, Option<Attributes>, Option<Dataset>)> {
+    ) -> hdf5::Result<(Dataset, Option<AttributeSets>, Option<Dataset>)> {
         let (w, h) = (spec.shape.width as usize, spec.shape.height as usize);
         let max_frames = (spec.num_capture > 0).then_some(spec.num_capture as usize);
         let attr_chunk = match (spec.frame_dimension, spec.num_capture) {
@@ -478,7 +580,7 @@ impl StreamWriter {
                 describe(&ds, name, description, "NDAttrSourceDriver")?;
                 Ok(ds)
             };
-            Some(Attributes {
+            Some(AttributeSets {
                 time_stamp: make(
                     "NDArrayTimeStamp",
                     "The timestamp of the NDArray as float64",
@@ -499,11 +601,6 @@ impl StreamWriter {
                     "The unique ID of the NDArray",
                     Datatype::from_type::<i32>()?,
                 )?,
-                stored: 0,
-                pending_ts: Vec::new(),
-                pending_sec: Vec::new(),
-                pending_nsec: Vec::new(),
-                pending_id: Vec::new(),
             })
         } else {
             None
@@ -511,7 +608,7 @@ impl StreamWriter {
 
         let performance = if spec.store_performance {
             let group = instrument.create_group(layout::PERFORMANCE)?;
-            // Created now (SWMR forbids new objects later), filled at close.
+            // Created now (SWMR forbids new objects later), filled in batches.
             Some(
                 group
                     .new_dataset::<f64>()
@@ -616,8 +713,8 @@ impl StreamWriter {
                 // Keep the extent equal to the frames actually written, and free the reserve
                 // so the close that follows can write the metadata (a full disk).
                 self.failed = true;
-                if let Some(p) = self.reserve.take() {
-                    let _ = std::fs::remove_file(p);
+                if let Some(r) = self.reserve.take() {
+                    r.release();
                 }
                 // HDF5 cannot shrink the extent over a chunk whose write failed ("B-tree key
                 // not found"), so the free-space check above is what keeps the count exact;
@@ -632,48 +729,15 @@ impl StreamWriter {
         }
         self.frames += 1;
         self.chunk_bytes += chunk.len() as u64;
-        if let Some(attrs) = open.attrs.as_mut() {
-            attrs.push(meta);
-        }
-        self.unflushed += 1;
-        let interval_passed = self
-            .spec
-            .flush_interval
-            .is_some_and(|d| self.last_flush.elapsed() >= d);
-        let flush_due = (self.spec.flush_every > 0
-            && self.frames.is_multiple_of(self.spec.flush_every))
-            || interval_passed;
-        let batch_full = open
-            .attrs
-            .as_ref()
-            .is_some_and(|a| a.pending_id.len() >= ATTRIBUTE_BATCH);
-        let stored = if flush_due {
-            self.flush()
-        } else if batch_full {
-            let path = self.spec.open_path();
-            match self.open.as_mut().and_then(|o| o.attrs.as_mut()) {
-                Some(attrs) => attrs.store(false).map_err(|source| WriterError::Hdf5 {
-                    path,
-                    what: "append NDAttributes",
-                    source,
-                }),
-                None => Ok(()),
-            }
-        } else {
-            Ok(())
-        };
-        if let Err(e) = stored {
-            self.failed = true;
-            self.release_reserve();
-            return Err(e);
-        }
 
+        // The performance row measures the chunk write (what areaDetector times), and is
+        // pending with the frame's attributes before any flush, so a flush covers it too.
         let done = Instant::now();
         let first = *self.first_frame.get_or_insert(t0);
         let mbit = self.spec.shape.bytes() as f64 * 8.0 / (1u64 << 20) as f64;
         let since_prev = done.duration_since(self.last_done).as_secs_f64();
         let since_first = done.duration_since(first).as_secs_f64();
-        self.perf_rows.push([
+        let perf = [
             done.duration_since(t0).as_secs_f64(),
             since_prev,
             since_first,
@@ -687,8 +751,35 @@ impl StreamWriter {
             } else {
                 0.0
             },
-        ]);
+        ];
         self.last_done = done;
+        open.per_frame.push(meta, perf);
+        self.unflushed += 1;
+
+        let flush_due = (self.spec.flush_every > 0
+            && self.frames.is_multiple_of(self.spec.flush_every))
+            || self
+                .spec
+                .flush_interval
+                .is_some_and(|d| self.last_flush.elapsed() >= d);
+        let stored = if flush_due {
+            self.flush()
+        } else if open.per_frame.batch_full() {
+            open.per_frame
+                .store(false)
+                .map_err(|source| WriterError::Hdf5 {
+                    path: self.spec.open_path(),
+                    what: "append the per-frame rows (NDAttributes, performance)",
+                    source,
+                })
+        } else {
+            Ok(())
+        };
+        if let Err(e) = stored {
+            self.failed = true;
+            self.release_reserve();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -709,7 +800,8 @@ impl StreamWriter {
     }
 
     /// Make every frame written so far visible to readers: flush the image dataset, then
-    /// write and flush the pending NDAttributes with `NDArrayUniqueId` last.
+    /// write and flush the pending per-frame rows with `NDArrayUniqueId` last. Fails with
+    /// [`WriterError::Vanished`] when the file was deleted or moved meanwhile.
     pub fn flush(&mut self) -> Result<(), WriterError> {
         self.last_flush = Instant::now();
         self.unflushed = 0;
@@ -719,9 +811,7 @@ impl StreamWriter {
         };
         let result = (|| -> hdf5::Result<()> {
             open.image.flush()?;
-            if let Some(attrs) = open.attrs.as_mut() {
-                attrs.store(true)?;
-            }
+            open.per_frame.store(true)?;
             if !self.spec.swmr {
                 open.file.flush()?;
             }
@@ -731,7 +821,17 @@ impl StreamWriter {
             path,
             what: "flush",
             source,
-        })
+        })?;
+        self.check_present()
+    }
+
+    /// Fail when the file being written was deleted (or its directory removed), or its
+    /// name no longer leads to it.
+    fn check_present(&self) -> Result<(), WriterError> {
+        match &self.lock {
+            Some(lock) => lock.check_present(),
+            None => Ok(()),
+        }
     }
 
     /// Write the pending attributes and the performance table, close the file, rename it to
@@ -760,8 +860,8 @@ impl StreamWriter {
     }
 
     fn release_reserve(&mut self) {
-        if let Some(p) = self.reserve.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some(r) = self.reserve.take() {
+            r.release();
         }
     }
 
@@ -769,8 +869,7 @@ impl StreamWriter {
         let Some(Handles {
             file,
             image,
-            attrs,
-            performance,
+            mut per_frame,
         }) = self.open.take()
         else {
             return Ok(());
@@ -783,41 +882,59 @@ impl StreamWriter {
             move |source| WriterError::Hdf5 { path, what, source }
         };
         let mut first_error = None;
-        if let Some(mut attrs) = attrs {
-            if let Err(e) = attrs.store(false) {
-                first_error.get_or_insert(hdf5_err("append NDAttributes")(e));
-            }
+        if let Err(e) = per_frame.store(false) {
+            first_error.get_or_insert(hdf5_err(
+                "append the per-frame rows (NDAttributes, performance)",
+            )(e));
         }
-        if let Some(ds) = performance.filter(|_| !self.failed) {
-            let rows = self.perf_rows.len();
-            let written = (|| -> hdf5::Result<()> {
-                if rows > 0 {
-                    ds.resize([rows, 5])?;
-                    let flat: Vec<f64> = self.perf_rows.iter().flatten().copied().collect();
-                    ds.write_raw(&flat)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = written {
-                first_error.get_or_insert(hdf5_err("write the performance table")(e));
-            }
-        }
+        drop(per_frame);
         drop(image);
         // Flush first: a write error (disk full) surfaces here rather than being lost in close.
         if let Err(e) = file.flush().and_then(|()| file.close()) {
             first_error.get_or_insert(hdf5_err("close the file")(e));
         }
+        // A deleted file closes without an error: say that its frames are lost.
+        self.check_present()?;
         if let Some(e) = first_error {
             return Err(e);
         }
         if open_path != self.spec.path {
-            std::fs::rename(&open_path, &self.spec.path).map_err(|source| WriterError::Rename {
-                from: open_path.clone(),
-                to: self.spec.path.clone(),
-                source,
-            })?;
+            match self.lock.as_mut() {
+                Some(lock) => lock.rename(&self.spec.path)?,
+                None => std::fs::rename(&open_path, &self.spec.path).map_err(|source| {
+                    WriterError::Rename {
+                        from: open_path.clone(),
+                        to: self.spec.path.clone(),
+                        source,
+                    }
+                })?,
+            }
         }
+        // Other writers may have the file from here on.
+        self.lock = None;
         Ok(())
+    }
+}
+
+/// Raw-chunk cache of each dataset: the per-frame datasets' current chunks (the image
+/// dataset is written with direct chunk writes, past the cache).
+const CHUNK_CACHE_BYTES: usize = 256 << 10;
+
+/// HDF5's metadata cache at a fixed 4 MiB: what one file's writer touches (the newest
+/// chunk-index blocks and the object headers) fits many times over.
+fn bounded_metadata_cache() -> hdf5::plist::file_access::MetadataCacheConfig {
+    use hdf5::plist::file_access::{
+        CacheDecreaseMode, CacheIncreaseMode, FlashIncreaseMode, MetadataCacheConfig,
+    };
+    MetadataCacheConfig {
+        set_initial_size: true,
+        initial_size: 4 << 20,
+        min_size: 4 << 20,
+        max_size: 4 << 20,
+        incr_mode: CacheIncreaseMode::Off,
+        flash_incr_mode: FlashIncreaseMode::Off,
+        decr_mode: CacheDecreaseMode::Off,
+        ..MetadataCacheConfig::default()
     }
 }
 
@@ -845,24 +962,6 @@ fn reserve_path(open_path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     open_path.with_file_name(format!(".{name}.detflow-reserve"))
-}
-
-/// Create `path` holding `bytes` of allocated disk space.
-fn hold_space(path: &Path, bytes: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    // SAFETY: the fd is open for writing for the duration of the call.
-    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, bytes as libc::off_t) };
-    if rc != 0 {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
 }
 
 fn describe(ds: &Dataset, name: &str, description: &str, source_type: &str) -> hdf5::Result<()> {
