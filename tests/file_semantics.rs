@@ -20,28 +20,38 @@ fn wait_for(path: &Path) {
 
 #[test]
 fn a_swmr_reader_sees_the_frame_count_grow() {
+    use std::io::{BufRead, Read};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("live_0001.h5");
-    let child = common::detflow()
-        .args([
-            "acquire", "--frames", "80", "--size", "64x48", "--period", "0.04", "--swmr",
-            "--flush", "2", "--name", "live", "--json", "--path",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&file);
-    let seen = common::run_python(
-        r#"
+    // The reader starts first and says when it is ready (Python and h5py imported: seconds on
+    // a loaded machine), so the 3.2 s run cannot be over before it looks.
+    let mut reader = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(
+            r#"
 import sys, time, json
 import numpy as np, h5py
-f = h5py.File(sys.argv[1], "r", swmr=True)
-d = f["/entry/instrument/detector/data"]
-ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"]
-seen, deadline = [], time.time() + 30
-while time.time() < deadline:
-    d.refresh(); ids.refresh()  # Dataset.refresh also drops h5py's cached shape
+path, deadline = sys.argv[1], time.monotonic() + 60
+print("ready", flush=True)
+f, last = None, None
+while f is None:
+    try:
+        f = h5py.File(path, "r", swmr=True)
+        d = f["/entry/instrument/detector/data"]
+        ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"]
+    except (OSError, KeyError) as e:  # not there yet, or not yet open for SWMR
+        if f is not None:
+            f.close()
+        f, last = None, e
+        if time.monotonic() > deadline:
+            sys.exit("%s never opened for SWMR reading: %r" % (path, last))
+        time.sleep(0.01)
+seen = []
+while time.monotonic() < deadline:
+    # Dataset.refresh also drops h5py's cached shape. The writer flushes the images, then
+    # NDArrayUniqueId last: refresh in the other order, or a flush between the two refreshes
+    # shows ids whose frames this reader has not refreshed yet.
+    ids.refresh(); d.refresh()
     n, m = d.shape[0], ids.shape[0]
     if m:
         # Every id a reader can see belongs to a frame it can read.
@@ -55,8 +65,35 @@ while time.time() < deadline:
     time.sleep(0.02)
 print(json.dumps(seen))
 "#,
-        &[&file],
-    );
+        )
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(reader.stdout.take().unwrap()).lines();
+    let mut reader_failed = |what: &str| -> ! {
+        let _ = reader.wait();
+        let mut err = String::new();
+        reader.stderr.take().unwrap().read_to_string(&mut err).ok();
+        panic!("the SWMR reader {what}: {err}")
+    };
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        reader_failed("did not start");
+    }
+    let child = common::detflow()
+        .args([
+            "acquire", "--frames", "80", "--size", "64x48", "--period", "0.04", "--swmr",
+            "--flush", "2", "--name", "live", "--json", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Some(Ok(seen)) = lines.next() else {
+        reader_failed("failed")
+    };
+    assert!(reader.wait().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
