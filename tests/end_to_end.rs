@@ -159,26 +159,23 @@ fn the_cli_summary_is_json_with_the_promised_fields() {
 
 fn interrupt(signal: i32) {
     let dir = tempfile::tempdir().unwrap();
+    // One line per frame as it is written: the run's own account of its progress.
+    let refs = dir.path().join("frames.refs");
     let child = common::detflow()
         .args([
-            "acquire", "--frames", "0", "--size", "64x64", "--period", "0.005", "--json", "--path",
+            "acquire", "--frames", "0", "--size", "64x64", "--period", "0.005", "--json", "--refs",
         ])
+        .arg(&refs)
+        .arg("--path")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let file = dir.path().join("detflow_0001.h5");
-    let t = Instant::now();
-    while !file.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the file never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY-free: kill(2) through libc with the child's pid.
+    let before = wait_for_lines(&refs, 6, "frames written before the signal");
+    assert!(file.exists(), "{before} frames written, but no {file:?}");
+    // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
     let rc = unsafe { libc::kill(child.id() as i32, signal) };
     assert_eq!(rc, 0);
     let out = child.wait_with_output().unwrap();
@@ -190,7 +187,10 @@ fn interrupt(signal: i32) {
     );
     let s = common::summary(&out);
     let written = s["frames_written"].as_u64().unwrap();
-    assert!(written > 5, "only {written} frames in 300 ms at 5 ms");
+    assert!(
+        written >= before,
+        "{before} frames were written before the signal, the summary says {written}"
+    );
     assert_eq!(
         s["frames_acquired"].as_u64().unwrap(),
         written + s["frames_dropped"].as_u64().unwrap()
@@ -361,4 +361,27 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     assert_eq!(status.lost, vec![file]);
     assert!(acquiring, "the detector runs on without a capture");
     assert!(plugin.lock().session.is_none());
+}
+
+/// Lines in `path` (0 while it does not exist).
+fn lines_in(path: &std::path::Path) -> u64 {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+}
+
+/// Wait until `path` (a `--refs` file: one line per frame written) has at least `n` lines;
+/// returns the count seen. Fails, naming `what`, after a generous deadline.
+fn wait_for_lines(path: &std::path::Path, n: u64, what: &str) -> u64 {
+    let deadline = Duration::from_secs(60);
+    let t = Instant::now();
+    loop {
+        let got = lines_in(path);
+        if got >= n {
+            return got;
+        }
+        assert!(
+            t.elapsed() < deadline,
+            "{what}: {path:?} has {got} lines, not {n}, after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

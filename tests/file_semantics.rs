@@ -20,28 +20,38 @@ fn wait_for(path: &Path) {
 
 #[test]
 fn a_swmr_reader_sees_the_frame_count_grow() {
+    use std::io::{BufRead, Read};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("live_0001.h5");
-    let child = common::detflow()
-        .args([
-            "acquire", "--frames", "80", "--size", "64x48", "--period", "0.04", "--swmr",
-            "--flush", "2", "--name", "live", "--json", "--path",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&file);
-    let seen = common::run_python(
-        r#"
+    // The reader starts first and says when it is ready (Python and h5py imported: seconds on
+    // a loaded machine), so the 3.2 s run cannot be over before it looks.
+    let mut reader = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(
+            r#"
 import sys, time, json
 import numpy as np, h5py
-f = h5py.File(sys.argv[1], "r", swmr=True)
-d = f["/entry/instrument/detector/data"]
-ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"]
-seen, deadline = [], time.time() + 30
-while time.time() < deadline:
-    d.refresh(); ids.refresh()  # Dataset.refresh also drops h5py's cached shape
+path, deadline = sys.argv[1], time.monotonic() + 60
+print("ready", flush=True)
+f, last = None, None
+while f is None:
+    try:
+        f = h5py.File(path, "r", swmr=True)
+        d = f["/entry/instrument/detector/data"]
+        ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"]
+    except (OSError, KeyError) as e:  # not there yet, or not yet open for SWMR
+        if f is not None:
+            f.close()
+        f, last = None, e
+        if time.monotonic() > deadline:
+            sys.exit("%s never opened for SWMR reading: %r" % (path, last))
+        time.sleep(0.01)
+seen = []
+while time.monotonic() < deadline:
+    # Dataset.refresh also drops h5py's cached shape. The writer flushes the images, then
+    # NDArrayUniqueId last: refresh in the other order, or a flush between the two refreshes
+    # shows ids whose frames this reader has not refreshed yet.
+    ids.refresh(); d.refresh()
     n, m = d.shape[0], ids.shape[0]
     if m:
         # Every id a reader can see belongs to a frame it can read.
@@ -55,8 +65,35 @@ while time.time() < deadline:
     time.sleep(0.02)
 print(json.dumps(seen))
 "#,
-        &[&file],
-    );
+        )
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(reader.stdout.take().unwrap()).lines();
+    let mut reader_failed = |what: &str| -> ! {
+        let _ = reader.wait();
+        let mut err = String::new();
+        reader.stderr.take().unwrap().read_to_string(&mut err).ok();
+        panic!("the SWMR reader {what}: {err}")
+    };
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        reader_failed("did not start");
+    }
+    let child = common::detflow()
+        .args([
+            "acquire", "--frames", "80", "--size", "64x48", "--period", "0.04", "--swmr",
+            "--flush", "2", "--name", "live", "--json", "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Some(Ok(seen)) = lines.next() else {
+        reader_failed("failed")
+    };
+    assert!(reader.wait().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -94,7 +131,12 @@ fn a_killed_swmr_writer_leaves_every_flushed_frame_readable() {
         .spawn()
         .unwrap();
     wait_for(&file);
-    std::thread::sleep(Duration::from_millis(800));
+    // Kill only once a reader has seen at least 10 flushed frames, however slow the machine.
+    let flushed = swmr_frames_at_least(&file, 10);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run (--frames 0) was still going when killed"
+    );
     child.kill().unwrap(); // SIGKILL: no chance to close
     child.wait().unwrap();
     let out = common::run_python(
@@ -104,15 +146,19 @@ f = h5py.File(sys.argv[1], "r", swmr=True)
 d = f["/entry/instrument/detector/data"]
 ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][()]
 n = len(ids)
-assert n >= 10, n
+assert n >= int(sys.argv[2]), (n, sys.argv[2])
 assert list(ids) == list(range(1, n + 1)), ids
 assert d.shape[0] >= n
 assert all(d[k].any() for k in range(n)), "a frame with an id is empty"
 print(n)
 "#,
-        &[&file],
+        &[&file, Path::new(&flushed.to_string())],
     );
-    assert!(out.trim().parse::<u64>().unwrap() >= 10);
+    let kept: u64 = out.trim().parse().unwrap();
+    assert!(
+        kept >= flushed && kept >= 10,
+        "a live reader saw {flushed} flushed frames, the killed file keeps {kept}"
+    );
 }
 
 /// Run `detflow` inside a private mount namespace on a tmpfs of `size`, which fills up.
@@ -419,11 +465,14 @@ fn write_modes_from_the_command_line() {
 fn sigusr1_flushes_now_without_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fnow_0001.h5");
-    let child = common::detflow()
+    // The references file gets one line per frame as it is written: the run's own account of
+    // its progress. --frames 0: the run goes on until SIGINT, however loaded the machine.
+    let refs = dir.path().join("fnow.refs");
+    let mut child = common::detflow()
         .args([
             "acquire",
             "--frames",
-            "200",
+            "0",
             "--size",
             "32x24",
             "--period",
@@ -433,38 +482,47 @@ fn sigusr1_flushes_now_without_stopping() {
             "--name",
             "fnow",
             "--json",
-            "--path",
+            "--refs",
         ])
+        .arg(&refs)
+        .arg("--path")
         .arg(dir.path())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for(&file);
-    std::thread::sleep(Duration::from_millis(600));
-    // SAFETY-free libc call: send SIGUSR1 to the child.
+    let before = wait_for_lines(&refs, 20, "frames written before SIGUSR1");
+    // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
-    std::thread::sleep(Duration::from_millis(300));
-    let seen = common::run_python(
-        r#"
-import sys, h5py
-f = h5py.File(sys.argv[1], "r", swmr=True)
-print(len(f["/entry/instrument/NDAttributes/NDArrayUniqueId"]))
-"#,
-        &[&file],
-    );
-    let out = child.wait_with_output().unwrap();
+    let seen = swmr_frames_at_least(&file, before);
     assert!(
-        out.status.success(),
+        child.try_wait().unwrap().is_none(),
+        "the run stopped: SIGUSR1 must flush without stopping"
+    );
+    // Nothing flushes again before close (--no-flush), and the run keeps writing.
+    let later = wait_for_lines(&refs, seen + 10, "frames written after the flush");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run stopped after the flush"
+    );
+    // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGINT),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: u64 = seen.trim().parse().unwrap();
+    let written = common::summary(&out)["frames_written"].as_u64().unwrap();
     assert!(
-        seen >= 20,
-        "after SIGUSR1 a reader sees the frames written so far, saw {seen}"
+        seen >= before && seen < written && later <= written,
+        "after SIGUSR1 a reader sees the {before} frames written so far (saw {seen}), \
+         and the run goes on ({later} written later, {written} in all)"
     );
-    assert!(seen < 200, "the run was still going");
-    assert_eq!(common::summary(&out)["frames_written"], 200);
+    assert_eq!(lines_in(&refs), written);
+    assert_eq!(swmr_frames_at_least(&file, written), written);
 }
 
 #[test]
@@ -509,11 +567,11 @@ print("ok")
 fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
     let dir = tempfile::tempdir().unwrap();
     let shm = dir.path().join("ring.shm");
-    let child = common::detflow()
+    let mut child = common::detflow()
         .args([
             "acquire",
             "--frames",
-            "150",
+            "0",
             "--size",
             "64x48",
             "--period",
@@ -530,11 +588,12 @@ fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
         .spawn()
         .unwrap();
     wait_for(&dir.path().join("shm_0001.h5"));
-    std::thread::sleep(Duration::from_millis(500));
+    // The reader waits for a first complete frame itself, with a deadline.
     let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shm_reader.py");
     let out = std::process::Command::new(common::python())
         .arg(&reader)
         .arg(&shm)
+        .args(["--timeout", "60"])
         .output()
         .unwrap();
     assert!(
@@ -543,16 +602,23 @@ fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
         String::from_utf8_lossy(&out.stderr)
     );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let run = child.wait_with_output().unwrap();
     assert!(
-        run.status.success(),
+        child.try_wait().unwrap().is_none(),
+        "read while running (--frames 0 runs until SIGINT): {line}"
+    );
+    // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let run = child.wait_with_output().unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(128 + libc::SIGINT),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert_eq!(common::summary(&run)["frames_written"], 150);
+    let written = common::summary(&run)["frames_written"].as_u64().unwrap();
 
     let id = line["frame_id"].as_u64().unwrap();
-    assert!((1..150).contains(&id), "read while running: {line}");
+    assert!((1..=written).contains(&id), "{written} written: {line}");
     assert_eq!(line["shape"], serde_json::json!([48, 64]));
     assert_eq!(line["dtype"], "uint16");
     let sum_in_file = common::run_python(
@@ -580,6 +646,31 @@ fn wait_for_size(path: &Path, bytes: u64) {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "{path:?} never reached {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a test waits for an event before it fails: generous, for a loaded machine.
+const EVENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Lines in `path` (0 while it does not exist).
+fn lines_in(path: &Path) -> u64 {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+}
+
+/// Wait until `path` (a `--refs` file: one line per frame written) has at least `n` lines;
+/// returns the count seen. Fails, naming `what`, after [`EVENT_DEADLINE`].
+fn wait_for_lines(path: &Path, n: u64, what: &str) -> u64 {
+    let t = Instant::now();
+    loop {
+        let got = lines_in(path);
+        if got >= n {
+            return got;
+        }
+        assert!(
+            t.elapsed() < EVENT_DEADLINE,
+            "{what}: {path:?} has {got} lines, not {n}, after {EVENT_DEADLINE:?}"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -822,4 +913,37 @@ fn a_killed_runs_space_reserve_goes_at_the_next_start_and_a_live_runs_stays() {
         !reserve("live").exists(),
         "a stopped run removes its reserve"
     );
+}
+
+/// Wait until a SWMR reader of `file` sees at least `n` frames (NDArrayUniqueId entries, and
+/// as many images); returns the count it saw. Fails after [`EVENT_DEADLINE`] with the last
+/// count or error.
+fn swmr_frames_at_least(file: &Path, n: u64) -> u64 {
+    let out = common::run_python(
+        r#"
+import sys, time, h5py
+path, want, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+last = None
+while True:
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            m = len(f["/entry/instrument/NDAttributes/NDArrayUniqueId"])
+            d = f["/entry/instrument/detector/data"].shape[0]
+            last = (m, d)
+            if m >= want and d >= m:
+                print(m)
+                sys.exit(0)
+    except (OSError, KeyError) as e:
+        last = e
+    if time.monotonic() > deadline:
+        sys.exit("a SWMR reader never saw %d frames in %s: last (ids, images) %r" % (want, path, last))
+    time.sleep(0.02)
+"#,
+        &[
+            file,
+            Path::new(&n.to_string()),
+            Path::new(&EVENT_DEADLINE.as_secs().to_string()),
+        ],
+    );
+    out.trim().parse().unwrap()
 }

@@ -47,6 +47,12 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// The ring's shared state, for unit tests that watch its wait queues.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,

@@ -320,6 +320,14 @@ impl WaitQueue {
         }
     }
 
+    /// Threads registered to sleep here (or about to: past the point where a notify is the
+    /// only way to wake them). For tests that must act only once a thread sleeps.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn sleepers(&self) -> u64 {
+        // Relaxed: the test polls it; the handshake does not depend on this load.
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Wakes every thread sleeping here (or about to).
     ///
     /// Call after the `Release` store that made the waiters' condition true.

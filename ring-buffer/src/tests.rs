@@ -273,12 +273,13 @@ fn ends_are_send() {
 #[test]
 fn parked_consumer_is_woken_by_a_commit() {
     let (mut producer, mut consumer) = ring(cfg(2, 8)).unwrap();
+    let shared = producer.shared();
     let reader = thread::spawn(move || {
         let started = Instant::now();
         let id = consumer.next_timeout(LONG).unwrap().meta().frame_id;
         (id, started.elapsed())
     });
-    thread::sleep(Duration::from_millis(50)); // long enough for the reader to park
+    wait_until_asleep(&shared.consumer_wait, "the reader");
     producer.try_grant().unwrap().commit(meta(42, 0));
     let (id, waited) = reader.join().unwrap();
     assert_eq!(id, 42);
@@ -288,8 +289,9 @@ fn parked_consumer_is_woken_by_a_commit() {
 #[test]
 fn parked_consumer_is_woken_by_close() {
     let (producer, mut consumer) = ring(cfg(2, 8)).unwrap();
+    let shared = producer.shared();
     let reader = thread::spawn(move || consumer.next_timeout(LONG).map(|_| ()));
-    thread::sleep(Duration::from_millis(50));
+    wait_until_asleep(&shared.consumer_wait, "the reader");
     drop(producer);
     assert_eq!(reader.join().unwrap(), Err(NextError::Closed));
 }
@@ -303,7 +305,7 @@ fn parked_producer_is_woken_by_a_release() {
         let seq = producer.grant_timeout(LONG).map(|slot| slot.sequence());
         (seq, started.elapsed())
     });
-    thread::sleep(Duration::from_millis(50));
+    wait_until_asleep(&consumer.shared().producer_wait, "the producer");
     drop(consumer.try_next().unwrap());
     let (seq, waited) = writer.join().unwrap();
     assert_eq!(seq, Some(1));
@@ -320,7 +322,7 @@ fn parked_producer_proceeds_when_the_last_lossless_consumer_is_dropped() {
         let granted = producer.grant_timeout(LONG).is_some();
         (granted, producer.is_consumer_gone(), started.elapsed())
     });
-    thread::sleep(Duration::from_millis(50));
+    wait_until_asleep(&consumer.shared().producer_wait, "the producer");
     drop(consumer);
     let (granted, gone, waited) = writer.join().unwrap();
     assert!(granted && gone, "nobody holds the slot any more");
@@ -505,8 +507,9 @@ fn late_lossless_consumer_sleeping_for_admission_is_woken() {
     let (mut producer, ring) = Ring::new(cfg(2, 8)).unwrap();
     commit_id(&mut producer, 0);
     let mut late = ring.lossless("late").unwrap();
+    let shared = producer.shared();
     let reader = thread::spawn(move || late.next_timeout(LONG).map(|f| f.meta().frame_id));
-    thread::sleep(Duration::from_millis(50));
+    wait_until_asleep(&shared.consumer_wait, "the late consumer");
     commit_id(&mut producer, 1);
     assert_eq!(reader.join().unwrap(), Ok(1));
 }
@@ -729,4 +732,14 @@ fn shm_reader_refuses_what_is_not_a_ring() {
     std::fs::remove_file(&path).unwrap();
     let err = ShmReader::open(&path).unwrap_err();
     assert!(err.to_string().contains("cannot open"), "{err}");
+}
+
+/// Wait until a thread sleeps on `queue` (registered, so only a notify wakes it), with a
+/// deadline: a test of waking a parked thread must not start before it parks.
+fn wait_until_asleep(queue: &crate::shared::WaitQueue, who: &str) {
+    let t = Instant::now();
+    while queue.sleepers() == 0 {
+        assert!(t.elapsed() < LONG, "{who} never went to sleep");
+        thread::sleep(Duration::from_millis(1));
+    }
 }

@@ -138,12 +138,16 @@ fn cleanup(mut child: Child, path: &Path) {
 
 #[test]
 fn frames_cross_the_process_boundary_intact() {
-    const FRAMES: u64 = 3000;
+    // The child produces until told to stop (at most FRAMES), so a reader that a loaded
+    // machine starves for a while still catches frames before the end.
+    const FRAMES: u64 = 200_000;
+    const WANTED: u64 = 50;
     let (child, path) = spawn_producer("rust", FRAMES, 200);
     let reader = open_when_ready(&path);
     assert_eq!((reader.slots(), reader.slot_bytes()), (4, 4096));
     let mut buf = Vec::new();
     let (mut intact, mut missed, mut next) = (0u64, 0u64, 0u64);
+    let mut stop_sent = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let closed = reader.is_closed();
@@ -165,17 +169,30 @@ fn frames_cross_the_process_boundary_intact() {
         if closed {
             break;
         }
-        assert!(Instant::now() < deadline, "the child never finished");
+        if intact >= WANTED && !stop_sent {
+            std::fs::write(path.with_extension("stop"), b"").unwrap();
+            stop_sent = true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child never finished ({intact} frames read intact, stop sent: {stop_sent})"
+        );
         std::thread::sleep(Duration::from_micros(300));
     }
-    assert_eq!(reader.produced(), FRAMES);
-    assert_eq!(intact + missed, FRAMES);
-    // How many a lossy reader catches depends on scheduling; it must catch some.
-    assert!(intact >= 10, "only {intact} of {FRAMES} frames read intact");
+    let produced = reader.produced();
+    assert!(
+        produced == FRAMES || produced.is_multiple_of(64),
+        "the child stops only at a multiple of 64 frames: {produced}"
+    );
+    assert_eq!(intact + missed, produced);
+    assert!(
+        intact >= WANTED,
+        "only {intact} of {produced} frames read intact"
+    );
     let latest = reader
         .latest(&mut buf)
         .expect("the last frames stay readable");
-    assert_eq!(latest.sequence, FRAMES - 1);
+    assert_eq!(latest.sequence, produced - 1);
     cleanup(child, &path);
 }
 

@@ -542,10 +542,25 @@ mod tests {
         .unwrap();
         let t0 = Instant::now();
         det.start().unwrap();
-        assert_eq!(frames(&mut det).len(), 5);
+        let mut stamps_ns = Vec::new();
+        while det.is_acquiring() {
+            let mut buf = vec![0u8; det.shape().bytes()];
+            let m = det.read_frame(&mut buf, Duration::from_secs(5)).unwrap();
+            stamps_ns
+                .push(u64::from(m.timestamp.sec) * 1_000_000_000 + u64::from(m.timestamp.nsec));
+        }
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(80), "{took:?}");
-        assert!(took < Duration::from_millis(200), "{took:?}");
+        // Absolute deadlines: frame k is stamped exactly k periods after frame 0, however late
+        // the reader came (a wall-clock upper bound would fail on a loaded machine).
+        let offsets: Vec<u64> = stamps_ns.iter().map(|t| t - stamps_ns[0]).collect();
+        assert_eq!(
+            offsets,
+            [0, 20, 40, 60, 80].map(|ms| ms * 1_000_000),
+            "{stamps_ns:?}"
+        );
+        // A reader that slept a whole read timeout (5 s) per frame would show here.
+        assert!(took < Duration::from_secs(5), "{took:?}");
 
         // An exposure longer than the period sets the pace; the first frame waits one exposure.
         det.configure(&AcquisitionConfig {
@@ -567,28 +582,30 @@ mod tests {
     #[test]
     fn a_timeout_loses_no_frame() {
         let mut det = detector(0, SimParams::default());
+        // Frames one second apart: a 5 ms read times out long before the first one, even on a
+        // machine loaded enough to hold this thread back for hundreds of milliseconds.
         det.configure(&AcquisitionConfig {
-            exposure: Duration::from_millis(40),
-            period: Duration::from_millis(40),
+            exposure: Duration::from_secs(1),
+            period: Duration::from_secs(1),
             ..fast(ImageMode::Multiple, 2)
         })
         .unwrap();
         let mut buf = vec![0u8; det.shape().bytes()];
+        let t0 = Instant::now(); // before start: frame 1 is due 1 s after start, so after t0
         det.start().unwrap();
-        let t0 = Instant::now();
         let e = det
             .read_frame(&mut buf, Duration::from_millis(5))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(t0.elapsed() >= Duration::from_millis(5));
         assert!(
-            t0.elapsed() < Duration::from_millis(35),
+            t0.elapsed() < Duration::from_millis(900),
             "returned at the timeout, not at the frame"
         );
         assert!(det.is_acquiring());
-        let m = det.read_frame(&mut buf, Duration::from_secs(1)).unwrap();
+        let m = det.read_frame(&mut buf, Duration::from_secs(5)).unwrap();
         assert_eq!((m.unique_id, buf[0], buf[1]), (1, 0, 0), "frame 0 was kept");
-        assert!(t0.elapsed() >= Duration::from_millis(40));
+        assert!(t0.elapsed() >= Duration::from_secs(1));
         let e = det.read_frame(&mut buf, Duration::ZERO).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert_eq!(

@@ -23,6 +23,18 @@ def check(cond, what):
     print(f"CHECK {what}", flush=True)
 
 
+def wait_until(what, cond, timeout_s, lock):
+    """Poll cond() (under lock) until it holds; fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with lock:
+            if cond():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never came in {timeout_s} s")
+        time.sleep(0.02)
+
+
 def put(name, value):
     check(epics.caput(P + name, value, wait=True, timeout=10) == 1, f"caput {name}={value!r}")
 
@@ -44,8 +56,11 @@ def main():
         with lock:
             seen.append(int(value))
 
-    epics.camonitor(P + "ArrayCounter_RBV", callback=on_counter)
-    time.sleep(0.5)  # the first update (the current value) has arrived
+    # A PV made with its callback calls it for the subscription's first update (the current
+    # value), which says the subscription is live: only then start. (epics.camonitor adds its
+    # callback after connecting, so it may never see that first update.)
+    monitor = epics.PV(P + "ArrayCounter_RBV", auto_monitor=True, callback=on_counter)
+    wait_until("the monitor's first update", lambda: len(seen) >= 1, 60, lock)
     check(epics.caget(P + "DetectorState_RBV", as_string=True) == "Idle", "detector is Idle")
 
     t0 = time.monotonic()
@@ -56,14 +71,12 @@ def main():
     check(done == 1, f"Acquire=1 put-callback came back after {took:.2f} s")
 
     # The monitor: every value the counter took, in order, whatever the detector made.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with lock:
-            if seen and seen[-1] >= counter:
-                break
-        time.sleep(0.05)
-    time.sleep(0.3)  # anything late or extra
-    epics.camonitor_clear(P + "ArrayCounter_RBV")
+    wait_until(f"the monitor update {counter}", lambda: seen and seen[-1] >= counter, 60, lock)
+    # Anything extra the server sent is on the same circuit before the reply to this read,
+    # and its callback has run when the read returns.
+    check(epics.caget(P + "ArrayCounter_RBV", use_monitor=False, timeout=10) == counter,
+          f"ArrayCounter_RBV still {counter}")
+    monitor.clear_callbacks()
     with lock:
         after = [v for v in seen if v > start]
         before = [v for v in seen if v <= start]
