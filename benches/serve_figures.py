@@ -1002,6 +1002,22 @@ def in_private_netns():
     return names == ["lo"]
 
 
+def prepare_scratch(args):
+    """Empty args.scratch, make its data/ folder and copy the binary there (so that a
+    rebuild of target/release during the run cannot swap it). Returns (data dir, binary copy,
+    when the binary was built, the tree's git description)."""
+    if args.scratch.exists():
+        shutil.rmtree(args.scratch)
+    data_dir = args.scratch / "data"
+    data_dir.mkdir(parents=True)
+    binary = args.scratch / "detflow"
+    shutil.copy2(args.binary, binary)
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(args.binary.stat().st_mtime))
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    return data_dir, binary, built, commit
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1045,17 +1061,7 @@ def main():
                  "lo up && exec PYTHON benches/serve_figures.py ...'")
     if not args.binary.exists():
         sys.exit(f"{args.binary} missing: cargo build --release")
-    if args.scratch.exists():
-        shutil.rmtree(args.scratch)
-    data_dir = args.scratch / "data"
-    data_dir.mkdir(parents=True)
-
-    # A copy, so that a rebuild of target/release during the run cannot swap the binary.
-    binary = args.scratch / "detflow"
-    shutil.copy2(args.binary, binary)
-    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(args.binary.stat().st_mtime))
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
+    data_dir, binary, built, commit = prepare_scratch(args)
 
     import epics
     daemon = Daemon(binary, args.scratch, args)

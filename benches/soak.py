@@ -627,17 +627,7 @@ def main():
     import epics
     import h5py
 
-    import shutil
-    if args.scratch.exists():
-        shutil.rmtree(args.scratch)
-    data_dir = args.scratch / "data"
-    data_dir.mkdir(parents=True)
-    # A copy, so that a rebuild of target/release during the run cannot swap the binary.
-    binary = args.scratch / "detflow"
-    shutil.copy2(args.binary, binary)
-    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(args.binary.stat().st_mtime))
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
+    data_dir, binary, built, commit = sf.prepare_scratch(args)
     config = args.scratch / "serve.toml"
     daemon_config(config, args.frames_per_file)
     args.size = SIZE  # serve_figures.Daemon passes --size
