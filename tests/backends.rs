@@ -9,7 +9,7 @@ mod common;
 use std::io::BufReader;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -545,7 +545,7 @@ fn a_seeded_udp_stream_writes_what_the_simulator_writes() {
         .unwrap();
     let mut stderr = BufReader::new(receiver.stderr.take().unwrap());
     wait_for_line(&mut stderr, "receiving on udp");
-    let sent = Command::new(env!("CARGO_BIN_EXE_detflow"))
+    let sent = common::command(env!("CARGO_BIN_EXE_detflow"))
         .args([
             "udp-send",
             "--to",
@@ -670,4 +670,20 @@ fn persistent_bus_errors_fail_the_run_with_a_message() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(all.contains("I2C"), "{all}");
+}
+
+/// A child the tests spawn while this process has an HDF5 file open (as another test's
+/// `detflow acquire` may be) does not keep that file's lock after this process closes it:
+/// `the_replay_backend_conforms` failed with "unable to lock file, errno = 11" when it did.
+#[test]
+fn a_child_of_the_tests_does_not_hold_their_hdf5_file_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.h5");
+    let file = hdf5::File::create(&path).unwrap();
+    let mut child = common::command("sleep").arg("60").spawn().unwrap();
+    drop(file);
+    let reopened = hdf5::File::open(&path).map(drop);
+    let _ = child.kill();
+    let _ = child.wait();
+    reopened.expect("the child inherited the file's descriptor and its lock");
 }

@@ -25,7 +25,7 @@ fn a_swmr_reader_sees_the_frame_count_grow() {
     let file = dir.path().join("live_0001.h5");
     // The reader starts first and says when it is ready (Python and h5py imported: seconds on
     // a loaded machine), so the 3.2 s run cannot be over before it looks.
-    let mut reader = std::process::Command::new(common::python())
+    let mut reader = common::command(common::python())
         .arg("-c")
         .arg(
             r#"
@@ -173,7 +173,7 @@ fn acquire_on_small_disk(size: &str, frames: u32) -> (std::process::Output, temp
         d = dir.path().display(),
         bin = env!("CARGO_BIN_EXE_detflow"),
     );
-    let out = std::process::Command::new("unshare")
+    let out = common::command("unshare")
         .args(["-m", "sh", "-c", &script])
         .output()
         .expect("unshare runs (util-linux)");
@@ -590,7 +590,7 @@ fn a_second_process_reads_frames_from_the_shared_ring_during_acquisition() {
     wait_for(&dir.path().join("shm_0001.h5"));
     // The reader waits for a first complete frame itself, with a deadline.
     let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shm_reader.py");
-    let out = std::process::Command::new(common::python())
+    let out = common::command(common::python())
         .arg(&reader)
         .arg(&shm)
         .args(["--timeout", "60"])

@@ -11,9 +11,41 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Keep the test process's open files out of `cmd`'s child.
+///
+/// HDF5 opens files without O_CLOEXEC, and a test binary opens HDF5 files on some threads
+/// while it spawns children on others. A child that inherits such a descriptor holds that
+/// file's HDF5 lock (an flock) for its whole life, so the next H5Fopen of the file fails with
+/// EAGAIN ("unable to lock file"): `the_replay_backend_conforms` failed so, once in two runs
+/// of the suite, while another test's `detflow acquire` was running. The child marks every
+/// descriptor above stderr close-on-exec before it runs the program.
+pub fn no_inherited_files(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    /// CLOSE_RANGE_CLOEXEC (linux/close_range.h): mark rather than close, so that std's own
+    /// exec-error pipe still works until exec.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: the closure makes one async-signal-safe system call and touches no memory of
+    // the parent's, as pre_exec requires; descriptors 0-2 are already the child's stdio.
+    unsafe {
+        cmd.pre_exec(|| {
+            let rc = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 /// Run `cmd`; panic with its output, naming `what`, unless it succeeds. Returns stdout.
 pub fn run_step(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
+    let out = no_inherited_files(cmd)
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
@@ -83,7 +115,7 @@ pub fn run_with_deadline(
     cmd: &mut Command,
     deadline: Duration,
 ) -> (Option<ExitStatus>, String, String) {
-    let mut child = cmd
+    let mut child = no_inherited_files(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,7 +9,15 @@ use std::sync::OnceLock;
 
 /// The `detflow` binary built for these tests.
 pub fn detflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_detflow"))
+    command(env!("CARGO_BIN_EXE_detflow"))
+}
+
+/// A command whose child inherits none of this test process's open files (HDF5's among
+/// them, with their locks): see [`detflow_test_support::no_inherited_files`].
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    detflow_test_support::no_inherited_files(&mut cmd);
+    cmd
 }
 
 /// Run `detflow` with `args`; returns the output whatever the exit status.
