@@ -364,17 +364,12 @@ impl StreamWriter {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        check_directory(dir, "path")?;
-        if !spec.overwrite && spec.path.exists() {
-            return Err(WriterError::Exists {
-                path: spec.path.clone(),
-            });
-        }
         let open_path = spec.open_path();
         let reserve_name = reserve_path(&open_path);
         if !spec.in_memory {
-            // Checked now, just before anything is created, so that a link swapped in after
-            // the settings were accepted cannot redirect the file.
+            // Checked now, just before anything is created (the directory's write probe
+            // too), so that a link swapped in after the settings were accepted cannot
+            // redirect the file.
             for p in [&spec.path, &open_path, &reserve_name] {
                 spec.roots
                     .check(p)
@@ -383,6 +378,12 @@ impl StreamWriter {
                         source,
                     })?;
             }
+        }
+        check_directory(dir, "path")?;
+        if !spec.overwrite && spec.path.exists() {
+            return Err(WriterError::Exists {
+                path: spec.path.clone(),
+            });
         }
         // Lock the file before anything can truncate it: a file another writer holds is
         // refused here, untouched.
