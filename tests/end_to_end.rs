@@ -173,7 +173,7 @@ fn interrupt(signal: i32) {
         .spawn()
         .unwrap();
     let file = dir.path().join("detflow_0001.h5");
-    let before = wait_for_lines(&refs, 6, "frames written before the signal");
+    let before = common::wait_for_lines(&refs, 6, "frames written before the signal");
     assert!(file.exists(), "{before} frames written, but no {file:?}");
     // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
     let rc = unsafe { libc::kill(child.id() as i32, signal) };
@@ -361,27 +361,4 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     assert_eq!(status.lost, vec![file]);
     assert!(acquiring, "the detector runs on without a capture");
     assert!(plugin.lock().session.is_none());
-}
-
-/// Lines in `path` (0 while it does not exist).
-fn lines_in(path: &std::path::Path) -> u64 {
-    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
-}
-
-/// Wait until `path` (a `--refs` file: one line per frame written) has at least `n` lines;
-/// returns the count seen. Fails, naming `what`, after a generous deadline.
-fn wait_for_lines(path: &std::path::Path, n: u64, what: &str) -> u64 {
-    let deadline = Duration::from_secs(60);
-    let t = Instant::now();
-    loop {
-        let got = lines_in(path);
-        if got >= n {
-            return got;
-        }
-        assert!(
-            t.elapsed() < deadline,
-            "{what}: {path:?} has {got} lines, not {n}, after {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

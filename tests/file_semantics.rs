@@ -492,7 +492,7 @@ fn sigusr1_flushes_now_without_stopping() {
         .spawn()
         .unwrap();
     wait_for(&file);
-    let before = wait_for_lines(&refs, 20, "frames written before SIGUSR1");
+    let before = common::wait_for_lines(&refs, 20, "frames written before SIGUSR1");
     // SAFETY: kill(2) only sends a signal to the child's pid, alive until waited for.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
     let seen = swmr_frames_at_least(&file, before);
@@ -501,7 +501,7 @@ fn sigusr1_flushes_now_without_stopping() {
         "the run stopped: SIGUSR1 must flush without stopping"
     );
     // Nothing flushes again before close (--no-flush), and the run keeps writing.
-    let later = wait_for_lines(&refs, seen + 10, "frames written after the flush");
+    let later = common::wait_for_lines(&refs, seen + 10, "frames written after the flush");
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run stopped after the flush"
@@ -521,7 +521,7 @@ fn sigusr1_flushes_now_without_stopping() {
         "after SIGUSR1 a reader sees the {before} frames written so far (saw {seen}), \
          and the run goes on ({later} written later, {written} in all)"
     );
-    assert_eq!(lines_in(&refs), written);
+    assert_eq!(common::lines_in(&refs), written);
     assert_eq!(swmr_frames_at_least(&file, written), written);
 }
 
@@ -638,44 +638,6 @@ print(int(f["/entry/data/data"][k].astype(np.int64).sum()))
     );
 }
 
-/// Wait (bounded) until `path` holds at least `bytes`: its writer has it and is writing
-/// frames to it.
-fn wait_for_size(path: &Path, bytes: u64) {
-    let t = Instant::now();
-    while std::fs::metadata(path).map_or(0, |m| m.len()) < bytes {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{path:?} never reached {bytes} bytes"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// How long a test waits for an event before it fails: generous, for a loaded machine.
-const EVENT_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Lines in `path` (0 while it does not exist).
-fn lines_in(path: &Path) -> u64 {
-    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
-}
-
-/// Wait until `path` (a `--refs` file: one line per frame written) has at least `n` lines;
-/// returns the count seen. Fails, naming `what`, after [`EVENT_DEADLINE`].
-fn wait_for_lines(path: &Path, n: u64, what: &str) -> u64 {
-    let t = Instant::now();
-    loop {
-        let got = lines_in(path);
-        if got >= n {
-            return got;
-        }
-        assert!(
-            t.elapsed() < EVENT_DEADLINE,
-            "{what}: {path:?} has {got} lines, not {n}, after {EVENT_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn interrupt(child: &std::process::Child) {
     // SAFETY: kill() takes no pointers; the child has not been waited for, so its pid is ours.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -699,7 +661,7 @@ fn a_second_writer_is_refused(swmr: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_size(&file, 10 * 256 * 256 * 2);
+    common::wait_for_size(&file, 10 * 256 * 256 * 2);
     let second = common::detflow()
         .args(args("200"))
         .arg(dir.path())
@@ -768,7 +730,7 @@ fn a_file_deleted_mid_run_fails_the_run_and_is_named_lost() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_size(&file, 5 * 64 * 48 * 2);
+        common::wait_for_size(&file, 5 * 64 * 48 * 2);
         std::fs::remove_dir_all(&sub).unwrap(); // rm -rf X
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -874,7 +836,7 @@ fn a_killed_runs_space_reserve_goes_at_the_next_start_and_a_live_runs_stays() {
     let mut killed = spawn("killed");
     let live = spawn("live");
     for name in ["killed", "live"] {
-        wait_for_size(&dir.path().join(format!("{name}_0001.h5")), 5 * 64 * 48 * 2);
+        common::wait_for_size(&dir.path().join(format!("{name}_0001.h5")), 5 * 64 * 48 * 2);
         assert!(
             reserve(name).exists(),
             "{name}: a running writer holds a reserve"
@@ -916,7 +878,7 @@ fn a_killed_runs_space_reserve_goes_at_the_next_start_and_a_live_runs_stays() {
 }
 
 /// Wait until a SWMR reader of `file` sees at least `n` frames (NDArrayUniqueId entries, and
-/// as many images); returns the count it saw. Fails after [`EVENT_DEADLINE`] with the last
+/// as many images); returns the count it saw. Fails after [`common::EVENT_DEADLINE`] with the last
 /// count or error.
 fn swmr_frames_at_least(file: &Path, n: u64) -> u64 {
     let out = common::run_python(
@@ -942,7 +904,7 @@ while True:
         &[
             file,
             Path::new(&n.to_string()),
-            Path::new(&EVENT_DEADLINE.as_secs().to_string()),
+            Path::new(&common::EVENT_DEADLINE.as_secs().to_string()),
         ],
     );
     out.trim().parse().unwrap()

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::BufRead as _;
-use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,18 +14,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn sigint(child: &Child) {
     // SAFETY: kill() only sends a signal to the child's pid, which is alive (not yet waited).
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-}
-
-/// Wait until `file` holds more than `bytes` bytes: frames are being written.
-fn wait_for_size(file: &Path, bytes: u64) {
-    let t0 = Instant::now();
-    while std::fs::metadata(file).map_or(0, |m| m.len()) <= bytes {
-        assert!(
-            t0.elapsed() < DEADLINE,
-            "{file:?} did not grow past {bytes} bytes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The child's stderr, line by line, on a channel (so reads can have a deadline).
@@ -90,7 +77,7 @@ fn one_sigint_stops_cleanly_with_130_and_a_complete_file() {
         .spawn()
         .unwrap();
     let lines = stderr_lines(&mut child);
-    wait_for_size(&file, 20 * 64 * 64 * 2);
+    common::wait_for_size(&file, 20 * 64 * 64 * 2);
     sigint(&child);
     wait_for_line(&lines, "stopping");
     let (status, stdout) = exit_of(child);
@@ -137,7 +124,7 @@ fn a_second_sigint_during_the_stop_aborts_at_once_with_2() {
         .spawn()
         .unwrap();
     let lines = stderr_lines(&mut child);
-    wait_for_size(&file, 3 << 20);
+    common::wait_for_size(&file, 3 << 20);
     sigint(&child);
     // The first signal was taken: the stop is under way.
     wait_for_line(&lines, "stopping");

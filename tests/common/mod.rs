@@ -61,3 +61,41 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
         "python check",
     )
 }
+
+/// How long a test waits for an event before it fails: generous, for a loaded machine.
+pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Wait until `path` holds at least `bytes`: its writer has it and is writing frames to it.
+/// Fails after [`EVENT_DEADLINE`].
+pub fn wait_for_size(path: &Path, bytes: u64) {
+    let t = std::time::Instant::now();
+    while std::fs::metadata(path).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            t.elapsed() < EVENT_DEADLINE,
+            "{path:?} never reached {bytes} bytes in {EVENT_DEADLINE:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Lines in `path` (0 while it does not exist).
+pub fn lines_in(path: &Path) -> u64 {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+}
+
+/// Wait until `path` (a `--refs` file: one line per frame written) has at least `n` lines;
+/// returns the count seen. Fails, naming `what`, after [`EVENT_DEADLINE`].
+pub fn wait_for_lines(path: &Path, n: u64, what: &str) -> u64 {
+    let t = std::time::Instant::now();
+    loop {
+        let got = lines_in(path);
+        if got >= n {
+            return got;
+        }
+        assert!(
+            t.elapsed() < EVENT_DEADLINE,
+            "{what}: {path:?} has {got} lines, not {n}, after {EVENT_DEADLINE:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
