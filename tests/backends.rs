@@ -673,17 +673,31 @@ fn persistent_bus_errors_fail_the_run_with_a_message() {
 }
 
 /// A child the tests spawn while this process has an HDF5 file open (as another test's
-/// `detflow acquire` may be) does not keep that file's lock after this process closes it:
-/// `the_replay_backend_conforms` failed with "unable to lock file, errno = 11" when it did.
+/// `detflow acquire` may be spawned) does not inherit that file, nor so its lock, and runs
+/// with HDF5's file locks on.
 #[test]
-fn a_child_of_the_tests_does_not_hold_their_hdf5_file_locks() {
+fn a_child_of_the_tests_inherits_none_of_their_files() {
+    // The test process itself runs without HDF5's locks (tests/common).
+    assert_eq!(
+        std::env::var("HDF5_USE_FILE_LOCKING").as_deref(),
+        Ok("FALSE")
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("held.h5");
     let file = hdf5::File::create(&path).unwrap();
-    let mut child = common::command("sleep").arg("60").spawn().unwrap();
+    let out = common::command("sh")
+        .args([
+            "-c",
+            "ls -l /proc/$$/fd; echo \"locking=${HDF5_USE_FILE_LOCKING-unset}\"",
+        ])
+        .output()
+        .unwrap();
     drop(file);
-    let reopened = hdf5::File::open(&path).map(drop);
-    let _ = child.kill();
-    let _ = child.wait();
-    reopened.expect("the child inherited the file's descriptor and its lock");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listing}");
+    assert!(
+        !listing.contains("held.h5"),
+        "the child holds the test's file:\n{listing}"
+    );
+    assert!(listing.contains("locking=unset"), "{listing}");
 }

@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 /// file's HDF5 lock (an flock) for its whole life, so the next H5Fopen of the file fails with
 /// EAGAIN ("unable to lock file"): `the_replay_backend_conforms` failed so, once in two runs
 /// of the suite, while another test's `detflow acquire` was running. The child marks every
-/// descriptor above stderr close-on-exec before it runs the program.
+/// descriptor above stderr close-on-exec before it runs the program. It also runs with
+/// HDF5's file locks even where the test process turned them off for itself
+/// (`HDF5_USE_FILE_LOCKING`), as a user runs it.
 pub fn no_inherited_files(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt as _;
+    cmd.env_remove("HDF5_USE_FILE_LOCKING");
     /// CLOSE_RANGE_CLOEXEC (linux/close_range.h): mark rather than close, so that std's own
     /// exec-error pipe still works until exec.
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;

@@ -12,8 +12,28 @@ pub fn detflow() -> Command {
     command(env!("CARGO_BIN_EXE_detflow"))
 }
 
+/// HDF5 opens files without O_CLOEXEC, and this test process opens HDF5 files (fixtures,
+/// read-backs) while other tests of the same binary fork children. Between such a child's
+/// fork and its exec the child holds a copy of the descriptor and its flock, and an H5Fopen
+/// of that file in that moment fails with errno 11 (`the_replay_backend_conforms` did, 1 run
+/// in 5 of the suite, even once every child marks inherited files close-on-exec). So the
+/// test process's own HDF5 calls run without HDF5's file locks; the variable is set before
+/// `main`, while the process has one thread, and [`command`] takes it away from the children,
+/// so that detflow and h5py run with locks, as a user runs them.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static NO_HDF5_LOCKS_IN_THE_TEST_PROCESS: extern "C" fn() = {
+    extern "C" fn set() {
+        // SAFETY: this runs from .init_array, before main, while the process has a single
+        // thread, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE") };
+    }
+    set
+};
+
 /// A command whose child inherits none of this test process's open files (HDF5's among
-/// them, with their locks): see [`detflow_test_support::no_inherited_files`].
+/// them, with their locks) and runs with HDF5's file locks: see
+/// [`detflow_test_support::no_inherited_files`].
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     detflow_test_support::no_inherited_files(&mut cmd);

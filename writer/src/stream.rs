@@ -311,20 +311,34 @@ pub fn check_directory(dir: &Path, setting: &str) -> Result<(), WriterError> {
     }
     // access() says yes to root everywhere, and knows nothing of file systems that refuse
     // new files (procfs, a read-only bind mount): create and remove a probe to be sure.
+    // The name must be unique across processes that share the directory but not a PID
+    // namespace (two daemons in containers are both pid 2): pid, a counter and the clock,
+    // and another name when one is taken.
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let probe = dir.join(format!(".detflow-probe-{}-{n}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
+    let mut last = None;
+    for _ in 0..8 {
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let probe = dir.join(format!(".detflow-probe-{}-{n}-{nanos}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(bad(format!("cannot create files here: {e}"))),
         }
-        Err(e) => Err(bad(format!("cannot create files here: {e}"))),
     }
+    Err(bad(format!(
+        "cannot create files here: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
 }
 
 fn datatype(p: PixelType) -> hdf5::Result<Datatype> {
