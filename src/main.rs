@@ -441,16 +441,25 @@ impl AcquireArgs {
 
 /// SIGINT and SIGTERM: the first is noted (the returned number turns non-zero) so that the
 /// caller stops cleanly; a second one (of either) while it does exits at once with
-/// [`ABORT_EXIT`].
+/// [`ABORT_EXIT`], after removing the space reserves beside the open files.
 fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let signal = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Handlers run in registration order: exit if one was seen before, then note this one.
-        signal_hook::flag::register_conditional_shutdown(sig, ABORT_EXIT, seen.clone())?;
-        signal_hook::flag::register(sig, seen.clone())?;
-        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
-    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let noted = signal.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if noted.swap(sig as usize, Ordering::SeqCst) != 0 {
+                    detflow_writer::remove_own_reserves();
+                    // _exit, not exit: the atexit handlers (HDF5's closes every open file)
+                    // would race the writer thread, which is still writing.
+                    // SAFETY: _exit ends the process at once; it takes no pointers.
+                    unsafe { libc::_exit(ABORT_EXIT) };
+                }
+            }
+        })?;
     Ok(signal)
 }
 

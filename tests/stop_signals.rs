@@ -141,6 +141,13 @@ fn a_second_sigint_during_the_stop_aborts_at_once_with_2() {
         stdout.trim().is_empty(),
         "an abort prints no summary: {stdout}"
     );
+    let reserves: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".detflow-reserve"))
+        .collect();
+    assert!(reserves.is_empty(), "the abort left {reserves:?}");
 }
 
 #[test]

@@ -49,7 +49,7 @@ pub use capture::{
     check_ref_pattern,
 };
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
-pub use lock::remove_stale_reserves;
+pub use lock::{remove_own_reserves, remove_stale_reserves};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use roots::{DataRoots, OutsideRoots};

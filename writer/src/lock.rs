@@ -245,11 +245,13 @@ impl SpaceReserve {
             reserve.release();
             return Err(io::Error::from_raw_os_error(rc));
         }
+        held_reserves().push(reserve.path.clone());
         Ok(reserve)
     }
 
     /// Give the space back: remove the name (if it is still ours) and close the file.
     pub(crate) fn release(self) {
+        held_reserves().retain(|p| *p != self.path);
         let ours = match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
             (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
             _ => false,
@@ -257,6 +259,21 @@ impl SpaceReserve {
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The names of the space reserves this process holds now.
+fn held_reserves() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Remove the names of the space reserves this process holds, for a process about to end at
+/// once (a second Ctrl-C) without closing its files: no `.NAME.detflow-reserve` is left
+/// behind, and the space goes back when the process ends.
+pub fn remove_own_reserves() {
+    for path in held_reserves().drain(..) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
