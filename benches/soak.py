@@ -34,6 +34,7 @@ import json
 import os
 import re
 import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
