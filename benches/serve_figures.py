@@ -1002,6 +1002,16 @@ def in_private_netns():
     return names == ["lo"]
 
 
+def stop_quietly(ioc):
+    """Stop acquiring and capturing after a run failed, ignoring any further error."""
+    try:
+        ioc.put_nowait("cam1:Acquire", 0)
+        ioc.put_nowait("HDF1:Capture", 0)
+        time.sleep(2)
+    except Exception:
+        pass
+
+
 def prepare_scratch(args):
     """Empty args.scratch, make its data/ folder and copy the binary there (so that a
     rebuild of target/release during the run cannot swap it). Returns (data dir, binary copy,
@@ -1091,12 +1101,7 @@ def main():
                 raise SystemExit(f"unknown phase {phase!r}")
     except Exception as e:  # report what was measured, and why it stopped
         result["error"] = f"{type(e).__name__}: {e}"
-        try:
-            ioc.put_nowait("cam1:Acquire", 0)
-            ioc.put_nowait("HDF1:Capture", 0)
-            time.sleep(2)
-        except Exception:
-            pass
+        stop_quietly(ioc)
     finally:
         sampler.halt.set()
         sampler.phase = "end"

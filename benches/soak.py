@@ -668,12 +668,7 @@ def main():
         soak(args, sf, ioc, sampler, daemon, data_dir, period, result)
     except Exception as e:  # report what was measured, and why it stopped
         result["error"] = f"{type(e).__name__}: {e}"
-        try:
-            ioc.put_nowait("cam1:Acquire", 0)
-            ioc.put_nowait("HDF1:Capture", 0)
-            time.sleep(2)
-        except Exception:
-            pass
+        sf.stop_quietly(ioc)
     finally:
         sampler.halt.set()
         for pv in ioc.pvs.values():
