@@ -19,9 +19,9 @@ use detflow_sim::{SimConfig, SimDetector, SimMode};
 use detflow_writer::Codec;
 use serde::Serialize;
 
-use crate::backend::cycle::FrameCycle;
-use crate::config::{Config, parse_size};
-use crate::engine::{Acquisition, RingOptions, demo_params};
+use detflow_engine::acquisition::{Acquisition, RingOptions, demo_params};
+use detflow_engine::backend::cycle::FrameCycle;
+use detflow_engine::config::{Config, parse_size};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -256,7 +256,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
         // Distinct frames (noise and peak heights vary), enough that compressors see variety.
         let samples = sample_frames(plan.size, pixel_type, 16)?;
         // As many distinct buffers as the pipeline's ring has slots, for the raw write.
-        let ring_slots = crate::config::auto_slots(samples[0].len());
+        let ring_slots = detflow_engine::config::auto_slots(samples[0].len());
         let raw_source: Vec<Vec<u8>> = (0..ring_slots)
             .map(|k| samples[k % samples.len()].clone())
             .collect();

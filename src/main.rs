@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use detflow::{Acquisition, Config, Summary};
+use detflow_engine::{Acquisition, Config, Summary};
+
+mod bench;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Acquisition stack for 2D area detectors.
@@ -161,7 +163,7 @@ struct UdpSendArgs {
     #[arg(long, value_name = "S", default_value_t = 0.0)]
     period: f64,
     /// Payload bytes per datagram.
-    #[arg(long, value_name = "N", default_value_t = detflow::backend::udp::DEFAULT_PAYLOAD)]
+    #[arg(long, value_name = "N", default_value_t = detflow_engine::backend::udp::DEFAULT_PAYLOAD)]
     packet_bytes: usize,
     /// Print one JSON object with what was sent instead of text.
     #[arg(long)]
@@ -496,7 +498,7 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, flush_request.clone())?;
 
     let udp = match &settings.backend {
-        detflow::config::BackendSpec::Udp { listen, .. } => Some(*listen),
+        detflow_engine::config::BackendSpec::Udp { listen, .. } => Some(*listen),
         _ => None,
     };
     let handle = Acquisition::start(settings)?;
@@ -596,7 +598,7 @@ fn progress_message(fps: f64, mb_per_s: f64, dropped: u64) -> String {
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = args.path.clone().unwrap_or_else(std::env::temp_dir);
-    let mut plan = detflow::bench::plan(
+    let mut plan = bench::plan(
         &args.codecs,
         &args.dtype,
         &args.size,
@@ -619,11 +621,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             },
             plan.dir.display()
         );
-        println!("{}", detflow::bench::header());
+        println!("{}", bench::header());
     }
-    let rows = detflow::bench::run(&plan, |row| {
+    let rows = bench::run(&plan, |row| {
         if !args.json {
-            println!("{}", detflow::bench::line(row));
+            println!("{}", bench::line(row));
         }
     })?;
     if args.json {
@@ -764,7 +766,7 @@ fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
         let dtype = detflow_writer::refs::pixel_type_from_name(dtype).with_context(|| {
             format!("invalid dtype {dtype:?}: expected u8 u16 u32 i8 i16 i32 f32 f64")
         })?;
-        let (w, h) = detflow::config::parse_size(size)?;
+        let (w, h) = detflow_engine::config::parse_size(size)?;
         described = Some(detflow_writer::PointDescription {
             dtype,
             frame_shape: [u64::from(h), u64::from(w)],
@@ -794,12 +796,12 @@ fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
-    let bad = |setting: &'static str, value: &str, reason: &str| detflow::ConfigError {
+    let bad = |setting: &'static str, value: &str, reason: &str| detflow_engine::ConfigError {
         setting,
         value: value.to_owned(),
         reason: reason.to_owned(),
     };
-    let size = detflow::config::parse_size(&args.size)?;
+    let size = detflow_engine::config::parse_size(&args.size)?;
     let pixel_type = args
         .dtype
         .parse()
@@ -822,15 +824,18 @@ fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
             ))
         }
     };
-    if args.packet_bytes == 0 || args.packet_bytes > detflow::backend::udp::MAX_PAYLOAD {
+    if args.packet_bytes == 0 || args.packet_bytes > detflow_engine::backend::udp::MAX_PAYLOAD {
         return Err(bad(
             "packet-bytes",
             &args.packet_bytes.to_string(),
-            &format!("expected 1 to {}", detflow::backend::udp::MAX_PAYLOAD),
+            &format!(
+                "expected 1 to {}",
+                detflow_engine::backend::udp::MAX_PAYLOAD
+            ),
         )
         .into());
     }
-    let stream = detflow::backend::udp::SimStream {
+    let stream = detflow_engine::backend::udp::SimStream {
         to: args.to,
         frames: args.frames,
         size,
@@ -845,7 +850,7 @@ fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let report = detflow::backend::udp::send_sim(&stream, &stop)?;
+    let report = detflow_engine::backend::udp::send_sim(&stream, &stop)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -911,8 +916,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         "invalid prefix {:?}: expected a non-empty PV prefix without spaces",
         config.serve.prefix
     );
-    let opts = detflow::ioc::ServeOptions {
-        data_roots: detflow::ioc::data_roots(&roots)?,
+    let opts = detflow_ioc::ServeOptions {
+        data_roots: detflow_ioc::data_roots(&roots)?,
         prefix: config.serve.prefix.clone(),
         ca_port: config.serve.ca_port,
         interface,
@@ -923,7 +928,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let stop = stop_on_signals()?;
     let roots = opts.data_roots.to_string();
     let prefix = opts.prefix.clone();
-    let ioc = detflow::ioc::Ioc::start(opts)?;
+    let ioc = detflow_ioc::Ioc::start(opts)?;
     tracing::info!(
         "ready: {} PVs under {prefix} on port {}, data roots {roots}",
         ioc.pv_count(),

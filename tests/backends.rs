@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use detflow::backend::replay::ReplayDetector;
-use detflow::backend::udp::{Incomplete, PacketHeader, UdpReceiver, UdpSender};
+use detflow_engine::backend::replay::ReplayDetector;
+use detflow_engine::backend::udp::{Incomplete, PacketHeader, UdpReceiver, UdpSender};
 use detflow_hal::conformance::{self, ConformanceConfig, CountingAllocator};
 use detflow_hal::{
     AcquisitionConfig, Detector, Error as _, FrameSource, ImageMode, PixelType, Roi,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use detflow::{Acquisition, Config, State};
+use detflow_engine::{Acquisition, Config, State};
 
 fn frames_in(path: &std::path::Path) -> usize {
     let f = hdf5::File::open(path).unwrap();
@@ -281,7 +281,7 @@ struct CaptureEnded(
     std::sync::Mutex<std::sync::mpsc::Sender<(detflow_writer::FileStatus, Option<String>)>>,
 );
 
-impl detflow::engine::Observer for CaptureEnded {
+impl detflow_engine::acquisition::Observer for CaptureEnded {
     fn capture_ended(&self, status: &detflow_writer::FileStatus, error: Option<&str>) {
         let _ = self
             .0
@@ -305,9 +305,14 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     c.writer.flush_interval = 0.05;
     let v = c.validate().unwrap();
     let mut acq = v.acquisition.clone();
-    let detector =
-        detflow::engine::make_backend(v.backend.clone(), v.sensor, v.seed, v.mode, &mut acq)
-            .unwrap();
+    let detector = detflow_engine::acquisition::make_backend(
+        v.backend.clone(),
+        v.sensor,
+        v.seed,
+        v.mode,
+        &mut acq,
+    )
+    .unwrap();
     let shape = detflow_hal::FrameShape {
         width: 64,
         height: 48,
@@ -316,18 +321,18 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     };
     let session = detflow_writer::CaptureSession::start(
         v.capture.clone(),
-        detflow::engine::geometry(&acq, shape),
+        detflow_engine::acquisition::geometry(&acq, shape),
     )
     .unwrap();
     let file = session.status().full_file_name.clone();
-    let plugin = std::sync::Arc::new(detflow::engine::SharedCapture::new(true));
+    let plugin = std::sync::Arc::new(detflow_engine::acquisition::SharedCapture::new(true));
     plugin.lock().session = Some(session);
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = Acquisition::start_shared(
         detector,
         acq,
         0,
-        detflow::engine::RingOptions {
+        detflow_engine::acquisition::RingOptions {
             slots: 8,
             policy: v.ring_policy,
             shm: None,

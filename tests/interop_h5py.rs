@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use detflow::engine::demo_params;
+use detflow_engine::acquisition::demo_params;
 use detflow_hal::{AcquisitionConfig, Detector, FrameSource, ImageMode, PixelType, Roi};
 use detflow_sim::{SimConfig, SimDetector, SimMode};
 

@@ -731,8 +731,8 @@ fn every_accepted_setpoint_shows_in_its_readback() {
     let d = Daemon::start(dir.path(), &["--data-root", root, "--size", "32x24"]);
     let mut c = d.client();
     let list = concat!(
-        include_str!("../src/ioc/ophyd_pvs.txt"),
-        include_str!("../src/ioc/ophyd_async_pvs.txt")
+        include_str!("../ioc/src/ophyd_pvs.txt"),
+        include_str!("../ioc/src/ophyd_async_pvs.txt")
     );
     let mut setpoints: Vec<&str> = list
         .lines()

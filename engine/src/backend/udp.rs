@@ -231,7 +231,7 @@ pub fn send_sim(s: &SimStream, stop: &std::sync::atomic::AtomicBool) -> anyhow::
         max_width: s.size.0,
         max_height: s.size.1,
         seed: s.seed,
-        params: crate::engine::demo_params(s.mode, s.size, s.pixel_type),
+        params: crate::acquisition::demo_params(s.mode, s.size, s.pixel_type),
     })
     .context("cannot create the simulated detector")?;
     let shape = det

@@ -55,7 +55,11 @@ impl Ioc {
             peak_step_x: i("cam1:PeakStepX_RBV"),
             peak_step_y: i("cam1:PeakStepY_RBV"),
             peak_variation: n("cam1:PeakVariation_RBV"),
-            ..crate::engine::demo_params(mode, self.opts.validated.sensor, PixelType::U16)
+            ..detflow_engine::acquisition::demo_params(
+                mode,
+                self.opts.validated.sensor,
+                PixelType::U16,
+            )
         }
     }
 
@@ -159,14 +163,16 @@ impl Ioc {
                     detflow_sim::SimOptions { fifo_depth, faults },
                 )
                 .map_err(|e| format!("cannot create the simulated detector: {e}"))?;
-                Box::new(sim) as Box<dyn crate::backend::Backend>
+                Box::new(sim) as Box<dyn detflow_engine::backend::Backend>
             }
-            other => crate::engine::make_backend(other, v.sensor, v.seed, mode, &mut acq)
-                .map_err(|e| format!("{e:#}"))?,
+            other => {
+                detflow_engine::acquisition::make_backend(other, v.sensor, v.seed, mode, &mut acq)
+                    .map_err(|e| format!("{e:#}"))?
+            }
         };
         let shape_bytes = self.frame_shape().map(|s| s.bytes()).unwrap_or(1);
         let slots = if self.opts.config.ring.slots == 0 {
-            crate::config::auto_slots(shape_bytes)
+            detflow_engine::config::auto_slots(shape_bytes)
         } else {
             v.ring_slots
         };
@@ -291,7 +297,7 @@ impl Ioc {
         complete(&self.acquire_waiters, None);
     }
 
-    pub(super) fn post_run_status(&self, s: &crate::engine::Status) {
+    pub(super) fn post_run_status(&self, s: &detflow_engine::acquisition::Status) {
         let lost = s.frames_dropped
             + s.frames_overrun
             + s.frames_corrupted

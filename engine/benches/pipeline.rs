@@ -6,7 +6,7 @@
 //! creation and close included.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use detflow::{Acquisition, Config};
+use detflow_engine::{Acquisition, Config};
 
 const FRAMES: u64 = 50;
 

@@ -1,5 +1,5 @@
-//! `detflow serve`: the acquisition engine as a long-lived daemon that is an areaDetector IOC
-//! (ADSimDetector `cam1:`, NDFileHDF5 `HDF1:`, NDStdArrays `image1:`) over Channel Access,
+//! detflow-ioc (`detflow serve`): the acquisition engine as a long-lived daemon that is an
+//! areaDetector IOC (ADSimDetector `cam1:`, NDFileHDF5 `HDF1:`, NDStdArrays `image1:`) over Channel Access,
 //! so that ophyd, apstools and ophyd-async drive it unchanged.
 //!
 //! The PVs are the state: a setpoint write is checked, stored, and echoed to its `_RBV`;
@@ -18,6 +18,8 @@
 //! Lock order: `run` → engine status; plugin → engine status; nothing locks the plugin while
 //! holding `run`'s waiters, and the engine's observer calls (made under the plugin lock) only
 //! post PVs and complete waiters.
+
+#![warn(missing_docs, missing_debug_implementations)]
 
 mod cam;
 mod plugin;
@@ -46,10 +48,10 @@ use detflow_writer::{
     WriteMode,
 };
 
-use crate::config::{BackendSpec, Config, Validated};
-use crate::engine::{
+use detflow_engine::acquisition::{
     Acquisition, AcquisitionHandle, Observer, RingOptions, SharedCapture, State, geometry,
 };
+use detflow_engine::config::{BackendSpec, Config, Validated};
 use pvs::{kind, split, text_value};
 
 /// What `detflow serve` runs with.
@@ -273,7 +275,7 @@ impl Ioc {
             .mode
             .parse()
             .unwrap_or(detflow_sim::SimMode::Peaks);
-        let p = crate::engine::demo_params(mode, v.sensor, acq.pixel_type);
+        let p = detflow_engine::acquisition::demo_params(mode, v.sensor, acq.pixel_type);
         let values: Vec<(&str, Value)> = vec![
             // cam1: ADBase + simDetector
             ("cam1:PortName_RBV", t("SIM1")),
@@ -797,7 +799,7 @@ mod tests {
     fn every_pv_named_here_is_served() {
         let served = pvs::suffixes();
         let source = [
-            include_str!("mod.rs"),
+            include_str!("lib.rs"),
             include_str!("cam.rs"),
             include_str!("plugin.rs"),
             include_str!("preview.rs"),

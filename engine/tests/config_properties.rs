@@ -1,7 +1,7 @@
 //! Property tests of the TOML config (`--config`, `serve --config`): any document is read or
 //! refused without a panic, and a bad value is refused naming its key. Bounded cases.
 
-use detflow::Config;
+use detflow_engine::Config;
 use proptest::prelude::*;
 
 const CASES: u32 = 256;
@@ -110,7 +110,7 @@ fn toml_document() -> impl Strategy<Value = String> {
 
 /// Read `text` as the config file; validate what reads, writing only into a temporary
 /// directory.
-fn read_and_validate(text: &str) -> Result<Result<(), detflow::ConfigError>, String> {
+fn read_and_validate(text: &str) -> Result<Result<(), detflow_engine::ConfigError>, String> {
     let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config;
