@@ -587,13 +587,9 @@ impl Detector for UdpReceiver {
     }
 }
 
-impl FrameSource for UdpReceiver {
-    /// Receives datagrams until a frame is complete, writing each payload at its place in
-    /// `buf`. Lost and incomplete frames are reported one error per frame (module docs).
-    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, UdpError> {
-        if let Some(e) = self.report_pending() {
-            return Err(e);
-        }
+impl UdpReceiver {
+    /// Refuse a read outside a run, after its end, or into a buffer smaller than a frame.
+    fn check_ready(&mut self, buf_len: usize) -> Result<(), UdpError> {
         match self.run {
             None => return Err(err(ErrorKind::NotAcquiring, "not acquiring")),
             Some(r) if r.over => {
@@ -603,15 +599,46 @@ impl FrameSource for UdpReceiver {
             Some(_) => {}
         }
         let needed = self.shape.bytes();
-        if buf.len() < needed {
+        if buf_len < needed {
             return Err(err(
                 ErrorKind::InvalidConfig,
-                format!(
-                    "buffer of {} bytes is smaller than one frame of {needed} bytes",
-                    buf.len()
-                ),
+                format!("buffer of {buf_len} bytes is smaller than one frame of {needed} bytes"),
             ));
         }
+        Ok(())
+    }
+
+    /// Frame `first_seen` began while `next` was expected: the whole frames between never
+    /// arrived. They are reported (one error per frame) before `first_seen`, whose datagram
+    /// (`n` bytes) is held for the next read.
+    fn missing_before(&mut self, first_seen: u64, next: u64, n: usize) -> UdpError {
+        let limit = self.limit;
+        let Some(run) = self.run.as_mut() else {
+            return err(ErrorKind::NotAcquiring, "not acquiring");
+        };
+        let left = limit.map_or(u64::MAX, |l| l.saturating_sub(run.accounted));
+        let missing = (first_seen - next).min(left);
+        run.pending_lost += missing;
+        run.lost_id = next;
+        run.next_id = Some(first_seen);
+        for _ in 0..missing {
+            self.account();
+        }
+        self.held = Some(n);
+        self.report_pending()
+            .unwrap_or_else(|| err(ErrorKind::FrameLost, "frames never arrived"))
+    }
+}
+
+impl FrameSource for UdpReceiver {
+    /// Receives datagrams until a frame is complete, writing each payload at its place in
+    /// `buf`. Lost and incomplete frames are reported one error per frame (module docs).
+    fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, UdpError> {
+        if let Some(e) = self.report_pending() {
+            return Err(e);
+        }
+        self.check_ready(buf.len())?;
+        let needed = self.shape.bytes();
         let deadline = Instant::now() + timeout;
         loop {
             let current = self.run.and_then(|r| r.current);
@@ -660,22 +687,7 @@ impl FrameSource for UdpReceiver {
             }
             if current.is_none() {
                 if h.frame_id > next {
-                    // Whole frames never arrived: report them before this one.
-                    let missing = h.frame_id - next;
-                    let left = self
-                        .limit
-                        .map_or(u64::MAX, |l| l.saturating_sub(run.accounted));
-                    let missing = missing.min(left);
-                    run.pending_lost += missing;
-                    run.lost_id = next;
-                    run.next_id = Some(h.frame_id);
-                    for _ in 0..missing {
-                        self.account();
-                    }
-                    self.held = Some(n);
-                    return Err(self
-                        .report_pending()
-                        .unwrap_or_else(|| err(ErrorKind::FrameLost, "frames never arrived")));
+                    return Err(self.missing_before(h.frame_id, next, n));
                 }
                 run.next_id = Some(h.frame_id);
                 run.current = Some(Assembly {
