@@ -13,7 +13,9 @@
 //!   ([`Fault`], [`FaultRates`]: NACKs, bus timeouts, dropped, corrupted and overrun frames).
 //! - [`SimDetector`] is the driver over a [`SimChip`]; build it from a [`SimConfig`] (sensor
 //!   size, seed, [`SimParams`]) and optionally [`SimOptions`] (FIFO depth, fault rates).
-//! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise`.
+//! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise` and maps
+//!   onto ADSimDetector's `SimMode` enum values ([`SimMode::index`]); [`SimParams::demo`] gives
+//!   a useful picture of each mode at any sensor size.
 //! - Errors are [`SensorError`] (alias [`SimError`]), mapped onto [`detflow_hal::ErrorKind`].
 //!
 //! What is precomputed and how each pattern is defined (wrapping integer arithmetic,
