@@ -25,6 +25,11 @@
 //! updates). Monitors queue a few updates (64 for small values, one for large arrays), then
 //! coalesce to the newest: a client that keeps up sees every value, a slow client sees the
 //! latest value, never an unbounded backlog, and posting never waits on a client.
+//!
+//! Feature `probe` (off by default): the module `probe`, a minimal raw CA client that tests,
+//! examples and measurements use to look at the wire. The crate's own tests turn it on; a
+//! package whose tests use it names it in its dev-dependencies
+//! (`detflow-ca = { workspace = true, features = ["probe"] }`).
 
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -32,6 +37,7 @@
 mod circuit;
 pub mod dbr;
 mod error;
+#[cfg(feature = "probe")]
 pub mod probe;
 pub mod proto;
 mod pv;

@@ -31,7 +31,13 @@
 //! ```
 #![no_std]
 #![deny(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations)]
+// The conformance suite's counting allocator is the one `unsafe` (allowed there alone).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::undocumented_unsafe_blocks
+)]
 
 #[cfg(feature = "std")]
 extern crate std;

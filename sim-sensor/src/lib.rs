@@ -13,7 +13,11 @@
 //!   ([`Fault`], [`FaultRates`]: NACKs, bus timeouts, dropped, corrupted and overrun frames).
 //! - [`SimDetector`] is the driver over a [`SimChip`]; build it from a [`SimConfig`] (sensor
 //!   size, seed, [`SimParams`]) and optionally [`SimOptions`] (FIFO depth, fault rates).
-//! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise`.
+//! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise` and maps
+//!   onto ADSimDetector's `SimMode` enum values ([`SimMode::index`]); [`SimParams::demo`] gives
+//!   a useful picture of each mode at any sensor size.
+//! - [`SimSettings`] is the detector as a user configures it (mode, seed, FIFO depth, fault
+//!   rates), checked by [`SimSettings::validate`]; serde with the `serde` feature.
 //! - Errors are [`SensorError`] (alias [`SimError`]), mapped onto [`detflow_hal::ErrorKind`].
 //!
 //! What is precomputed and how each pattern is defined (wrapping integer arithmetic,
@@ -52,6 +56,7 @@ mod pixel;
 pub mod port;
 pub mod regs;
 mod rng;
+mod settings;
 
 pub use detector::{MAX_SENSOR_SIZE, SimConfig, SimDetector, SimOptions};
 pub use driver::{CONTROL_RETRIES, SensorDriver};
@@ -62,3 +67,4 @@ pub use firmware::{
 };
 pub use params::{SimMode, SimParams, Sine, SineOperation, UnknownSimMode};
 pub use port::{DataPort, FrameFooter, FrameHeader, frame_checksum};
+pub use settings::{SimSettings, SimSettingsError};

@@ -5,6 +5,8 @@
 use core::fmt;
 use core::str::FromStr;
 
+use detflow_hal::PixelType;
+
 use crate::error::SensorError;
 
 /// Which test pattern the simulated detector draws (ADSimDetector `SimMode`).
@@ -30,6 +32,10 @@ impl SimMode {
         SimMode::OffsetNoise,
     ];
 
+    /// The state labels of ADSimDetector's `SimMode` record, in enum order: what a Channel
+    /// Access client shows for [`index`](Self::index) 0 to 3.
+    pub const AD_LABELS: [&'static str; 4] = ["LinearRamp", "Peaks", "Sine", "Offset&Noise"];
+
     /// The command-line name: `"ramp"`, `"peaks"`, `"sine"` or `"noise"`.
     pub const fn name(self) -> &'static str {
         match self {
@@ -37,6 +43,36 @@ impl SimMode {
             SimMode::Peaks => "peaks",
             SimMode::Sine => "sine",
             SimMode::OffsetNoise => "noise",
+        }
+    }
+
+    /// The value of ADSimDetector's `SimMode` enum record: 0 LinearRamp, 1 Peaks, 2 Sine,
+    /// 3 Offset&Noise.
+    ///
+    /// ```
+    /// use detflow_sim::SimMode;
+    ///
+    /// assert_eq!(SimMode::Sine.index(), 2);
+    /// assert_eq!(SimMode::from_index(2), Some(SimMode::Sine));
+    /// assert_eq!(SimMode::AD_LABELS[SimMode::OffsetNoise.index() as usize], "Offset&Noise");
+    /// ```
+    pub const fn index(self) -> u16 {
+        match self {
+            SimMode::LinearRamp => 0,
+            SimMode::Peaks => 1,
+            SimMode::Sine => 2,
+            SimMode::OffsetNoise => 3,
+        }
+    }
+
+    /// The mode of a `SimMode` enum value, `None` past the last (3).
+    pub const fn from_index(index: u16) -> Option<SimMode> {
+        match index {
+            0 => Some(SimMode::LinearRamp),
+            1 => Some(SimMode::Peaks),
+            2 => Some(SimMode::Sine),
+            3 => Some(SimMode::OffsetNoise),
+            _ => None,
         }
     }
 }
@@ -61,6 +97,24 @@ impl FromStr for SimMode {
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| UnknownSimMode(s.to_owned()))
+    }
+}
+
+/// Written as the command-line name (`"peaks"`), as a TOML file or the CLI spells it.
+#[cfg(feature = "serde")]
+impl serde::Serialize for SimMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// Read from the command-line name through [`FromStr`]; any other string is refused with
+/// [`UnknownSimMode`]'s message.
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for SimMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -195,6 +249,59 @@ impl Default for SimParams {
 }
 
 impl SimParams {
+    /// Parameters that make a useful picture at any sensor size: for [`SimMode::Peaks`] a
+    /// 10 x 10 grid of peaks (sigma a twelfth of the spacing, heights varying by 10 %) on a
+    /// little noise; for [`SimMode::Sine`] sines around an offset; for
+    /// [`SimMode::OffsetNoise`] flat noise; for [`SimMode::LinearRamp`] the plain ramp.
+    /// Amplitudes are scaled down tenfold for 8-bit pixel types so that they fit. This is
+    /// what `detflow acquire --mode`, the daemon's initial simDetector PVs, the UDP test
+    /// sender and `detflow bench` draw; with equal seeds they give equal frames.
+    ///
+    /// ```
+    /// use detflow_hal::PixelType;
+    /// use detflow_sim::{SimMode, SimParams};
+    ///
+    /// let p = SimParams::demo(SimMode::Peaks, (1000, 500), PixelType::U16);
+    /// assert_eq!((p.peak_num_x, p.peak_step_x, p.peak_start_x), (10, 100, 50));
+    /// assert_eq!((p.peak_num_y, p.peak_step_y, p.peak_width_y), (10, 50, 4));
+    /// ```
+    pub fn demo(mode: SimMode, (width, height): (u32, u32), pixel_type: PixelType) -> SimParams {
+        let scale = match pixel_type {
+            PixelType::U8 | PixelType::I8 => 0.1,
+            _ => 1.0,
+        };
+        let mut p = SimParams {
+            mode,
+            ..SimParams::default()
+        };
+        match mode {
+            SimMode::Peaks => {
+                let (sx, sy) = ((width / 10).max(1), (height / 10).max(1));
+                p.peak_num_x = 10.min(width);
+                p.peak_num_y = 10.min(height);
+                p.peak_step_x = sx as i32;
+                p.peak_step_y = sy as i32;
+                p.peak_start_x = (sx / 2) as i32;
+                p.peak_start_y = (sy / 2) as i32;
+                p.peak_width_x = (sx / 12).max(1);
+                p.peak_width_y = (sy / 12).max(1);
+                p.gain = 1000.0 * scale;
+                p.peak_variation = 10.0;
+                p.noise = 4.0;
+            }
+            SimMode::LinearRamp => {}
+            SimMode::Sine => {
+                p.gain = 1000.0 * scale;
+                p.offset = 4000.0 * scale;
+            }
+            SimMode::OffsetNoise => {
+                p.offset = 1000.0 * scale;
+                p.noise = 500.0 * scale;
+            }
+        }
+        p
+    }
+
     /// Refuses values no image can be built from: non-finite numbers, zero peak widths and
     /// grids of more than 256 x 256 peaks.
     pub(crate) fn validate(&self) -> Result<(), SensorError> {
@@ -264,6 +371,73 @@ mod tests {
             err.to_string(),
             "unknown simulation mode \"Peak\": expected one of peaks, ramp, sine, noise"
         );
+    }
+
+    #[test]
+    fn mode_indices_follow_adsimdetector_and_round_trip() {
+        let labels: Vec<_> = SimMode::ALL
+            .iter()
+            .map(|m| SimMode::AD_LABELS[usize::from(m.index())])
+            .collect();
+        assert_eq!(labels, ["LinearRamp", "Peaks", "Sine", "Offset&Noise"]);
+        for (i, m) in SimMode::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(m.index()), i);
+            assert_eq!(SimMode::from_index(m.index()), Some(m));
+        }
+        assert_eq!(SimMode::from_index(4), None);
+        assert_eq!(SimMode::from_index(u16::MAX), None);
+    }
+
+    /// The numbers the root's `demo_params` used, pinned: the daemon's initial PVs and the
+    /// figures of earlier runs depend on them.
+    #[test]
+    fn demo_parameters_are_pinned() {
+        let p = SimParams::demo(SimMode::Peaks, (1024, 1024), PixelType::U16);
+        let expected = SimParams {
+            mode: SimMode::Peaks,
+            peak_num_x: 10,
+            peak_num_y: 10,
+            peak_step_x: 102,
+            peak_step_y: 102,
+            peak_start_x: 51,
+            peak_start_y: 51,
+            peak_width_x: 8,
+            peak_width_y: 8,
+            gain: 1000.0,
+            peak_variation: 10.0,
+            noise: 4.0,
+            ..SimParams::default()
+        };
+        assert_eq!(p, expected);
+        // Tiny sensors: fewer peaks than ten, steps and widths at least one pixel.
+        let p = SimParams::demo(SimMode::Peaks, (4, 30), PixelType::U8);
+        assert_eq!((p.peak_num_x, p.peak_step_x, p.peak_start_x), (4, 1, 0));
+        assert_eq!((p.peak_num_y, p.peak_step_y, p.peak_start_y), (10, 3, 1));
+        assert_eq!((p.peak_width_x, p.peak_width_y), (1, 1));
+        assert_eq!((p.gain, p.noise), (100.0, 4.0));
+        assert_eq!(
+            SimParams::demo(SimMode::LinearRamp, (7, 9), PixelType::F64),
+            SimParams::default()
+        );
+        for (ty, scale) in [(PixelType::I8, 0.1), (PixelType::I32, 1.0)] {
+            let p = SimParams::demo(SimMode::Sine, (64, 64), ty);
+            assert_eq!(
+                (p.mode, p.gain, p.offset),
+                (SimMode::Sine, 1000.0 * scale, 4000.0 * scale)
+            );
+            let p = SimParams::demo(SimMode::OffsetNoise, (64, 64), ty);
+            assert_eq!((p.offset, p.noise), (1000.0 * scale, 500.0 * scale));
+            assert_eq!(p.gain, 1.0);
+        }
+        for mode in SimMode::ALL {
+            for ty in [PixelType::U8, PixelType::U16, PixelType::F32] {
+                for size in [(1, 1), (13, 7), (8192, 8192)] {
+                    let p = SimParams::demo(mode, size, ty);
+                    assert_eq!(p.mode, mode);
+                    assert!(p.validate().is_ok(), "{mode} {size:?} {ty}: {p:?}");
+                }
+            }
+        }
     }
 
     #[test]

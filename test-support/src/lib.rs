@@ -4,7 +4,8 @@
 //!
 //! Interop tests must fail, never skip, when their reader cannot be installed: every step
 //! here panics with the command's output when it fails.
-#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
