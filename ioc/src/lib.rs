@@ -20,6 +20,7 @@
 //! post PVs and complete waiters.
 
 #![warn(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 mod cam;
 mod plugin;
