@@ -19,6 +19,18 @@ macro_rules! pv_table {
     (@readback $rbv:ident) => { Some(Pv::$rbv) };
     ($($variant:ident $name:literal $access:ident $kind:expr $(=> $rbv:ident)?;)*) => {
         /// A PV the daemon serves, by its suffix (the name after the prefix).
+        ///
+        /// ```
+        /// use detflow_ioc::pvs::Pv;
+        /// assert_eq!(Pv::CamAcquireRbv.name(), "cam1:Acquire_RBV");
+        /// assert_eq!(Pv::CamAcquire.readback(), Some(Pv::CamAcquireRbv));
+        /// ```
+        ///
+        /// A name that is not in the table does not compile:
+        ///
+        /// ```compile_fail
+        /// let _ = detflow_ioc::pvs::Pv::CamAquireRbv;
+        /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Pv {
             $(#[doc = concat!("`", $name, "`")] $variant,)*
