@@ -2,7 +2,7 @@
 //! (apstools `ad_creator` with cam1:, HDF1:, image1:) and ophyd-async's `SimDetector` with its
 //! HDF writer declare, with areaDetector's record types, enum strings and precision.
 //!
-//! Each PV is a variant of [`Pv`], generated from one table ([`table`](self::table)): its name,
+//! Each PV is a variant of [`Pv`], generated from one table ([`table`]): its name,
 //! its [`Kind`] (as the ADCore / ADSimDetector templates define it), whether clients may write
 //! it, and the `_RBV` a setpoint echoes to. A misspelt PV does not compile; a test checks the
 //! table against the clients' own lists kept beside this file (see `specs/bluesky-clients.md`).
