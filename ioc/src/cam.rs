@@ -6,55 +6,55 @@ use super::*;
 impl Ioc {
     /// The detector configuration the cam's readbacks describe.
     pub(super) fn acquisition_config(&self) -> Result<AcquisitionConfig, Refusal> {
-        let pixel_type = PixelType::from_nd_data_type(self.int("cam1:DataType_RBV") as i32)
+        let pixel_type = PixelType::from_nd_data_type(self.int(Pv::CamDataTypeRbv) as i32)
             .ok_or("cam1:DataType is not one the detector makes")?;
-        let image_mode = match self.int("cam1:ImageMode_RBV") {
+        let image_mode = match self.int(Pv::CamImageModeRbv) {
             0 => ImageMode::Single,
             1 => ImageMode::Multiple,
             _ => ImageMode::Continuous,
         };
-        let seconds = |s: &str| Duration::from_secs_f64(self.num(s).clamp(0.0, 86_400.0));
+        let seconds = |s: Pv| Duration::from_secs_f64(self.num(s).clamp(0.0, 86_400.0));
         Ok(AcquisitionConfig {
             roi: Roi {
-                min_x: self.int("cam1:MinX_RBV") as u32,
-                min_y: self.int("cam1:MinY_RBV") as u32,
-                size_x: self.int("cam1:SizeX_RBV") as u32,
-                size_y: self.int("cam1:SizeY_RBV") as u32,
+                min_x: self.int(Pv::CamMinXRbv) as u32,
+                min_y: self.int(Pv::CamMinYRbv) as u32,
+                size_x: self.int(Pv::CamSizeXRbv) as u32,
+                size_y: self.int(Pv::CamSizeYRbv) as u32,
             },
             binning: Binning {
-                x: self.int("cam1:BinX_RBV") as u32,
-                y: self.int("cam1:BinY_RBV") as u32,
+                x: self.int(Pv::CamBinXRbv) as u32,
+                y: self.int(Pv::CamBinYRbv) as u32,
             },
             pixel_type,
-            exposure: seconds("cam1:AcquireTime_RBV"),
-            period: seconds("cam1:AcquirePeriod_RBV"),
+            exposure: seconds(Pv::CamAcquireTimeRbv),
+            period: seconds(Pv::CamAcquirePeriodRbv),
             image_mode,
-            num_images: self.int("cam1:NumImages_RBV").clamp(1, u32::MAX as i64) as u32,
+            num_images: self.int(Pv::CamNumImagesRbv).clamp(1, u32::MAX as i64) as u32,
             trigger_mode: TriggerMode::Internal,
         })
     }
 
     /// The simulation's parameters from the cam's simDetector PVs.
     pub(super) fn sim_params(&self, mode: detflow_sim::SimMode) -> detflow_sim::SimParams {
-        let n = |s: &str| self.num(s);
-        let i = |s: &str| self.int(s) as i32;
-        let u = |s: &str| self.int(s).max(0) as u32;
+        let n = |s: Pv| self.num(s);
+        let i = |s: Pv| self.int(s) as i32;
+        let u = |s: Pv| self.int(s).max(0) as u32;
         detflow_sim::SimParams {
             mode,
-            gain: n("cam1:Gain_RBV"),
-            gain_x: n("cam1:GainX_RBV"),
-            gain_y: n("cam1:GainY_RBV"),
-            offset: n("cam1:Offset_RBV"),
-            noise: n("cam1:Noise_RBV"),
-            peak_start_x: i("cam1:PeakStartX_RBV"),
-            peak_start_y: i("cam1:PeakStartY_RBV"),
-            peak_width_x: u("cam1:PeakWidthX_RBV"),
-            peak_width_y: u("cam1:PeakWidthY_RBV"),
-            peak_num_x: u("cam1:PeakNumX_RBV"),
-            peak_num_y: u("cam1:PeakNumY_RBV"),
-            peak_step_x: i("cam1:PeakStepX_RBV"),
-            peak_step_y: i("cam1:PeakStepY_RBV"),
-            peak_variation: n("cam1:PeakVariation_RBV"),
+            gain: n(Pv::CamGainRbv),
+            gain_x: n(Pv::CamGainXRbv),
+            gain_y: n(Pv::CamGainYRbv),
+            offset: n(Pv::CamOffsetRbv),
+            noise: n(Pv::CamNoiseRbv),
+            peak_start_x: i(Pv::CamPeakStartXRbv),
+            peak_start_y: i(Pv::CamPeakStartYRbv),
+            peak_width_x: u(Pv::CamPeakWidthXRbv),
+            peak_width_y: u(Pv::CamPeakWidthYRbv),
+            peak_num_x: u(Pv::CamPeakNumXRbv),
+            peak_num_y: u(Pv::CamPeakNumYRbv),
+            peak_step_x: i(Pv::CamPeakStepXRbv),
+            peak_step_y: i(Pv::CamPeakStepYRbv),
+            peak_variation: n(Pv::CamPeakVariationRbv),
             ..detflow_engine::acquisition::demo_params(
                 mode,
                 self.opts.validated.sensor,
@@ -117,10 +117,10 @@ impl Ioc {
                 self.detector_running.store(true, Ordering::Release);
                 self.busy.store(true, Ordering::Release);
                 drop(run);
-                self.set("cam1:Acquire_RBV", 1);
-                self.set("cam1:AcquireBusy", 1);
-                self.set("cam1:DetectorState_RBV", 1);
-                self.set_text("cam1:StatusMessage_RBV", "Acquiring");
+                self.set(Pv::CamAcquireRbv, 1);
+                self.set(Pv::CamAcquireBusy, 1);
+                self.set(Pv::CamDetectorStateRbv, 1);
+                self.set_text(Pv::CamStatusMessageRbv, "Acquiring");
                 let reply = wait_in(&self.acquire_waiters, req);
                 let ioc = self.clone();
                 if let Err(e) = std::thread::Builder::new()
@@ -133,8 +133,8 @@ impl Ioc {
             }
             Err(message) => {
                 tracing::warn!("acquire refused: {message}");
-                self.set_text("cam1:StatusMessage_RBV", &message);
-                self.set("cam1:DetectorState_RBV", 6);
+                self.set_text(Pv::CamStatusMessageRbv, &message);
+                self.set(Pv::CamDetectorStateRbv, 6);
                 WriteReply::reject()
             }
         }
@@ -144,7 +144,7 @@ impl Ioc {
         let v = &self.opts.validated;
         let mut acq = self.acquisition_config()?;
         let frames = Self::frames_wanted(&acq);
-        let mode = match self.int("cam1:SimMode_RBV") {
+        let mode = match self.int(Pv::CamSimModeRbv) {
             0 => detflow_sim::SimMode::LinearRamp,
             2 => detflow_sim::SimMode::Sine,
             3 => detflow_sim::SimMode::OffsetNoise,
@@ -184,15 +184,15 @@ impl Ioc {
         };
         // FileWriteMode Single with AutoSave: each frame of this run is a file of its own
         // (NDPluginFile), no Capture needed; closed when the run ends.
-        if self.int("HDF1:FileWriteMode_RBV") == 0
-            && self.flag("HDF1:AutoSave_RBV")
+        if self.int(Pv::HdfFileWriteModeRbv) == 0
+            && self.flag(Pv::HdfAutoSaveRbv)
             && self.plugin.lock().session.is_none()
         {
             match self.open_capture() {
                 Ok(()) => self.auto_save_open.store(true, Ordering::Release),
                 Err(why) => {
                     tracing::warn!("AutoSave: {why}");
-                    self.set_text("HDF1:WriteMessage", &format!("AutoSave: {why}"));
+                    self.set_text(Pv::HdfWriteMessage, &format!("AutoSave: {why}"));
                 }
             }
         }
@@ -202,8 +202,8 @@ impl Ioc {
             None => self.codec().unwrap_or(Codec::None),
         };
         self.counter_base
-            .store(self.int("cam1:ArrayCounter_RBV") as i32, Ordering::Relaxed);
-        self.set("cam1:NumImagesCounter_RBV", 0);
+            .store(self.int(Pv::CamArrayCounterRbv) as i32, Ordering::Relaxed);
+        self.set(Pv::CamNumImagesCounterRbv, 0);
         let observer: Arc<dyn Observer> = self.clone();
         let handle = Acquisition::start_shared(
             detector,
@@ -242,11 +242,11 @@ impl Ioc {
                 detector_done = true;
                 // Before Acquire falls: a client that sees it fall may start the next run.
                 self.detector_running.store(false, Ordering::Release);
-                self.set("cam1:DetectorState_RBV", 0);
-                self.set("cam1:Acquire", 0);
-                self.set("cam1:Acquire_RBV", 0);
-                if !self.flag("cam1:WaitForPlugins") {
-                    self.set("cam1:AcquireBusy", 0);
+                self.set(Pv::CamDetectorStateRbv, 0);
+                self.set(Pv::CamAcquire, 0);
+                self.set(Pv::CamAcquireRbv, 0);
+                if !self.flag(Pv::CamWaitForPlugins) {
+                    self.set(Pv::CamAcquireBusy, 0);
                     complete(&self.acquire_waiters, None);
                 }
             }
@@ -271,16 +271,16 @@ impl Ioc {
             .lost_before
             .load(Ordering::Relaxed)
             .min(i32::MAX as u64) as i32;
-        self.set("cam1:DroppedFrames_RBV", total);
-        self.set("HDF1:DroppedArrays_RBV", total);
-        self.set("cam1:ArrayRate_RBV", 0.0);
+        self.set(Pv::CamDroppedFramesRbv, total);
+        self.set(Pv::HdfDroppedArraysRbv, total);
+        self.set(Pv::CamArrayRateRbv, 0.0);
         match &summary.error {
             // The state goes back to Idle below (clients wait for Idle); the message stays.
             Some(e) => {
                 tracing::warn!("acquisition ended: {e}");
-                self.set_text("cam1:StatusMessage_RBV", e);
+                self.set_text(Pv::CamStatusMessageRbv, e);
             }
-            None => self.set_text("cam1:StatusMessage_RBV", "Idle"),
+            None => self.set_text(Pv::CamStatusMessageRbv, "Idle"),
         }
         tracing::info!(
             acquired = summary.frames_acquired,
@@ -289,11 +289,11 @@ impl Ioc {
             lost,
             "acquisition ended"
         );
-        self.set("cam1:DetectorState_RBV", 0);
-        self.set("cam1:Acquire", 0);
-        self.set("cam1:Acquire_RBV", 0);
+        self.set(Pv::CamDetectorStateRbv, 0);
+        self.set(Pv::CamAcquire, 0);
+        self.set(Pv::CamAcquireRbv, 0);
         self.busy.store(false, Ordering::Release);
-        self.set("cam1:AcquireBusy", 0);
+        self.set(Pv::CamAcquireBusy, 0);
         complete(&self.acquire_waiters, None);
     }
 
@@ -304,18 +304,18 @@ impl Ioc {
             + s.frames_lost
             + s.frames_incomplete;
         let total = (self.lost_before.load(Ordering::Relaxed) + lost).min(i32::MAX as u64) as i32;
-        self.set("cam1:DroppedFrames_RBV", total);
-        self.set("HDF1:DroppedArrays_RBV", total);
-        self.set("cam1:ArrayRate_RBV", s.fps);
-        self.set("HDF1:ArrayRate_RBV", s.fps);
-        self.set("HDF1:IOSpeed", s.mb_per_s);
+        self.set(Pv::CamDroppedFramesRbv, total);
+        self.set(Pv::HdfDroppedArraysRbv, total);
+        self.set(Pv::CamArrayRateRbv, s.fps);
+        self.set(Pv::HdfArrayRateRbv, s.fps);
+        self.set(Pv::HdfIOSpeed, s.mb_per_s);
         let in_use = s
             .ring
             .produced
             .saturating_sub(s.frames_written + s.frames_dropped + s.frames_not_captured);
-        self.set("HDF1:QueueUse", in_use.min(i32::MAX as u64) as i32);
+        self.set(Pv::HdfQueueUse, in_use.min(i32::MAX as u64) as i32);
         self.set(
-            "HDF1:QueueFree",
+            Pv::HdfQueueFree,
             (s.ring_slots as u64).saturating_sub(in_use) as i32,
         );
     }

@@ -46,11 +46,11 @@ impl Ioc {
             .iter()
             .find_map(|p| self.opts.data_roots.check(p).err())?;
         let (pv, value) = if settings.temp_suffix.contains('/') {
-            ("HDF1:TempSuffix", settings.temp_suffix.clone())
+            (Pv::HdfTempSuffix, settings.temp_suffix.clone())
         } else if settings.naming.name.contains('/') {
-            ("HDF1:FileName", settings.naming.name.clone())
+            (Pv::HdfFileName, settings.naming.name.clone())
         } else {
-            ("HDF1:FileTemplate", settings.naming.template.to_string())
+            (Pv::HdfFileTemplate, settings.naming.template.to_string())
         };
         Some(format!(
             "{pv} {value:?} makes {:?}, which resolves to {:?}, outside the data roots ({})",
@@ -64,29 +64,29 @@ impl Ioc {
     /// directories CreateDirectory allows (inside a data root only).
     pub(super) fn check_file_path(&self, path: &str, create: bool) -> bool {
         if let Some(why) = self.outside_roots(Path::new(path)) {
-            self.set("HDF1:FilePathExists_RBV", 0);
-            self.set_text("HDF1:WriteMessage", &why);
-            self.set("HDF1:WriteStatus", 1);
+            self.set(Pv::HdfFilePathExistsRbv, 0);
+            self.set_text(Pv::HdfWriteMessage, &why);
+            self.set(Pv::HdfWriteStatus, 1);
             return false;
         }
-        let depth = self.int("HDF1:CreateDirectory_RBV") as i32;
+        let depth = self.int(Pv::HdfCreateDirectoryRbv) as i32;
         if create && depth != 0 && !Path::new(path).is_dir() {
             if let Err(e) =
                 detflow_writer::naming::create_directories(path, depth, &self.opts.data_roots)
             {
                 let why =
                     format!("FilePath {path:?}: cannot create it (CreateDirectory {depth}): {e}");
-                self.set_text("HDF1:WriteMessage", &why);
+                self.set_text(Pv::HdfWriteMessage, &why);
             }
         }
         let exists = Path::new(path).is_dir();
-        self.set("HDF1:FilePathExists_RBV", i32::from(exists));
+        self.set(Pv::HdfFilePathExistsRbv, i32::from(exists));
         if exists {
-            self.set_text("HDF1:WriteMessage", "");
-            self.set("HDF1:WriteStatus", 0);
+            self.set_text(Pv::HdfWriteMessage, "");
+            self.set(Pv::HdfWriteStatus, 0);
         } else {
             self.set_text(
-                "HDF1:WriteMessage",
+                Pv::HdfWriteMessage,
                 &format!("FilePath {path:?} does not exist"),
             );
         }
@@ -95,24 +95,24 @@ impl Ioc {
 
     /// The codec the plugin's Compression (or our HDF1:Codec) names.
     pub(super) fn codec(&self) -> Result<Codec, Refusal> {
-        let ours = self.text("HDF1:Codec_RBV");
+        let ours = self.text(Pv::HdfCodecRbv);
         if !ours.is_empty() {
             return ours
                 .parse()
                 .map_err(|e| format!("HDF1:Codec {ours:?}: {e}"));
         }
-        let level = |s: &str| self.int(s).clamp(0, 9) as u8;
-        Ok(match self.int("HDF1:Compression_RBV") {
+        let level = |s: Pv| self.int(s).clamp(0, 9) as u8;
+        Ok(match self.int(Pv::HdfCompressionRbv) {
             0 => Codec::None,
             3 => Codec::Deflate {
-                level: level("HDF1:ZLevel_RBV"),
+                level: level(Pv::HdfZLevelRbv),
             },
             4 => {
                 let name = pvs::BLOSC_COMPRESSORS
-                    .get(self.int("HDF1:BloscCompressor_RBV") as usize)
+                    .get(self.int(Pv::HdfBloscCompressorRbv) as usize)
                     .copied()
                     .unwrap_or("blosclz");
-                format!("blosc:{name}:{}", level("HDF1:BloscLevel_RBV"))
+                format!("blosc:{name}:{}", level(Pv::HdfBloscLevelRbv))
                     .parse()
                     .map_err(|e| format!("HDF1:BloscCompressor {name}: {e}"))?
             }
@@ -132,36 +132,36 @@ impl Ioc {
     pub(super) fn capture_settings(&self) -> Result<CaptureSettings, Refusal> {
         let w = &self.opts.validated.capture;
         let template: FileTemplate = self
-            .text("HDF1:FileTemplate_RBV")
+            .text(Pv::HdfFileTemplateRbv)
             .parse()
             .map_err(|e| format!("HDF1:FileTemplate: {e}"))?;
-        let mode = match self.int("HDF1:FileWriteMode_RBV") {
+        let mode = match self.int(Pv::HdfFileWriteModeRbv) {
             0 => WriteMode::Single,
             1 => WriteMode::Capture,
             _ => WriteMode::Stream,
         };
-        let flush = self.int("HDF1:NumFramesFlush_RBV").max(0) as u64;
+        let flush = self.int(Pv::HdfNumFramesFlushRbv).max(0) as u64;
         Ok(CaptureSettings {
             mode,
-            num_capture: self.int("HDF1:NumCapture_RBV").max(0) as u64,
+            num_capture: self.int(Pv::HdfNumCaptureRbv).max(0) as u64,
             frames_per_file: w.frames_per_file,
-            lazy_open: self.flag("HDF1:LazyOpen_RBV"),
+            lazy_open: self.flag(Pv::HdfLazyOpenRbv),
             naming: FileNaming {
-                path: self.text("HDF1:FilePath_RBV"),
-                name: self.text("HDF1:FileName_RBV"),
-                number: self.int("HDF1:FileNumber_RBV") as i32,
-                auto_increment: self.flag("HDF1:AutoIncrement_RBV"),
+                path: self.text(Pv::HdfFilePathRbv),
+                name: self.text(Pv::HdfFileNameRbv),
+                number: self.int(Pv::HdfFileNumberRbv) as i32,
+                auto_increment: self.flag(Pv::HdfAutoIncrementRbv),
                 template,
             },
-            create_dirs: self.int("HDF1:CreateDirectory_RBV") as i32,
-            temp_suffix: self.text("HDF1:TempSuffix_RBV"),
+            create_dirs: self.int(Pv::HdfCreateDirectoryRbv) as i32,
+            temp_suffix: self.text(Pv::HdfTempSuffixRbv),
             overwrite: w.overwrite,
             codec: self.codec()?,
-            swmr: self.flag("HDF1:SWMRMode_RBV"),
+            swmr: self.flag(Pv::HdfSWMRModeRbv),
             flush_every: flush,
             flush_interval: w.flush_interval,
-            store_attributes: self.flag("HDF1:StoreAttr_RBV"),
-            store_performance: self.flag("HDF1:StorePerform_RBV"),
+            store_attributes: self.flag(Pv::HdfStoreAttrRbv),
+            store_performance: self.flag(Pv::HdfStorePerformRbv),
             refs: None,
             ref_pattern: None,
             roots: self.opts.data_roots.clone(),
@@ -178,46 +178,46 @@ impl Ioc {
             return Ok(WriteReply::Accept);
         }
         if self.plugin.lock().session.is_some() {
-            self.set("HDF1:Capture_RBV", 1);
+            self.set(Pv::HdfCaptureRbv, 1);
             return Ok(wait_in(&self.capture_waiters, req));
         }
         self.open_capture()
             .map_err(|why| format!("Capture refused: {why}"))?;
-        self.set("HDF1:Capture_RBV", 1);
+        self.set(Pv::HdfCaptureRbv, 1);
         Ok(wait_in(&self.capture_waiters, req))
     }
 
     /// Open a capture with the plugin's settings (inside the data roots only) and post its
     /// readbacks.
     pub(super) fn open_capture(&self) -> Result<(), Refusal> {
-        let path = self.text("HDF1:FilePath_RBV");
+        let path = self.text(Pv::HdfFilePathRbv);
         if let Some(why) = self.outside_roots(Path::new(&path)) {
-            self.set("HDF1:FilePathExists_RBV", 0);
-            self.set("HDF1:WriteStatus", 1);
+            self.set(Pv::HdfFilePathExistsRbv, 0);
+            self.set(Pv::HdfWriteStatus, 1);
             return Err(why);
         }
         let settings = self.capture_settings()?;
         if let Some(why) = self.file_outside_roots(&settings) {
-            self.set("HDF1:WriteStatus", 1);
-            self.set_text("HDF1:WriteMessage", &why);
+            self.set(Pv::HdfWriteStatus, 1);
+            self.set_text(Pv::HdfWriteMessage, &why);
             return Err(why);
         }
         let shape = self.frame_shape()?;
         let acq = self.acquisition_config()?;
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
-            self.set("HDF1:WriteStatus", 1);
+            self.set(Pv::HdfWriteStatus, 1);
             e.to_string()
         })?;
         let status = session.status().clone();
         tracing::info!(file = %status.full_file_name.display(), "capture started");
         self.plugin.lock().session = Some(session);
-        self.set("HDF1:NumCaptured_RBV", 0);
-        self.set("HDF1:WriteStatus", 0);
-        self.set_text("HDF1:WriteMessage", &status.write_message);
+        self.set(Pv::HdfNumCapturedRbv, 0);
+        self.set(Pv::HdfWriteStatus, 0);
+        self.set_text(Pv::HdfWriteMessage, &status.write_message);
         self.post_file_status(&status);
         self.set(
-            "HDF1:SWMRActive_RBV",
-            i32::from(self.flag("HDF1:SWMRMode_RBV")),
+            Pv::HdfSWMRActiveRbv,
+            i32::from(self.flag(Pv::HdfSWMRModeRbv)),
         );
         Ok(())
     }
@@ -235,8 +235,8 @@ impl Ioc {
             );
             self.capture_done(&status, error.as_deref());
         } else {
-            self.set("HDF1:Capture", 0);
-            self.set("HDF1:Capture_RBV", 0);
+            self.set(Pv::HdfCapture, 0);
+            self.set(Pv::HdfCaptureRbv, 0);
             complete(&self.capture_waiters, None);
         }
     }
@@ -245,22 +245,22 @@ impl Ioc {
     pub(super) fn capture_done(&self, status: &FileStatus, error: Option<&str>) {
         self.post_file_status(status);
         self.set(
-            "HDF1:NumCaptured_RBV",
+            Pv::HdfNumCapturedRbv,
             status.num_captured.min(i32::MAX as u64) as i32,
         );
         match error {
             Some(e) => {
-                self.set("HDF1:WriteStatus", 1);
-                self.set_text("HDF1:WriteMessage", e);
+                self.set(Pv::HdfWriteStatus, 1);
+                self.set_text(Pv::HdfWriteMessage, e);
             }
             None => {
-                self.set("HDF1:WriteStatus", i32::from(!status.write_ok));
-                self.set_text("HDF1:WriteMessage", &status.write_message);
+                self.set(Pv::HdfWriteStatus, i32::from(!status.write_ok));
+                self.set_text(Pv::HdfWriteMessage, &status.write_message);
             }
         }
-        self.set("HDF1:SWMRActive_RBV", 0);
-        self.set("HDF1:Capture", 0);
-        self.set("HDF1:Capture_RBV", 0);
+        self.set(Pv::HdfSWMRActiveRbv, 0);
+        self.set(Pv::HdfCapture, 0);
+        self.set(Pv::HdfCaptureRbv, 0);
         complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
     }
 
@@ -271,15 +271,15 @@ impl Ioc {
             if *last != status.full_file_name && !status.full_file_name.as_os_str().is_empty() {
                 last.clone_from(&status.full_file_name);
                 self.set_text(
-                    "HDF1:FullFileName_RBV",
+                    Pv::HdfFullFileNameRbv,
                     &status.full_file_name.to_string_lossy(),
                 );
             }
         }
         if self.last_number.swap(status.file_number, Ordering::Relaxed) != status.file_number
-            || self.int("HDF1:FileNumber_RBV") != i64::from(status.file_number)
+            || self.int(Pv::HdfFileNumberRbv) != i64::from(status.file_number)
         {
-            self.set_both("HDF1:FileNumber", Value::from(status.file_number));
+            self.set_both(Pv::HdfFileNumber, Value::from(status.file_number));
         }
     }
 

@@ -4,9 +4,7 @@ use super::*;
 
 impl Ioc {
     pub(super) fn post_preview(&self, shape: FrameShape, bytes: &[u8]) {
-        let Some(pv) = self.pv("image1:ArrayData") else {
-            return;
-        };
+        let pv = self.pv(Pv::ImageArrayData);
         let max = pv.count();
         let value = image_value(pv.native_type(), shape.pixel_type, bytes, max);
         if let Err(e) = pv.post(value) {

@@ -2,58 +2,163 @@
 //! (apstools `ad_creator` with cam1:, HDF1:, image1:) and ophyd-async's `SimDetector` with its
 //! HDF writer declare, with areaDetector's record types, enum strings and precision.
 //!
-//! The names come from the two lists kept beside this file (made from the clients' own
-//! classes, see `specs/bluesky-clients.md`); the type of each comes from [`kind`], by the
-//! name without its plugin and `_RBV`, as the ADCore / ADSimDetector templates define it.
+//! Each PV is a variant of [`Pv`], generated from one table ([`table`]): its name,
+//! its [`Kind`] (as the ADCore / ADSimDetector templates define it), whether clients may write
+//! it, and the `_RBV` a setpoint echoes to. A misspelt PV does not compile; a test checks the
+//! table against the clients' own lists kept beside this file (see `specs/bluesky-clients.md`).
 
-use std::collections::BTreeSet;
+use std::fmt;
 
 use detflow_ca::{Access, NativeType, PvSpec, Value};
 
-/// PVs of ophyd's device: `suffix<TAB>dotted name<TAB>...`, `#` comments.
-const OPHYD_PVS: &str = include_str!("ophyd_pvs.txt");
-/// PVs of ophyd-async's device: `read_pv<TAB>write_pv<TAB>...`.
-const OPHYD_ASYNC_PVS: &str = include_str!("ophyd_async_pvs.txt");
+/// Defines [`Pv`] from the table's rows: `Variant "suffix" R|W Kind [=> Readback];`.
+macro_rules! pv_table {
+    (@access R) => { Access::ReadOnly };
+    (@access W) => { Access::ReadWrite };
+    (@readback) => { None };
+    (@readback $rbv:ident) => { Some(Pv::$rbv) };
+    ($($variant:ident $name:literal $access:ident $kind:expr $(=> $rbv:ident)?;)*) => {
+        /// A PV the daemon serves, by its suffix (the name after the prefix).
+        ///
+        /// ```
+        /// use detflow_ioc::pvs::Pv;
+        /// assert_eq!(Pv::CamAcquireRbv.name(), "cam1:Acquire_RBV");
+        /// assert_eq!(Pv::CamAcquire.readback(), Some(Pv::CamAcquireRbv));
+        /// ```
+        ///
+        /// A name that is not in the table does not compile:
+        ///
+        /// ```compile_fail
+        /// let _ = detflow_ioc::pvs::Pv::CamAquireRbv;
+        /// ```
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Pv {
+            $(#[doc = concat!("`", $name, "`")] $variant,)*
+        }
 
-/// PVs of ours, beside areaDetector's.
-pub const DETFLOW_PVS: &[&str] = &[
-    // Any detflow codec (`bszstd:3`, `zstd:5`, ...), for codecs the Compression enum cannot
-    // name; empty: Compression decides.
-    "HDF1:Codec",
-    "HDF1:Codec_RBV",
-    // Every frame lost anywhere (detector FIFO, link, ring, writer), since start-up.
-    "cam1:DroppedFrames_RBV",
-];
+        impl Pv {
+            /// Every PV, in the table's order: `Pv::ALL[pv as usize] == pv`.
+            pub const ALL: &'static [Pv] = &[$(Pv::$variant,)*];
 
-/// Every PV suffix served (after the prefix), sorted; field channels such as
-/// `cam1:DataType_RBV.DISA` are served by the CA server on their record.
-pub fn suffixes() -> BTreeSet<String> {
-    let mut all = BTreeSet::new();
-    let lines = OPHYD_PVS.lines().chain(OPHYD_ASYNC_PVS.lines());
-    for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
-        let mut fields = line.split('\t');
-        let read = fields.next().unwrap_or_default();
-        // ophyd-async's list gives the write PV second when it differs.
-        let write = if line.contains("\tSignal") {
-            fields.next().unwrap_or_default()
-        } else {
-            ""
-        };
-        for name in [read, write] {
-            let name = name.split('.').next().unwrap_or_default();
-            if name.contains(':') {
-                all.insert(name.to_owned());
+            /// The suffix, e.g. `cam1:Acquire_RBV`.
+            pub const fn name(self) -> &'static str {
+                match self { $(Pv::$variant => $name,)* }
+            }
+
+            /// What the PV holds.
+            pub fn kind(self) -> Kind {
+                use Kind::*;
+                match self { $(Pv::$variant => $kind,)* }
+            }
+
+            /// What clients may do with it.
+            pub const fn access(self) -> Access {
+                match self { $(Pv::$variant => pv_table!(@access $access),)* }
+            }
+
+            /// The readback (`X_RBV`) a write to this setpoint is echoed to, if served.
+            pub const fn readback(self) -> Option<Pv> {
+                match self { $(Pv::$variant => pv_table!(@readback $($rbv)?),)* }
+            }
+
+            /// The variant's name, to check it against the PV's.
+            #[cfg(test)]
+            pub(super) fn variant(self) -> &'static str {
+                match self { $(Pv::$variant => stringify!($variant),)* }
             }
         }
-    }
-    all.extend(DETFLOW_PVS.iter().map(|s| (*s).to_owned()));
-    all
+    };
 }
 
-/// The plugin (`cam1`, `HDF1`, `image1`) and the base name (no `_RBV`) of a suffix.
-pub fn split(suffix: &str) -> (&str, &str) {
-    let (plugin, name) = suffix.split_once(':').unwrap_or(("", suffix));
-    (plugin, name.strip_suffix("_RBV").unwrap_or(name))
+pub mod table;
+pub use table::Pv;
+
+/// A plugin of the daemon's, as the first part of a PV's suffix names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    /// `cam1:`, the driver (ADBase + simDetector).
+    Cam,
+    /// `HDF1:`, the file plugin (NDFileHDF5).
+    Hdf,
+    /// `image1:`, the preview (NDStdArrays).
+    Image,
+}
+
+impl Pv {
+    /// The plugin the PV belongs to.
+    pub fn plugin(self) -> Plugin {
+        match self.name().split_once(':') {
+            Some(("cam1", _)) => Plugin::Cam,
+            Some(("HDF1", _)) => Plugin::Hdf,
+            _ => Plugin::Image,
+        }
+    }
+
+    /// Whether this is a readback (`_RBV`).
+    pub fn is_readback(self) -> bool {
+        self.name().ends_with("_RBV")
+    }
+}
+
+impl fmt::Display for Pv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// PVs of ours, beside areaDetector's: `HDF1:Codec` takes any detflow codec (`bszstd:3`,
+/// `zstd:5`, ...), for codecs the Compression enum cannot name (empty: Compression decides);
+/// `cam1:DroppedFrames_RBV` counts every frame lost anywhere (detector FIFO, link, ring,
+/// writer) since start-up.
+pub const DETFLOW_PVS: &[Pv] = &[Pv::HdfCodec, Pv::HdfCodecRbv, Pv::CamDroppedFramesRbv];
+
+/// The description of its input that a plugin (HDF1, image1) shows, as NDPluginBase does:
+/// posted, with each readback, whenever the cam's output changes. Fields are named as the PVs.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct ArrayInfo {
+    pub array_size0: Pv,
+    pub array_size1: Pv,
+    pub array_size2: Pv,
+    pub array_size_x: Pv,
+    pub array_size_y: Pv,
+    pub array_size_z: Pv,
+    pub ndimensions: Pv,
+    pub data_type: Pv,
+    pub color_mode: Pv,
+    pub array_size: Pv,
+    pub dimensions: Pv,
+}
+
+impl ArrayInfo {
+    /// HDF1's.
+    pub const HDF: ArrayInfo = ArrayInfo {
+        array_size0: Pv::HdfArraySize0,
+        array_size1: Pv::HdfArraySize1,
+        array_size2: Pv::HdfArraySize2,
+        array_size_x: Pv::HdfArraySizeXRbv,
+        array_size_y: Pv::HdfArraySizeYRbv,
+        array_size_z: Pv::HdfArraySizeZRbv,
+        ndimensions: Pv::HdfNDimensions,
+        data_type: Pv::HdfDataType,
+        color_mode: Pv::HdfColorMode,
+        array_size: Pv::HdfArraySizeRbv,
+        dimensions: Pv::HdfDimensions,
+    };
+    /// image1's.
+    pub const IMAGE: ArrayInfo = ArrayInfo {
+        array_size0: Pv::ImageArraySize0,
+        array_size1: Pv::ImageArraySize1,
+        array_size2: Pv::ImageArraySize2,
+        array_size_x: Pv::ImageArraySizeXRbv,
+        array_size_y: Pv::ImageArraySizeYRbv,
+        array_size_z: Pv::ImageArraySizeZRbv,
+        ndimensions: Pv::ImageNDimensions,
+        data_type: Pv::ImageDataType,
+        color_mode: Pv::ImageColorMode,
+        array_size: Pv::ImageArraySizeRbv,
+        dimensions: Pv::ImageDimensions,
+    };
 }
 
 /// What a PV is.
@@ -116,82 +221,57 @@ pub const BLOSC_SHUFFLES: &[&str] = &["None", "ByteShuffle", "BitShuffle"];
 /// simDetector SimMode.
 pub const SIM_MODES: &[&str] = &["LinearRamp", "Peaks", "Sine", "Offset&Noise"];
 
-/// The type of a PV by plugin and base name (ADBase, simDetector, NDPluginBase, NDFile,
-/// NDFileHDF5, NDStdArrays templates). Names not listed are LONGs.
-pub fn kind(plugin: &str, base: &str) -> Kind {
-    use Kind::*;
-    match base {
-        "Acquire" => Enum(&["Done", "Acquire"]),
-        "AcquireBusy" => Enum(&["Done", "Acquiring"]),
-        "Capture" => Enum(&["Done", "Capture"]),
-        "ReadFile" | "ReadStatus" => Enum(&["Done", "Read"]),
-        "WriteFile" => Enum(&["Done", "Write"]),
-        "FlushNow" => Enum(&["Done", "Flush"]),
-        "ImageMode" => Enum(IMAGE_MODES),
-        "TriggerMode" => Enum(&["Internal", "External"]),
-        "ArrayCallbacks" | "EnableCallbacks" => Enum(DISABLE_ENABLE),
-        "BlockingCallbacks" | "WaitForPlugins" | "AutoIncrement" | "AutoSave" | "LazyOpen"
-        | "DeleteDriverFile" | "FilePathExists" | "ReverseX" | "ReverseY" | "StoreAttr"
-        | "StorePerform" | "DimAttDatasets" | "ChunkSizeAuto" | "XMLValid" => Enum(NO_YES),
-        "FileWriteMode" => Enum(WRITE_MODES),
-        "Compression" => Enum(COMPRESSIONS),
-        "BloscCompressor" => Enum(BLOSC_COMPRESSORS),
-        "BloscShuffle" => Enum(BLOSC_SHUFFLES),
-        "DataType" => Enum(DATA_TYPES),
-        "ColorMode" => Enum(COLOR_MODES),
-        "BayerPattern" => Enum(&["RGGB", "GBRG", "GRBG", "BGGR"]),
-        "DetectorState" => Enum(DETECTOR_STATES),
-        "FrameType" => Enum(&["Normal", "Background", "FlatField"]),
-        "ShutterMode" => Enum(&["None", "EPICS PV", "Detector output"]),
-        "ShutterControl" | "ShutterControlEPICS" => Enum(&["Close", "Open"]),
-        "ShutterStatus" | "ShutterStatusEPICS" => Enum(&["Closed", "Open"]),
-        "SimMode" => Enum(SIM_MODES),
-        "FileFormat" => Enum(&["HDF5", "Invalid"]),
-        "WriteStatus" => Enum(&["Write OK", "Write error"]),
-        "PositionMode" | "SWMRMode" => Enum(&["Off", "On"]),
-        "SWMRActive" => Enum(&["Off", "Active"]),
-        "SWMRSupported" => Enum(&["Not Supported", "Supported"]),
-        "SortMode" => Enum(&["Unsorted", "Sorted"]),
-        "NDAttributesStatus" => Enum(&[
-            "Attributes file OK",
-            "File not found",
-            "XML syntax error",
-            "Macro substitution error",
-        ]),
-        "EmptyFreeList" | "ProcessPlugin" => Enum(&["Done", "Process"]),
-        "AcquireTime" | "AcquirePeriod" | "ShutterOpenDelay" | "ShutterCloseDelay" => Double(3, ""),
-        "Gain" | "GainX" | "GainY" | "GainRed" | "GainGreen" | "GainBlue" | "Offset" | "Noise"
-        | "PeakVariation" | "FillValue" => Double(3, ""),
-        "Temperature" | "TemperatureActual" | "TimeRemaining" => Double(1, ""),
-        "ArrayRate" | "MaxArrayRate" | "MaxArrayRate_COUT" => Double(1, ""),
-        "MaxByteRate" | "IOSpeed" => Double(1, "MB/s"),
-        "PoolMaxMem" | "PoolUsedMem" => Double(1, "MB"),
-        "ExecutionTime" | "SortTime" | "RunTime" => Double(3, "ms"),
-        "MinCallbackTime" => Double(3, "s"),
-        "TimeStamp" => Double(3, "s"),
-        "ShutterOpenEPICS" | "ShutterCloseEPICS" => Double(3, ""),
-        "FilePath" | "FileName" | "FileTemplate" | "FullFileName" | "NDAttributesFile"
-        | "NDAttributesMacros" | "XMLFileName" | "XMLErrorMsg" | "StatusMessage"
-        | "StringToServer" | "StringFromServer" | "WriteMessage" | "TempSuffix" | "Codec" => Text,
-        "PortName" | "NDArrayPort" | "PluginType" | "Manufacturer" | "Model" | "SerialNumber"
-        | "FirmwareVersion" | "SDKVersion" | "DriverVersion" | "ADCoreVersion"
-        | "HDF5VersionInfo" => Str,
-        b if b.starts_with("ExtraDimName") || b.starts_with("PosNameDim") => Str,
-        b if b.starts_with("PosIndexDim") => Str,
-        b if b.starts_with("Dim") && b.ends_with("SA") => LongArray(10),
-        "Dimensions" => LongArray(10),
-        "ArrayData" if plugin == "image1" => Image,
-        _ => Long,
-    }
-}
+/// Done/Acquire (Acquire).
+pub const DONE_ACQUIRE: &[&str] = &["Done", "Acquire"];
+/// Done/Acquiring (AcquireBusy).
+pub const DONE_ACQUIRING: &[&str] = &["Done", "Acquiring"];
+/// Done/Capture (Capture).
+pub const DONE_CAPTURE: &[&str] = &["Done", "Capture"];
+/// Done/Read (ReadFile, ReadStatus).
+pub const DONE_READ: &[&str] = &["Done", "Read"];
+/// Done/Write (WriteFile).
+pub const DONE_WRITE: &[&str] = &["Done", "Write"];
+/// Done/Flush (FlushNow).
+pub const DONE_FLUSH: &[&str] = &["Done", "Flush"];
+/// Done/Process (EmptyFreeList, ProcessPlugin).
+pub const DONE_PROCESS: &[&str] = &["Done", "Process"];
+/// ADTriggerMode as simDetector has it.
+pub const TRIGGER_MODES: &[&str] = &["Internal", "External"];
+/// NDBayerPattern.
+pub const BAYER_PATTERNS: &[&str] = &["RGGB", "GBRG", "GRBG", "BGGR"];
+/// ADFrameType.
+pub const FRAME_TYPES: &[&str] = &["Normal", "Background", "FlatField"];
+/// ADShutterMode.
+pub const SHUTTER_MODES: &[&str] = &["None", "EPICS PV", "Detector output"];
+/// ShutterControl, ShutterControlEPICS.
+pub const CLOSE_OPEN: &[&str] = &["Close", "Open"];
+/// ShutterStatus, ShutterStatusEPICS.
+pub const CLOSED_OPEN: &[&str] = &["Closed", "Open"];
+/// NDFileFormat of NDFileHDF5.
+pub const FILE_FORMATS: &[&str] = &["HDF5", "Invalid"];
+/// NDWriteStatus.
+pub const WRITE_STATUSES: &[&str] = &["Write OK", "Write error"];
+/// Off/On (PositionMode, SWMRMode).
+pub const OFF_ON: &[&str] = &["Off", "On"];
+/// SWMRActive.
+pub const OFF_ACTIVE: &[&str] = &["Off", "Active"];
+/// SWMRSupported.
+pub const SWMR_SUPPORT: &[&str] = &["Not Supported", "Supported"];
+/// SortMode.
+pub const SORT_MODES: &[&str] = &["Unsorted", "Sorted"];
+/// NDAttributesStatus.
+pub const ATTRIBUTES_STATUSES: &[&str] = &[
+    "Attributes file OK",
+    "File not found",
+    "XML syntax error",
+    "Macro substitution error",
+];
 
-/// The PV definition for `suffix` (served under `prefix`); `image` is the element type and
-/// count of `image1:ArrayData`.
-pub fn spec(prefix: &str, suffix: &str, image: (NativeType, usize)) -> PvSpec {
-    let (plugin, base) = split(suffix);
-    let name = format!("{prefix}{suffix}");
-    let read_only = suffix.ends_with("_RBV") || READ_ONLY.contains(&suffix);
-    let spec = match kind(plugin, base) {
+/// The PV definition for `pv` (served under `prefix`); `image` is the element type and count
+/// of `image1:ArrayData`.
+pub fn spec(prefix: &str, pv: Pv, image: (NativeType, usize)) -> PvSpec {
+    let name = format!("{prefix}{pv}");
+    let spec = match pv.kind() {
         Kind::Enum(states) => {
             let mut s = PvSpec::enumeration(&name, states, 0);
             s.meta.record_type = if states.len() == 2 { "bo" } else { "mbbo" }.into();
@@ -204,20 +284,8 @@ pub fn spec(prefix: &str, suffix: &str, image: (NativeType, usize)) -> PvSpec {
         Kind::LongArray(n) => PvSpec::waveform(&name, NativeType::Long, n),
         Kind::Image => PvSpec::waveform(&name, image.0, image.1),
     };
-    if read_only {
-        spec.access(Access::ReadOnly)
-    } else {
-        spec
-    }
+    spec.access(pv.access())
 }
-
-/// PVs without `_RBV` that clients only read (the driver sets them).
-const READ_ONLY: &[&str] = &[
-    "cam1:AcquireBusy",
-    "HDF1:ArraySize0",
-    "HDF1:ArraySize1",
-    "image1:ArrayData",
-];
 
 /// A text value for a PV of any kind (Text: char string; Str: DBR_STRING).
 pub fn text_value(kind: &Kind, text: &str) -> Value {
@@ -229,40 +297,115 @@ pub fn text_value(kind: &Kind, text: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    #[test]
-    fn every_listed_pv_is_served_once_with_its_record() {
-        let all = suffixes();
-        // 539 of ophyd's (less the DISA field) and ophyd-async's extras, plus ours.
-        assert!(all.len() > 550, "{}", all.len());
-        for needed in [
-            "cam1:Acquire",
-            "cam1:AcquireBusy",
-            "cam1:DataType_RBV",
-            "HDF1:NDArrayPort_RBV",
-            "HDF1:SWMRMode_RBV",
-            "HDF1:FlushNow",
-            "HDF1:ArraySize0",
-            "image1:ArrayData",
-            "cam1:DetectorState_RBV",
-        ] {
-            assert!(all.contains(needed), "{needed} missing");
+    /// The PVs the clients' own lists name: ophyd's (`suffix<TAB>dotted name<TAB>...`) and
+    /// ophyd-async's (`read_pv<TAB>write_pv<TAB>...`, the write PV given when it differs);
+    /// field channels such as `cam1:DataType_RBV.DISA` are served on their record.
+    fn listed() -> BTreeSet<&'static str> {
+        let mut all = BTreeSet::new();
+        let lists = [
+            include_str!("ophyd_pvs.txt"),
+            include_str!("ophyd_async_pvs.txt"),
+        ];
+        let lines = lists.iter().flat_map(|list| list.lines());
+        for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+            let mut fields = line.split('\t');
+            let read = fields.next().unwrap_or_default();
+            let write = if line.contains("\tSignal") {
+                fields.next().unwrap_or_default()
+            } else {
+                ""
+            };
+            for name in [read, write] {
+                let name = name.split('.').next().unwrap_or_default();
+                if name.contains(':') {
+                    all.insert(name);
+                }
+            }
         }
-        assert!(!all.iter().any(|s| s.contains('.')));
+        all
+    }
+
+    #[test]
+    fn the_table_serves_exactly_what_the_clients_name_and_ours() {
+        let listed = listed();
+        let ours: BTreeSet<&str> = DETFLOW_PVS.iter().map(|pv| pv.name()).collect();
+        let served: BTreeSet<&str> = Pv::ALL.iter().map(|pv| pv.name()).collect();
+        assert_eq!(served.len(), Pv::ALL.len(), "a name is in the table twice");
+        assert!(listed.is_disjoint(&ours), "ours are areaDetector's");
+        let missing: Vec<_> = listed.difference(&served).collect();
+        assert!(missing.is_empty(), "listed but not served: {missing:?}");
+        let extra: Vec<_> = served
+            .difference(&listed)
+            .filter(|n| !ours.contains(*n))
+            .collect();
+        assert!(extra.is_empty(), "served but not listed: {extra:?}");
+        // 539 of ophyd's (less the DISA field) and ophyd-async's extras, plus ours.
+        assert_eq!(served.len(), 553);
+    }
+
+    #[test]
+    fn variants_access_and_readbacks_follow_the_names() {
+        let served: BTreeSet<&str> = Pv::ALL.iter().map(|pv| pv.name()).collect();
+        let mut read_only_setpoints = Vec::new();
+        for (i, &pv) in Pv::ALL.iter().enumerate() {
+            assert_eq!(pv as usize, i);
+            let (plugin, rest) = pv.name().split_once(':').unwrap();
+            let mut variant = match plugin {
+                "cam1" => "Cam",
+                "HDF1" => "Hdf",
+                "image1" => "Image",
+                other => panic!("{pv}: unknown plugin {other}"),
+            }
+            .to_owned();
+            for (j, part) in rest.split('_').enumerate() {
+                if j == 0 {
+                    variant += part;
+                } else {
+                    variant += &part[..1];
+                    variant += &part[1..].to_lowercase();
+                }
+            }
+            assert_eq!(pv.variant(), variant);
+            let rbv = format!("{pv}_RBV");
+            let expected = (!pv.is_readback() && served.contains(rbv.as_str())).then_some(rbv);
+            assert_eq!(pv.readback().map(|r| r.name().to_owned()), expected);
+            if pv.is_readback() {
+                assert_eq!(pv.access(), Access::ReadOnly, "{pv}");
+            } else if pv.access() == Access::ReadOnly {
+                read_only_setpoints.push(pv);
+            }
+        }
+        assert_eq!(
+            read_only_setpoints,
+            [
+                Pv::HdfArraySize0,
+                Pv::HdfArraySize1,
+                Pv::CamAcquireBusy,
+                Pv::ImageArrayData
+            ]
+        );
+        assert_eq!(Pv::CamAcquire.plugin(), Plugin::Cam);
+        assert_eq!(Pv::HdfCodecRbv.plugin(), Plugin::Hdf);
+        assert_eq!(Pv::ImageArrayData.plugin(), Plugin::Image);
     }
 
     #[test]
     fn types_follow_areadetector() {
-        assert_eq!(kind("HDF1", "Compression"), Kind::Enum(COMPRESSIONS));
-        assert_eq!(kind("cam1", "AcquireTime"), Kind::Double(3, ""));
-        assert_eq!(kind("HDF1", "FilePath"), Kind::Text);
-        assert_eq!(kind("cam1", "PortName"), Kind::Str);
-        assert_eq!(kind("HDF1", "NumCaptured"), Kind::Long);
-        assert_eq!(kind("image1", "ArrayData"), Kind::Image);
-        let s = spec("ad:", "cam1:DetectorState_RBV", (NativeType::Short, 4));
+        assert_eq!(Pv::HdfCompression.kind(), Kind::Enum(COMPRESSIONS));
+        assert_eq!(Pv::CamAcquireTime.kind(), Kind::Double(3, ""));
+        assert_eq!(Pv::HdfFilePath.kind(), Kind::Text);
+        assert_eq!(Pv::CamPortNameRbv.kind(), Kind::Str);
+        assert_eq!(Pv::HdfNumCapturedRbv.kind(), Kind::Long);
+        assert_eq!(Pv::ImageArrayData.kind(), Kind::Image);
+        let s = spec("ad:", Pv::CamDetectorStateRbv, (NativeType::Short, 4));
+        assert_eq!(s.name, "ad:cam1:DetectorState_RBV");
         assert_eq!(s.meta.enum_states.len(), 11);
         assert_eq!(s.access, Access::ReadOnly);
-        assert_eq!(split("HDF1:FileNumber_RBV"), ("HDF1", "FileNumber"));
+        assert_eq!(Pv::HdfFileNumber.readback(), Some(Pv::HdfFileNumberRbv));
+        assert_eq!(Pv::HdfFileNumberRbv.readback(), None);
     }
 }
