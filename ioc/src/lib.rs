@@ -270,11 +270,7 @@ impl Ioc {
         let f = Value::from;
         let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
         // simDetector's parameters: a useful picture at this size and type.
-        let mode = c
-            .detector
-            .mode
-            .parse()
-            .unwrap_or(detflow_sim::SimMode::Peaks);
+        let mode = c.detector.mode;
         let p = detflow_engine::acquisition::demo_params(mode, v.sensor, acq.pixel_type);
         let values: Vec<(&str, Value)> = vec![
             // cam1: ADBase + simDetector
@@ -296,8 +292,8 @@ impl Ioc {
             ("cam1:BinY", i(acq.binning.y.into())),
             ("cam1:DataType", i(acq.pixel_type.nd_data_type().into())),
             ("cam1:ColorMode", i(0)),
-            ("cam1:AcquireTime", f(c.detector.exposure)),
-            ("cam1:AcquirePeriod", f(c.detector.period)),
+            ("cam1:AcquireTime", f(c.detector.exposure.as_secs_f64())),
+            ("cam1:AcquirePeriod", f(c.detector.period.as_secs_f64())),
             (
                 "cam1:NumImages",
                 i(c.detector.frames.clamp(1, i32::MAX as u64) as i64),
@@ -307,7 +303,7 @@ impl Ioc {
             ("cam1:TriggerMode", i(0)),
             ("cam1:ArrayCallbacks", i(1)),
             ("cam1:WaitForPlugins", i(0)),
-            ("cam1:SimMode", i(sim_mode_index(&c.detector.mode))),
+            ("cam1:SimMode", i(sim_mode_index(c.detector.mode.name()))),
             ("cam1:Gain", f(p.gain)),
             ("cam1:GainX", f(p.gain_x)),
             ("cam1:GainY", f(p.gain_y)),
@@ -346,7 +342,7 @@ impl Ioc {
             ("HDF1:FileNumber", i(c.writer.number.into())),
             ("HDF1:AutoIncrement", i(c.writer.auto_increment.into())),
             ("HDF1:AutoSave", i(0)),
-            ("HDF1:FileTemplate", t(&c.writer.template)),
+            ("HDF1:FileTemplate", t(c.writer.template.as_str())),
             ("HDF1:FileWriteMode", i(write_mode_index(v.capture.mode))),
             (
                 "HDF1:NumCapture",
