@@ -172,8 +172,8 @@ pub struct BackendKeys {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendKind>,
-    /// replay: the HDF5 file and 3-D dataset to play, FILE[::DATASET] [default dataset:
-    /// /entry/data/data], raw or compressed with any codec detflow writes; its frame size
+    /// replay: the HDF5 file and 3-D dataset to play, `FILE[::DATASET]` (default dataset:
+    /// /entry/data/data), raw or compressed with any codec detflow writes; its frame size
     /// and pixel type replace size and dtype.
     #[arg(long, value_name = "FILE[::DATASET]")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -45,9 +45,9 @@ pub struct WriterSettings {
     #[arg(long, value_name = "T", allow_hyphen_values = true)]
     #[serde(with = "text")]
     pub template: FileTemplate,
-    /// Chunk codec: none, deflate[:LEVEL] (HDF5 filter 1), lz4 (32004), bslz4 and
-    /// bszstd[:LEVEL] (bitshuffle, 32008), zstd[:LEVEL] (32015), blosc[:COMPRESSOR[:LEVEL]]
-    /// (32001; lz4, lz4hc, blosclz, zlib, zstd).
+    /// Chunk codec: none, `deflate[:LEVEL]` (HDF5 filter 1), lz4 (32004), bslz4 and
+    /// `bszstd[:LEVEL]` (bitshuffle, 32008), `zstd[:LEVEL]` (32015),
+    /// `blosc[:COMPRESSOR[:LEVEL]]` (32001; lz4, lz4hc, blosclz, zlib, zstd).
     #[arg(long, value_name = "CODEC")]
     #[serde(with = "text")]
     pub codec: Codec,
