@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use detflow_engine::acquisition::{Acquisition, RingOptions, demo_params};
 use detflow_engine::backend::cycle::FrameCycle;
-use detflow_engine::config::{Config, parse_size};
+use detflow_engine::config::{Config, FrameSize};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -265,8 +265,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
             Some(python) => {
                 // The same frames the pipeline writes: a detflow file, uncompressed.
                 let mut cfg = Config::default();
-                cfg.detector.size = format!("{}x{}", plan.size.0, plan.size.1);
-                cfg.detector.dtype = pixel_type.name().into();
+                cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
+                cfg.detector.dtype = pixel_type;
                 cfg.detector.frames = plan.frames.min(64);
                 cfg.writer.path = plan.dir.to_string_lossy().into_owned();
                 cfg.writer.name = format!(".bench_source_{}", pixel_type);
@@ -285,12 +285,12 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
         for codec_name in &plan.codecs {
             let codec: Codec = codec_name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut cfg = Config::default();
-            cfg.detector.size = format!("{}x{}", plan.size.0, plan.size.1);
-            cfg.detector.dtype = pixel_type.name().into();
+            cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
+            cfg.detector.dtype = pixel_type;
             cfg.detector.frames = plan.frames;
             cfg.writer.path = plan.dir.to_string_lossy().into_owned();
             cfg.writer.name = format!("bench_{}_{}", pixel_type, codec_name.replace(':', "_"));
-            cfg.writer.codec = codec_name.clone();
+            cfg.writer.codec = codec;
             cfg.writer.overwrite = true;
             cfg.writer.auto_increment = false;
             cfg.writer.workers = plan.workers;
@@ -419,7 +419,10 @@ pub fn plan(
                 .map_err(|e| anyhow::anyhow!("invalid --dtype {s:?}: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let size = parse_size(size)?;
+    let size = size
+        .parse::<FrameSize>()
+        .map_err(|e| anyhow::anyhow!("invalid --size {size:?}: {e}"))?
+        .pair();
     if frames == 0 {
         anyhow::bail!("invalid --frames 0: a bench needs at least one frame");
     }

@@ -11,8 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory as _, FromArgMatches, Parser, Subcommand};
+use detflow_engine::config::{
+    self, BackendKeys, DetectorSettings, FrameSize, RingSettings, Seconds, ServeSettings,
+    WriterSettings,
+};
 use detflow_engine::{Acquisition, Config, Summary};
+use detflow_hal::PixelType;
 
 mod bench;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -73,33 +79,22 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// TOML settings: [detector], [ring], [writer] as for `acquire --config`, and [serve]
-    /// (prefix, data_roots, ca_port, interface, preview_rate).
+    /// TOML settings: [detector], [backend], [ring], [writer] as for `acquire --config`, and
+    /// [serve] (prefix, data_roots, ca_port, interface, preview_rate).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// PV prefix. [default: ad:]
-    #[arg(long, value_name = "PREFIX")]
-    prefix: Option<String>,
-    /// A directory files may be written under (repeat for several). [default: the current
-    /// directory]
+    #[command(flatten)]
+    serve: Flags<ServeSettings>,
+    /// A directory files may be written under (repeat for several); added to the file's
+    /// data_roots. [default: the current directory]
     #[arg(long = "data-root", value_name = "DIR")]
     data_roots: Vec<PathBuf>,
-    /// Channel Access port; 0 for any free port (the `ready` log line says which).
-    /// [default: EPICS_CAS_SERVER_PORT, EPICS_CA_SERVER_PORT or 5064]
-    #[arg(long, value_name = "PORT")]
-    ca_port: Option<u16>,
-    /// The IPv4 interface to serve on. [default: 127.0.0.1]
-    #[arg(long, value_name = "IP")]
-    interface: Option<std::net::Ipv4Addr>,
-    /// Most image1:ArrayData updates per second; 0 for none. [default: 5]
-    #[arg(long, value_name = "HZ")]
-    preview_rate: Option<f64>,
-    /// Frame size WIDTHxHEIGHT of the simulated sensor. [default: 1024x1024]
+    /// Frame size WIDTHxHEIGHT of the simulated sensor.
     #[arg(long, value_name = "WxH")]
-    size: Option<String>,
-    /// Pixel type at start-up (cam1:DataType). [default: u16]
-    #[arg(long, value_name = "TYPE")]
-    dtype: Option<String>,
+    size: Option<FrameSize>,
+    /// Pixel type at start-up (cam1:DataType).
+    #[arg(long, value_name = "TYPE", value_parser = config::parse::<PixelType>)]
+    dtype: Option<PixelType>,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +114,7 @@ struct VdsArgs {
     dtype: Option<String>,
     /// Frame size, used when no source exists yet.
     #[arg(long, value_name = "WxH", requires = "dtype")]
-    size: Option<String>,
+    size: Option<FrameSize>,
     /// Fill value for points without data. [default: NaN for floats, the maximum for
     /// integers]
     #[arg(long, value_name = "V", allow_negative_numbers = true)]
@@ -149,22 +144,32 @@ struct UdpSendArgs {
     frames: u64,
     /// Frame size.
     #[arg(long, value_name = "WxH", default_value = "1024x1024")]
-    size: String,
+    size: FrameSize,
     /// Pixel type: u8 u16 u32 i8 i16 i32 f32 f64.
-    #[arg(long, value_name = "TYPE", default_value = "u16")]
-    dtype: String,
+    #[arg(long, value_name = "TYPE", default_value = "u16", value_parser = config::parse::<PixelType>)]
+    dtype: PixelType,
     /// Simulated image: peaks, ramp, sine, noise.
     #[arg(long, value_name = "MODE", default_value = "peaks")]
-    mode: String,
+    mode: detflow_sim::SimMode,
     /// Seed of the simulation.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
     /// Exposure time in seconds.
-    #[arg(long, value_name = "S", default_value_t = 0.0)]
-    exposure: f64,
+    #[arg(
+        long,
+        value_name = "S",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    exposure: Seconds,
     /// Frame period in seconds; 0 is as fast as possible.
-    #[arg(long, value_name = "S", default_value_t = 0.0)]
-    period: f64,
+    #[arg(
+        long,
+        value_name = "S",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    period: Seconds,
     /// Payload bytes per datagram.
     #[arg(long, value_name = "N", default_value_t = detflow_engine::backend::udp::DEFAULT_PAYLOAD)]
     packet_bytes: usize,
@@ -210,238 +215,151 @@ struct BenchArgs {
     compare_h5py: Option<PathBuf>,
 }
 
-/// Flags override the `--config` file, which overrides the defaults. A flag given twice
-/// takes its last value.
+/// Flags override the `--config` file, which overrides the defaults (`Config::default()`). A
+/// flag given twice takes its last value.
 #[derive(Debug, Args)]
 #[command(args_override_self = true)]
 struct AcquireArgs {
-    /// TOML file with [detector], [ring] and [writer] tables.
+    /// TOML file with [detector], [backend], [ring] and [writer] tables; its keys are the flags'
+    /// names (`--ring-slots` is [ring] slots).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Frames to acquire; 0 acquires until Ctrl-C. [default: 100]
-    #[arg(long, value_name = "N")]
-    frames: Option<u64>,
-    /// Frame size. [default: 1024x1024]
-    #[arg(long, value_name = "WxH")]
-    size: Option<String>,
-    /// Pixel type: u8 u16 u32 i8 i16 i32 f32 f64. [default: u16]
-    #[arg(long, value_name = "TYPE")]
-    dtype: Option<String>,
-    /// Simulated image: peaks, ramp, sine, noise. [default: peaks]
-    #[arg(long, value_name = "MODE")]
-    mode: Option<String>,
-    /// Exposure time in seconds. [default: 0]
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    exposure: Option<f64>,
-    /// Acquire period in seconds; 0 is as fast as possible. [default: 0]
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    period: Option<f64>,
-    /// Chunk codec: none, deflate[:LEVEL] (HDF5 filter 1), lz4 (32004), bslz4 and
-    /// bszstd[:LEVEL] (bitshuffle, 32008), zstd[:LEVEL] (32015), blosc[:COMPRESSOR[:LEVEL]]
-    /// (32001; lz4, lz4hc, blosclz, zlib, zstd). [default: none]
-    #[arg(long, value_name = "CODEC")]
-    codec: Option<String>,
-    /// Directory for the file (areaDetector FilePath); must exist. [default: .]
-    #[arg(long, value_name = "DIR")]
-    path: Option<String>,
-    /// File base name (FileName). [default: detflow]
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
-    /// File number (FileNumber). [default: 1]
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    number: Option<i32>,
-    /// C-printf template taking path, name, number (FileTemplate). [default: %s%s_%4.4d.h5]
-    #[arg(long, value_name = "T", allow_hyphen_values = true)]
-    template: Option<String>,
-    /// Seed of the simulation: equal seeds give equal frames. [default: 0]
-    #[arg(long, value_name = "N")]
-    seed: Option<u64>,
-    /// Compression worker threads; 0: one per core. [default: 0]
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
-    /// When the writer falls behind: block (the detector waits) or drop-newest (the new
-    /// frame is dropped and counted). [default: block]
-    #[arg(long, value_name = "POLICY")]
-    ring_policy: Option<String>,
-    /// Put the ring in a shared mapping of this file (e.g. /dev/shm/detflow) so another
-    /// process can read frames in place (examples/shm_reader.py).
-    #[arg(long, value_name = "PATH")]
-    ring_shm: Option<String>,
-    /// Frame slots in the ring between detector and writer; 0 sizes it automatically
-    /// (64 slots, fewer for frames over 8 MiB). [default: 0]
-    #[arg(long, value_name = "N")]
-    ring_slots: Option<usize>,
-    /// File write mode: single (a file per frame), capture (buffer, then write), stream.
-    /// [default: stream]
-    #[arg(long, value_name = "MODE")]
-    write_mode: Option<String>,
-    /// Frames to capture (NumCapture); stream: 0 until stopped. [default: --frames]
-    #[arg(long, value_name = "N")]
-    capture: Option<u64>,
-    /// Stream mode: start a new file every N frames. [default: 0, never]
-    #[arg(long, value_name = "N")]
-    frames_per_file: Option<u64>,
-    /// Increment the file number after each file (AutoIncrement). [default]
-    #[arg(long, overrides_with = "no_auto_increment")]
-    auto_increment: bool,
-    /// Keep the file number (AutoIncrement off).
-    #[arg(long)]
-    no_auto_increment: bool,
-    /// Directory levels to create (CreateDirectory): D > 0 from component D on, -k at most
-    /// the last k, 0 none. [default: 0]
-    #[arg(long, value_name = "DEPTH", allow_negative_numbers = true)]
-    create_dirs: Option<i32>,
-    /// Write the file as NAME + S and rename it when closed (TempSuffix).
-    #[arg(long, value_name = "S")]
-    temp_suffix: Option<String>,
-    /// Stream mode: open the file when the first frame arrives (LazyOpen).
-    #[arg(long)]
-    lazy_open: bool,
-    /// Replace an existing file of the same name (refused otherwise).
-    #[arg(long)]
-    overwrite: bool,
-    /// SWMR: readers see frames while the file is written (h5py swmr=True), and a killed
-    /// writer leaves a file readable up to the last flush. [default]
-    #[arg(long, overrides_with = "no_swmr")]
-    swmr: bool,
-    /// A plain HDF5 file, as areaDetector writes by default (no reader while it is written;
-    /// a killed writer's file still reads back up to about the last flush).
-    #[arg(long)]
-    no_swmr: bool,
-    /// Flush every N frames (NumFramesFlush); 0: not by count. [default: 0]
-    #[arg(long, value_name = "N")]
-    flush: Option<u64>,
-    /// Flush at least every S seconds while frames wait; 0: not by time (then --flush N,
-    /// or --no-flush). [default: 1]
-    #[arg(long, value_name = "S")]
-    flush_interval: Option<f64>,
-    /// Flush only when the file is closed: a writer killed mid-run leaves no frame
-    /// readable. Warns at start; refused with --flush N or --flush-interval S.
-    #[arg(long)]
-    no_flush: bool,
-    /// Do not store the NDAttribute datasets (StoreAttr off).
-    #[arg(long)]
-    no_attributes: bool,
-    /// Do not store performance/timestamp (StorePerform off).
-    #[arg(long)]
-    no_performance: bool,
-    /// Write each frame's value reference (h5file URI, dtype, shape) to FILE as JSON lines,
-    /// as the frames are written.
-    #[arg(long, value_name = "FILE")]
-    refs: Option<String>,
-    /// Name files from a value-reference pattern instead of --template: one file per point,
-    /// e.g. 'h5file:///data/scan_{index:04d}.h5' ({index} is the file number, from
-    /// --number).
-    #[arg(long, value_name = "P")]
-    ref_pattern: Option<String>,
-    /// At the end, write a master file whose virtual dataset (frames, H, W) stitches every
-    /// frame written.
-    #[arg(long, value_name = "FILE")]
-    vds: Option<String>,
     /// Print one JSON object with the outcome instead of text.
     #[arg(long)]
     json: bool,
-    /// Where frames come from: sim, replay (--replay) or udp (--udp-listen). [default: sim]
-    #[arg(long, value_name = "NAME")]
-    backend: Option<String>,
-    /// replay: the HDF5 file and 3-D dataset to play, FILE[::DATASET]
-    /// [default dataset: /entry/data/data]; its frame size and dtype replace --size/--dtype.
-    #[arg(long, value_name = "FILE[::DATASET]")]
-    replay: Option<String>,
-    /// udp: receive on IP:PORT; --size and --dtype must match the sender.
-    #[arg(long, value_name = "ADDR")]
-    udp_listen: Option<String>,
-    /// udp: frames with packets missing are dropped or flagged (delivered zero-filled);
-    /// both are counted as incomplete. [default: drop]
-    #[arg(long, value_name = "drop|flag")]
-    udp_incomplete: Option<String>,
-    /// sim: frames the detector's FIFO holds before it overruns (1 to 64). [default: 16]
-    #[arg(long, value_name = "N")]
-    fifo_depth: Option<usize>,
-    /// sim: inject I2C NACKs with this probability per transaction. [default: 0]
-    #[arg(long, value_name = "P")]
-    fault_nack: Option<f64>,
-    /// sim: inject I2C bus timeouts with this probability per transaction. [default: 0]
-    #[arg(long, value_name = "P")]
-    fault_bus_timeout: Option<f64>,
-    /// sim: drop frames on the sensor link with this probability. [default: 0]
-    #[arg(long, value_name = "P")]
-    fault_drop: Option<f64>,
-    /// sim: corrupt frames (checksum mismatch) with this probability. [default: 0]
-    #[arg(long, value_name = "P")]
-    fault_corrupt: Option<f64>,
-    /// sim: lose frames to FIFO overruns with this probability. [default: 0]
-    #[arg(long, value_name = "P")]
-    fault_overrun: Option<f64>,
+    #[command(flatten, next_help_heading = "Detector")]
+    detector: Flags<DetectorSettings>,
+    #[command(flatten, next_help_heading = "Backend")]
+    backend: Flags<BackendKeys>,
+    #[command(flatten, next_help_heading = "Ring")]
+    ring: Flags<RingSettings>,
+    #[command(flatten, next_help_heading = "Files")]
+    writer: Flags<WriterSettings>,
+    /// Increment the file number after each file (AutoIncrement). [default]
+    #[arg(long, overrides_with = "no_auto_increment", help_heading = "Files")]
+    auto_increment: bool,
+    /// SWMR: readers see frames while the file is written (h5py swmr=True), and a killed
+    /// writer leaves a file readable up to the last flush. [default]
+    #[arg(long, overrides_with = "no_swmr", help_heading = "Files")]
+    swmr: bool,
 }
 
 impl AcquireArgs {
+    /// The settings: the defaults, the `--config` file over them, the flags given over that.
     fn config(&self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(path) => Config::from_toml_file(path)?,
             None => Config::default(),
         };
-        let d = &mut c.detector;
-        macro_rules! set {
-            ($($flag:ident => $field:expr),* $(,)?) => {
-                $(if let Some(v) = &self.$flag { $field = v.clone(); })*
-            };
-        }
-        set!(frames => d.frames, size => d.size, dtype => d.dtype, mode => d.mode,
-             exposure => d.exposure, period => d.period, seed => d.seed);
-        set!(backend => d.backend, replay => d.replay, udp_listen => d.udp_listen,
-             udp_incomplete => d.udp_incomplete, fifo_depth => d.fifo_depth,
-             fault_nack => d.fault_nack, fault_bus_timeout => d.fault_bus_timeout,
-             fault_drop => d.fault_drop, fault_corrupt => d.fault_corrupt,
-             fault_overrun => d.fault_overrun);
+        self.detector.apply(&mut c.detector)?;
+        c.backend.apply(self.backend.get()?)?;
+        self.ring.apply(&mut c.ring)?;
+        self.writer.apply(&mut c.writer)?;
         let w = &mut c.writer;
-        set!(codec => w.codec, path => w.path, name => w.name, number => w.number,
-             template => w.template, workers => w.workers, write_mode => w.write_mode, frames_per_file => w.frames_per_file,
-             create_dirs => w.create_dirs, temp_suffix => w.temp_suffix, flush => w.flush);
-        if let Some(n) = self.capture {
-            w.capture = Some(n);
+        w.auto_increment |= self.auto_increment;
+        w.swmr |= self.swmr;
+        // --no-flush flushes only at close: the file's flush settings give way to it, unless
+        // given beside it on the command line (then it is refused, naming them).
+        if self.writer.given("no_flush") {
+            if !self.writer.given("flush_interval") {
+                w.flush_interval = Seconds::ZERO;
+            }
+            if !self.writer.given("flush") {
+                w.flush = 0;
+            }
         }
-        if self.auto_increment {
-            w.auto_increment = true;
-        }
-        if self.no_auto_increment {
-            w.auto_increment = false;
-        }
-        w.lazy_open |= self.lazy_open;
-        w.overwrite |= self.overwrite;
-        if self.swmr {
-            w.swmr = true;
-        }
-        if self.no_swmr {
-            w.swmr = false;
-        }
-        if self.no_flush {
-            // Flags override the file; a flush flag given with --no-flush is refused.
-            w.no_flush = true;
-            w.flush_interval = self.flush_interval.unwrap_or(0.0);
-            w.flush = self.flush.unwrap_or(0);
-        }
-        if let Some(s) = self.flush_interval {
-            w.flush_interval = s;
-        }
-        if self.no_attributes {
-            w.attributes = false;
-        }
-        if self.no_performance {
-            w.performance = false;
-        }
-        if let Some(r) = &self.refs {
-            w.refs = Some(r.clone());
-        }
-        if let Some(p) = &self.ref_pattern {
-            w.ref_pattern = Some(p.clone());
-        }
-        if let Some(v) = &self.vds {
-            w.vds = Some(v.clone());
-        }
-        set!(ring_slots => c.ring.slots, ring_policy => c.ring.policy, ring_shm => c.ring.shm);
         Ok(c)
     }
+}
+
+/// The flags of one config section `T` as given, applied over the `--config` file with
+/// [`Flags::apply`]. The sections derive their flags (`clap::Args`) with no clap defaults (the
+/// defaults are `T::default()`), so clap's update sets exactly the fields whose flag was given.
+#[derive(Debug, Clone)]
+struct Flags<T> {
+    matches: clap::ArgMatches,
+    section: std::marker::PhantomData<T>,
+}
+
+impl<T: Args> Args for Flags<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        // The update form: no section flag is required, as none has a default.
+        T::augment_args_for_update(cmd)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        T::augment_args_for_update(cmd)
+    }
+}
+
+impl<T> FromArgMatches for Flags<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Flags {
+            matches: matches.clone(),
+            section: std::marker::PhantomData,
+        })
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.matches = matches.clone();
+        Ok(())
+    }
+}
+
+impl<T: FromArgMatches> Flags<T> {
+    /// Set the fields of `section` whose flag was given.
+    fn apply(&self, section: &mut T) -> Result<(), clap::Error> {
+        section.update_from_arg_matches(&self.matches)
+    }
+
+    /// The section from the flags alone (for one whose fields are all optional).
+    fn get(&self) -> Result<T, clap::Error> {
+        T::from_arg_matches(&self.matches)
+    }
+
+    /// True when the flag of field `id` was given.
+    fn given(&self, id: &str) -> bool {
+        self.matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    }
+}
+
+/// Append `[default: V]` to the help of every settings flag that takes a value, with V read
+/// from `Config::default()`, where the defaults are written once.
+fn show_defaults(cli: clap::Command) -> clap::Command {
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let default_of = |id: &str| {
+        let v = defaults.as_object()?.values().find_map(|s| s.get(id))?;
+        // A switch says its default in words ("on by default"); a list, in its help.
+        if !(v.is_string() || v.is_number()) {
+            return None;
+        }
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        (!text.is_empty()).then_some(text)
+    };
+    let annotate = |arg: clap::Arg| {
+        let default = arg
+            .get_action()
+            .takes_values()
+            .then(|| default_of(arg.get_id().as_str()))
+            .flatten();
+        let Some(default) = default else { return arg };
+        let with = |h: Option<&clap::builder::StyledStr>| {
+            format!(
+                "{} [default: {default}]",
+                h.map(|h| h.to_string()).unwrap_or_default()
+            )
+        };
+        let help = with(arg.get_help());
+        let long = arg
+            .get_long_help()
+            .is_some()
+            .then(|| with(arg.get_long_help()));
+        let arg = arg.help(help);
+        match long {
+            Some(long) => arg.long_help(long),
+            None => arg,
+        }
+    };
+    cli.mut_subcommand("acquire", |c| c.mut_args(annotate))
+        .mut_subcommand("serve", |c| c.mut_args(annotate))
 }
 
 /// SIGINT and SIGTERM: the first is noted (the returned number turns non-zero) so that the
@@ -769,10 +687,9 @@ fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
         let dtype = detflow_writer::refs::pixel_type_from_name(dtype).with_context(|| {
             format!("invalid dtype {dtype:?}: expected u8 u16 u32 i8 i16 i32 f32 f64")
         })?;
-        let (w, h) = detflow_engine::config::parse_size(size)?;
         described = Some(detflow_writer::PointDescription {
             dtype,
-            frame_shape: [u64::from(h), u64::from(w)],
+            frame_shape: [u64::from(size.height()), u64::from(size.width())],
         });
     }
     let spec = detflow_writer::VdsSpec {
@@ -799,54 +716,22 @@ fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn udp_send(args: &UdpSendArgs) -> anyhow::Result<ExitCode> {
-    let bad = |setting: &'static str, value: &str, reason: &str| detflow_engine::ConfigError {
-        setting,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let size = detflow_engine::config::parse_size(&args.size)?;
-    let pixel_type = args
-        .dtype
-        .parse()
-        .map_err(|e: detflow_hal::UnknownPixelType| bad("dtype", &args.dtype, &e.to_string()))?;
-    let mode = args.mode.parse().map_err(|_| {
-        bad(
-            "mode",
-            &args.mode,
-            "expected one of peaks, ramp, sine, noise",
-        )
-    })?;
-    let seconds = |setting: &'static str, v: f64| {
-        if (0.0..=86_400.0).contains(&v) {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(bad(
-                setting,
-                &v.to_string(),
-                "expected seconds between 0 and 86400",
-            ))
-        }
-    };
-    if args.packet_bytes == 0 || args.packet_bytes > detflow_engine::backend::udp::MAX_PAYLOAD {
-        return Err(bad(
-            "packet-bytes",
-            &args.packet_bytes.to_string(),
-            &format!(
-                "expected 1 to {}",
-                detflow_engine::backend::udp::MAX_PAYLOAD
-            ),
-        )
-        .into());
+    let max = detflow_engine::backend::udp::MAX_PAYLOAD;
+    if args.packet_bytes == 0 || args.packet_bytes > max {
+        let reason = format!("expected 1 to {max}");
+        return Err(
+            detflow_engine::ConfigError::new("packet-bytes", args.packet_bytes, reason).into(),
+        );
     }
     let stream = detflow_engine::backend::udp::SimStream {
         to: args.to,
         frames: args.frames,
-        size,
-        pixel_type,
-        mode,
+        size: args.size.pair(),
+        pixel_type: args.dtype,
+        mode: args.mode,
         seed: args.seed,
-        exposure: seconds("exposure", args.exposure)?,
-        period: seconds("period", args.period)?,
+        exposure: args.exposure.duration(),
+        period: args.period.duration(),
         packet_bytes: args.packet_bytes,
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -878,53 +763,29 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Config::from_toml_file(path)?,
         None => Config::default(),
     };
-    if let Some(size) = &args.size {
-        config.detector.size.clone_from(size);
+    if let Some(size) = args.size {
+        config.detector.size = size;
     }
-    if let Some(dtype) = &args.dtype {
-        config.detector.dtype.clone_from(dtype);
+    if let Some(dtype) = args.dtype {
+        config.detector.dtype = dtype;
     }
-    let s = &mut config.serve;
-    if let Some(p) = &args.prefix {
-        s.prefix.clone_from(p);
-    }
-    if let Some(p) = args.ca_port {
-        s.ca_port = Some(p);
-    }
-    if let Some(i) = args.interface {
-        s.interface = i.to_string();
-    }
-    if let Some(r) = args.preview_rate {
-        s.preview_rate = r;
-    }
-    let mut roots: Vec<PathBuf> = s.data_roots.iter().map(PathBuf::from).collect();
-    roots.extend(args.data_roots.iter().cloned());
+    args.serve.apply(&mut config.serve)?;
+    config
+        .serve
+        .data_roots
+        .extend(args.data_roots.iter().cloned());
+    config.serve.validate()?;
     let validated = config.validate()?;
     if config.writer.no_flush {
         tracing::warn!("{NO_FLUSH_WARNING}");
     }
-    let interface: std::net::Ipv4Addr = config.serve.interface.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "invalid interface {:?}: expected an IPv4 address such as 127.0.0.1",
-            config.serve.interface
-        )
-    })?;
-    let rate = config.serve.preview_rate;
-    anyhow::ensure!(
-        rate.is_finite() && (0.0..=1000.0).contains(&rate),
-        "invalid preview-rate {rate}: expected updates per second from 0 to 1000"
-    );
-    anyhow::ensure!(
-        !config.serve.prefix.is_empty() && !config.serve.prefix.contains(char::is_whitespace),
-        "invalid prefix {:?}: expected a non-empty PV prefix without spaces",
-        config.serve.prefix
-    );
+    let s = &config.serve;
     let opts = detflow_ioc::ServeOptions {
-        data_roots: detflow_ioc::data_roots(&roots)?,
-        prefix: config.serve.prefix.clone(),
-        ca_port: config.serve.ca_port,
-        interface,
-        preview_rate: rate,
+        data_roots: detflow_ioc::data_roots(&s.data_roots)?,
+        prefix: s.prefix.clone(),
+        ca_port: s.ca_port,
+        interface: s.interface,
+        preview_rate: s.preview_rate,
         validated,
         config,
     };
@@ -950,7 +811,23 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match show_defaults(Cli::command())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        // A value clap refuses is a bad setting: exit status 1, as for the rules checked after.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     let result = match &cli.command {
         Command::Acquire(args) => acquire(args),
         Command::Bench(args) => bench(args),
@@ -1006,6 +883,98 @@ mod tests {
         fn flush(&self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// `acquire`'s settings for `args` over the TOML `file`.
+    fn settings(file: &str, args: &[&str]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv = vec!["detflow", "acquire", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let Command::Acquire(acquire) = Cli::try_parse_from(argv)?.command else {
+            unreachable!("acquire was parsed")
+        };
+        acquire.config()
+    }
+
+    #[test]
+    fn a_switch_not_given_leaves_the_files_value() {
+        let file = "[writer]\noverwrite = true\nlazy_open = true\nno_flush = true\n\
+                    flush_interval = 0\nswmr = false\nauto_increment = false\n\
+                    attributes = false\nperformance = false\n";
+        let w = settings(file, &[]).unwrap().writer;
+        assert!(w.overwrite && w.lazy_open && w.no_flush);
+        assert!(!w.swmr && !w.auto_increment && !w.attributes && !w.performance);
+        // The positive twins turn back on what the file turned off.
+        let w = settings(file, &["--swmr", "--auto-increment"])
+            .unwrap()
+            .writer;
+        assert!(w.swmr && w.auto_increment && w.overwrite);
+        // The negative switches turn off what the file (or the default) turned on.
+        let w = settings(
+            "[writer]\nswmr = true\n",
+            &[
+                "--no-swmr",
+                "--no-auto-increment",
+                "--no-attributes",
+                "--no-performance",
+            ],
+        )
+        .unwrap()
+        .writer;
+        assert!(!w.swmr && !w.auto_increment && !w.attributes && !w.performance);
+        // The last of a pair wins.
+        assert!(settings("", &["--no-swmr", "--swmr"]).unwrap().writer.swmr);
+        assert!(!settings("", &["--swmr", "--no-swmr"]).unwrap().writer.swmr);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = "[detector]\nframes = 7\nsize = \"64x48\"\n[ring]\nslots = 3\n\
+                    [writer]\ncodec = \"lz4\"\nflush_interval = 2\n\
+                    [backend]\nbackend = \"udp\"\nudp_listen = \"127.0.0.1:9000\"\n";
+        let c = settings(file, &["--frames", "9", "--ring-policy", "drop-newest"]).unwrap();
+        assert_eq!((c.detector.frames, c.detector.size.pair()), (9, (64, 48)));
+        assert_eq!(
+            (c.ring.slots, c.ring.policy),
+            (3, detflow_ring::Policy::DropNewest)
+        );
+        assert_eq!(c.writer.codec, detflow_writer::Codec::Lz4);
+        assert_eq!(c.detector.dtype, PixelType::U16, "the default stays");
+        assert_eq!(c.backend.kind(), detflow_engine::config::BackendKind::Udp);
+        // --no-flush clears the file's flush interval; given beside it, the interval stays
+        // (and validation refuses the pair).
+        let c = settings(file, &["--no-flush"]).unwrap();
+        assert!(c.writer.no_flush && c.writer.flush_interval.is_zero());
+        let c = settings(file, &["--no-flush", "--flush-interval", "3"]).unwrap();
+        assert_eq!(c.writer.flush_interval.as_secs_f64(), 3.0);
+        // A flag of another backend than the file's is refused by name.
+        let e = settings(file, &["--fault-drop", "0.1"]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid fault-drop \"0.1\""),
+            "{e}"
+        );
+        let c = settings(file, &["--backend", "sim", "--fault-drop", "0.1"]).unwrap();
+        assert_eq!(c.backend.kind(), detflow_engine::config::BackendKind::Sim);
+    }
+
+    #[test]
+    fn help_shows_the_defaults_of_the_config() {
+        let mut cmd = show_defaults(Cli::command());
+        let acquire = cmd.find_subcommand_mut("acquire").unwrap();
+        let help = |id: &str| {
+            let arg = acquire.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_help().unwrap().to_string()
+        };
+        assert!(
+            help("frames").ends_with("[default: 100]"),
+            "{}",
+            help("frames")
+        );
+        assert!(help("slots").ends_with("[default: 0]"));
+        assert!(help("codec").ends_with("[default: none]"));
+        assert!(!help("overwrite").contains("[default"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use detflow_engine::config::Seconds;
 use detflow_engine::{Acquisition, Config, State};
 
 fn frames_in(path: &std::path::Path) -> usize {
@@ -27,7 +28,7 @@ fn frames_in(path: &std::path::Path) -> usize {
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.writer.path = dir.to_str().unwrap().into();
-    c.detector.size = "64x48".into();
+    c.detector.size = "64x48".parse().unwrap();
     c
 }
 
@@ -37,7 +38,7 @@ fn a_run_writes_every_frame_and_counts_add_up() {
     let mut c = config(dir.path());
     c.detector.frames = 50;
     c.ring.slots = 2;
-    c.writer.codec = "deflate:1".into();
+    c.writer.codec = "deflate:1".parse().unwrap();
     c.writer.number = 9;
     let handle = Acquisition::start(c.validate().unwrap()).unwrap();
     let s = handle.wait();
@@ -62,7 +63,7 @@ fn period_paces_the_detector() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.detector.frames = 6;
-    c.detector.period = 0.025;
+    c.detector.period = Seconds::new(0.025).unwrap();
     let t = Instant::now();
     let s = Acquisition::start(c.validate().unwrap()).unwrap().wait();
     let took = t.elapsed();
@@ -84,7 +85,7 @@ fn stopping_a_continuous_run_drains_and_closes() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.detector.frames = 0; // until stopped
-    c.detector.period = 0.002;
+    c.detector.period = Seconds::new(0.002).unwrap();
     let handle = Acquisition::start(c.validate().unwrap()).unwrap();
     let t = Instant::now();
     while handle.status().frames_written < 10 {
@@ -301,8 +302,8 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     std::fs::create_dir(&sub).unwrap();
     let mut c = config(&sub);
     c.detector.frames = 0;
-    c.detector.period = 0.005;
-    c.writer.flush_interval = 0.05;
+    c.detector.period = Seconds::new(0.005).unwrap();
+    c.writer.flush_interval = Seconds::new(0.05).unwrap();
     let v = c.validate().unwrap();
     let mut acq = v.acquisition.clone();
     let detector = detflow_engine::acquisition::make_backend(

@@ -483,7 +483,11 @@ fn dropped_arrays_count_every_frame_lost() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap();
     let config = dir.path().join("lossy.toml");
-    std::fs::write(&config, "[detector]\nfault_drop = 0.3\nseed = 5\n").unwrap();
+    std::fs::write(
+        &config,
+        "[detector]\nseed = 5\n[backend]\nfault_drop = 0.3\n",
+    )
+    .unwrap();
     let d = Daemon::start(
         dir.path(),
         &[

@@ -21,7 +21,7 @@ fn pipeline(c: &mut Criterion) {
                 let mut cfg = Config::default();
                 cfg.detector.frames = FRAMES;
                 cfg.writer.path = dir.path().to_string_lossy().into_owned();
-                cfg.writer.codec = codec.into();
+                cfg.writer.codec = codec.parse().expect("a codec");
                 cfg.writer.auto_increment = false;
                 cfg.writer.overwrite = true;
                 let summary = Acquisition::start(cfg.validate().expect("valid settings"))

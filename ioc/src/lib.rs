@@ -257,11 +257,7 @@ impl Ioc {
         let f = Value::from;
         let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
         // simDetector's parameters: a useful picture at this size and type.
-        let mode = c
-            .detector
-            .mode
-            .parse()
-            .unwrap_or(detflow_sim::SimMode::Peaks);
+        let mode = c.detector.mode;
         let p = detflow_engine::acquisition::demo_params(mode, v.sensor, acq.pixel_type);
         let values: Vec<(Pv, Value)> = vec![
             // cam1: ADBase + simDetector
@@ -283,8 +279,8 @@ impl Ioc {
             (Pv::CamBinY, i(acq.binning.y.into())),
             (Pv::CamDataType, i(acq.pixel_type.nd_data_type().into())),
             (Pv::CamColorMode, i(0)),
-            (Pv::CamAcquireTime, f(c.detector.exposure)),
-            (Pv::CamAcquirePeriod, f(c.detector.period)),
+            (Pv::CamAcquireTime, f(c.detector.exposure.as_secs_f64())),
+            (Pv::CamAcquirePeriod, f(c.detector.period.as_secs_f64())),
             (
                 Pv::CamNumImages,
                 i(c.detector.frames.clamp(1, i32::MAX as u64) as i64),
@@ -294,7 +290,7 @@ impl Ioc {
             (Pv::CamTriggerMode, i(0)),
             (Pv::CamArrayCallbacks, i(1)),
             (Pv::CamWaitForPlugins, i(0)),
-            (Pv::CamSimMode, i(sim_mode_index(&c.detector.mode))),
+            (Pv::CamSimMode, i(sim_mode_index(c.detector.mode.name()))),
             (Pv::CamGain, f(p.gain)),
             (Pv::CamGainX, f(p.gain_x)),
             (Pv::CamGainY, f(p.gain_y)),
@@ -333,7 +329,7 @@ impl Ioc {
             (Pv::HdfFileNumber, i(c.writer.number.into())),
             (Pv::HdfAutoIncrement, i(c.writer.auto_increment.into())),
             (Pv::HdfAutoSave, i(0)),
-            (Pv::HdfFileTemplate, t(&c.writer.template)),
+            (Pv::HdfFileTemplate, t(c.writer.template.as_str())),
             (Pv::HdfFileWriteMode, i(write_mode_index(v.capture.mode))),
             (
                 Pv::HdfNumCapture,

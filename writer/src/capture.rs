@@ -193,6 +193,42 @@ pub fn check_ref_pattern(pattern: &RefPattern) -> Result<(), String> {
     }
 }
 
+/// The write mode a capture runs in, once the rules that tie it to NumCapture and a
+/// reference pattern hold: a pattern names one file per point, so it writes Single files
+/// (Capture, which buffers frames for one file, is refused), and Capture mode buffers
+/// NumCapture frames, so at least 1. The engine's configuration checks this before a run,
+/// and [`CaptureSession::start`] again for captures the daemon's PVs set up.
+pub fn checked_write_mode(
+    mode: WriteMode,
+    num_capture: u64,
+    ref_pattern: Option<&RefPattern>,
+) -> Result<WriteMode, WriterError> {
+    if let Some(pattern) = ref_pattern {
+        let refuse = |reason: String| WriterError::Setting {
+            setting: "ref-pattern",
+            value: pattern.to_string(),
+            reason,
+        };
+        check_ref_pattern(pattern).map_err(refuse)?;
+        if mode == WriteMode::Capture {
+            return Err(refuse(
+                "a pattern writes one file per point; write-mode capture buffers frames for \
+                 one file"
+                    .into(),
+            ));
+        }
+        return Ok(WriteMode::Single);
+    }
+    if mode == WriteMode::Capture && num_capture == 0 {
+        return Err(WriterError::Setting {
+            setting: "capture",
+            value: "0".into(),
+            reason: "Capture mode buffers NumCapture frames in memory: give at least 1".into(),
+        });
+    }
+    Ok(mode)
+}
+
 /// The frames a capture receives, known before the first one arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameGeometry {
@@ -261,31 +297,12 @@ impl CaptureSession {
     /// Start a capture: expand and create the directory, check it, and (Stream without
     /// LazyOpen) open the first file. Refused settings leave nothing behind.
     pub fn start(settings: CaptureSettings, geometry: FrameGeometry) -> Result<Self, WriterError> {
-        if settings.mode == WriteMode::Capture && settings.num_capture == 0 {
-            return Err(WriterError::Setting {
-                setting: "capture",
-                value: "0".into(),
-                reason: "Capture mode buffers NumCapture frames: it must be at least 1".into(),
-            });
-        }
         let mut settings = settings;
-        if let Some(pattern) = &settings.ref_pattern {
-            check_ref_pattern(pattern).map_err(|reason| WriterError::Setting {
-                setting: "ref-pattern",
-                value: pattern.to_string(),
-                reason,
-            })?;
-            if settings.mode == WriteMode::Capture {
-                return Err(WriterError::Setting {
-                    setting: "ref-pattern",
-                    value: pattern.to_string(),
-                    reason: "a pattern writes one file per point; Capture mode buffers frames \
-                             for one file"
-                        .into(),
-                });
-            }
-            settings.mode = WriteMode::Single;
-        }
+        settings.mode = checked_write_mode(
+            settings.mode,
+            settings.num_capture,
+            settings.ref_pattern.as_ref(),
+        )?;
         let mut naming = settings.naming.clone();
         naming.path = naming::expand_path_time(&naming.path, std::time::SystemTime::now())
             .map_err(|e| WriterError::Setting {

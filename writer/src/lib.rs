@@ -46,7 +46,7 @@ pub mod vds;
 
 pub use capture::{
     CaptureSession, CaptureSettings, FileStatus, FrameGeometry, Pushed, WriteMode,
-    check_ref_pattern,
+    check_ref_pattern, checked_write_mode,
 };
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use lock::{remove_own_reserves, remove_stale_reserves};

@@ -123,6 +123,15 @@ impl FromStr for Incomplete {
     }
 }
 
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Incomplete::Drop => "drop",
+            Incomplete::Flag => "flag",
+        })
+    }
+}
+
 /// Sends frames as datagrams of [`PacketHeader`] + payload.
 #[derive(Debug)]
 pub struct UdpSender {

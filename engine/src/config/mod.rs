@@ -1,0 +1,243 @@
+//! One acquisition's settings, as one serde structure (TOML on disk) whose fields are the real
+//! types, and the rules between them.
+//!
+//! The CLI's flags (clap derive on the same section structs), a TOML file and (later) the
+//! daemon's PVs all write these fields. A value that does not parse is refused where it is
+//! read, naming the flag or key; [`Config::validate`] then checks the rules between settings
+//! and the world (directories, existing files, memory) and returns the [`Validated`] settings
+//! the engine runs, before any thread starts or any file is touched.
+
+mod backend;
+mod detector;
+mod ring;
+mod serve;
+mod value;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use detflow_hal::{AcquisitionConfig, Binning, ImageMode, Roi, TriggerMode};
+use detflow_sim::SimMode;
+use detflow_writer::{CaptureSettings, FileNaming, WriteMode};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use backend::{BackendConfig, BackendKeys, BackendKind};
+pub use detector::DetectorSettings;
+pub use ring::{
+    MAX_SLOTS, RING_MEMORY_FALLBACK, RING_MEMORY_SHARE, RingCap, RingSettings, auto_slots,
+    fit_ring, mem_available, ring_memory_cap,
+};
+pub use serve::{MAX_PREVIEW_RATE, ServeSettings};
+pub use value::{FrameSize, Seconds, ValueError, parse, text};
+pub use writer::WriterSettings;
+
+/// The checked backend the engine opens: [`BackendConfig`] after [`BackendConfig::validate`].
+pub type BackendSpec = BackendConfig;
+
+/// A setting with a value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid {setting} {value:?}: {reason}")]
+pub struct ConfigError {
+    /// The setting, as the CLI flag names it (`dtype`, `size`, `ring-slots`); the message
+    /// adds the TOML key where it is spelt otherwise.
+    pub setting: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// `setting` cannot be `value`, because `reason`.
+    pub fn new(setting: &'static str, value: impl ToString, reason: impl ToString) -> Self {
+        ConfigError {
+            setting,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn bad(setting: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    ConfigError::new(setting, value, reason)
+}
+
+/// A settings file that cannot be read.
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read config {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML, has an unknown key or a value that does not parse; the source's
+    /// message shows the key's line.
+    #[error("invalid config {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the line.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Everything one acquisition needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The frames asked for and the simulated detector's picture.
+    pub detector: DetectorSettings,
+    /// Where the frames come from.
+    pub backend: BackendConfig,
+    /// The frame ring between detector and writer.
+    pub ring: RingSettings,
+    /// Files, naming and compression.
+    pub writer: WriterSettings,
+    /// The daemon (`detflow serve`); `detflow acquire` ignores it.
+    pub serve: ServeSettings,
+}
+
+/// Settings checked and typed, ready for [`crate::acquisition::Acquisition::start`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Sensor width and height.
+    pub sensor: (u32, u32),
+    /// What the detector is configured with.
+    pub acquisition: AcquisitionConfig,
+    /// Simulation mode.
+    pub mode: SimMode,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Frames the detector acquires (0 = until stopped).
+    pub frames: u64,
+    /// Ring slots.
+    pub ring_slots: usize,
+    /// Ring policy.
+    pub ring_policy: detflow_ring::Policy,
+    /// Shared-memory file of the ring, if any.
+    pub ring_shm: Option<PathBuf>,
+    /// Files: mode, naming, codec and the rest.
+    pub capture: CaptureSettings,
+    /// Compression worker threads (at least 1).
+    pub workers: usize,
+    /// Where the frames come from.
+    pub backend: BackendSpec,
+}
+
+impl Config {
+    /// Check the rules between settings, and between settings and this machine; the first
+    /// one broken is refused with its setting and value.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let (d, w) = (&self.detector, &self.writer);
+        let frame_bytes = d.frame_bytes();
+        let ring_shm = self.ring.validate()?;
+        w.validate()?;
+        let num_capture = w.capture.unwrap_or(d.frames);
+        let mode = w.write_mode_for(d.frames, num_capture)?;
+        WriterSettings::check_capture_memory(mode, num_capture, frame_bytes)?;
+        let frames = frames_acquired(mode, d.frames, num_capture);
+        // The slots are allocated and touched before the run: refuse now a ring the machine
+        // cannot hold (the engine checks again with the run's frame count and frame size).
+        fit_ring(self.ring.slots, frame_bytes, frames, ring_memory_cap())?;
+        let naming = w.naming(mode)?;
+        let num_images = u32::try_from(frames.max(1))
+            .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
+        self.backend.validate()?;
+        let (width, height) = d.size.pair();
+        Ok(Validated {
+            sensor: (width, height),
+            acquisition: AcquisitionConfig {
+                roi: Roi::full(width, height),
+                binning: Binning::default(),
+                pixel_type: d.dtype,
+                exposure: d.exposure.duration(),
+                period: d.period.duration(),
+                image_mode: if frames == 0 {
+                    ImageMode::Continuous
+                } else {
+                    ImageMode::Multiple
+                },
+                num_images,
+                trigger_mode: TriggerMode::Internal,
+            },
+            mode: d.mode,
+            seed: d.seed,
+            frames,
+            ring_slots: self.ring.slots_for(frame_bytes),
+            ring_policy: self.ring.policy,
+            ring_shm,
+            workers: match w.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
+            capture: capture_settings(w, mode, num_capture, naming),
+            backend: self.backend.clone(),
+        })
+    }
+
+    /// Read a TOML file; unknown keys are refused, and so is a value that does not parse,
+    /// naming its key.
+    pub fn from_toml_file(path: &Path) -> Result<Config, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// The frames the detector acquires: no more than the capture takes (Single mode writes every
+/// frame; 0 on either side is "until stopped").
+fn frames_acquired(mode: WriteMode, frames: u64, num_capture: u64) -> u64 {
+    match (mode, frames, num_capture) {
+        (WriteMode::Single, f, _) => f,
+        (_, 0, c) | (_, c, 0) => c,
+        (_, f, c) => f.min(c),
+    }
+}
+
+/// The writer's settings for the run's capture.
+fn capture_settings(
+    w: &WriterSettings,
+    mode: WriteMode,
+    num_capture: u64,
+    naming: FileNaming,
+) -> CaptureSettings {
+    CaptureSettings {
+        mode,
+        num_capture,
+        frames_per_file: w.frames_per_file,
+        lazy_open: w.lazy_open,
+        naming,
+        create_dirs: w.create_dirs,
+        temp_suffix: w.temp_suffix.clone(),
+        overwrite: w.overwrite,
+        codec: w.codec,
+        swmr: w.swmr,
+        flush_every: w.flush,
+        flush_interval: (!w.flush_interval.is_zero()).then(|| w.flush_interval.duration()),
+        store_attributes: w.attributes,
+        store_performance: w.performance,
+        refs: w.refs.as_deref().map(absolute),
+        ref_pattern: w.ref_pattern.clone(),
+        // `acquire` writes where it is told; the daemon sets its data roots.
+        roots: detflow_writer::DataRoots::anywhere(),
+    }
+}
+
+/// The absolute form of `p` (relative to the current directory), without resolving links.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests;

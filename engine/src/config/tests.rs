@@ -1,0 +1,295 @@
+use super::*;
+use detflow_hal::PixelType;
+use detflow_writer::Codec;
+
+fn with(f: impl FnOnce(&mut Config)) -> Result<Validated, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    c.writer.path = dir.path().to_string_lossy().into_owned();
+    f(&mut c);
+    c.validate()
+}
+
+fn secs(s: f64) -> Seconds {
+    Seconds::new(s).unwrap()
+}
+
+#[test]
+fn an_existing_file_is_refused_unless_overwriting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("detflow_0001.h5"), b"").unwrap();
+    let mut c = Config::default();
+    c.writer.path = dir.path().to_string_lossy().into_owned();
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.setting, "number");
+    assert!(e.reason.contains("exists"), "{e}");
+    c.writer.overwrite = true;
+    assert!(c.validate().is_ok());
+    c.writer.overwrite = false;
+    c.writer.number = 2;
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn the_detector_acquires_no_more_than_the_capture_takes() {
+    let v = with(|c| c.writer.capture = Some(10)).unwrap();
+    assert_eq!(
+        (v.frames, v.acquisition.num_images, v.capture.num_capture),
+        (10, 10, 10)
+    );
+    let v = with(|c| {
+        c.detector.frames = 0;
+        c.writer.capture = Some(7);
+    })
+    .unwrap();
+    assert_eq!(
+        (v.frames, v.acquisition.image_mode),
+        (7, ImageMode::Multiple)
+    );
+    let v = with(|c| {
+        c.detector.frames = 0;
+        c.writer.capture = Some(0);
+    })
+    .unwrap();
+    assert_eq!(
+        (v.frames, v.acquisition.image_mode),
+        (0, ImageMode::Continuous)
+    );
+    let v = with(|c| {
+        c.writer.write_mode = WriteMode::Single;
+        c.detector.frames = 3;
+        c.writer.capture = Some(1);
+    })
+    .unwrap();
+    assert_eq!(v.frames, 3, "single mode writes every frame");
+}
+
+#[test]
+fn defaults_are_valid() {
+    let v = with(|_| {}).unwrap();
+    assert_eq!(v.sensor, (1024, 1024));
+    assert_eq!(v.acquisition.pixel_type, PixelType::U16);
+    assert_eq!(v.acquisition.image_mode, ImageMode::Multiple);
+    assert_eq!(v.capture.codec, Codec::None);
+    assert_eq!(v.capture.mode, WriteMode::Stream);
+    assert_eq!(v.capture.num_capture, 100);
+    assert_eq!(v.ring_slots, 64);
+    assert!(matches!(v.backend, BackendSpec::Sim { fifo_depth: 16, .. }));
+}
+
+/// Values that do not parse never reach a `Config`: the TOML reader refuses them, naming
+/// the key (its line is shown) and the reason the value's type gives.
+#[test]
+fn a_value_that_does_not_parse_is_refused_naming_its_key() {
+    let cases = [
+        ("detector", "dtype = \"u64\"", "expected one of u8"),
+        ("detector", "size = \"0x10\"", "at least 1"),
+        ("detector", "size = \"10by10\"", "WIDTHxHEIGHT"),
+        ("detector", "mode = \"waves\"", "peaks, ramp, sine, noise"),
+        ("detector", "exposure = -1", "between 0 and 86400"),
+        ("detector", "period = 1e6", "between 0 and 86400"),
+        ("writer", "template = \"%s%s_%q.h5\"", "unknown conversion"),
+        ("writer", "codec = \"deflate:11\"", "deflate level"),
+        (
+            "writer",
+            "write_mode = \"burst\"",
+            "single, capture or stream",
+        ),
+        ("writer", "flush_interval = -0.5", "between 0 and 86400"),
+        (
+            "writer",
+            "ref_pattern = \"h5file:///d/{scan}.h5\"",
+            "unknown placeholder",
+        ),
+        ("ring", "policy = \"lossy\"", "block or drop-newest"),
+        ("serve", "interface = \"localhost\"", "IPv4 address"),
+        ("backend", "udp_listen = \"localhost\"", "socket address"),
+    ];
+    for (table, line, reason) in cases {
+        let text = format!("[{table}]\n{line}\n");
+        let e = toml::from_str::<Config>(&text).unwrap_err().to_string();
+        let key = line.split(' ').next().unwrap();
+        assert!(e.contains(line) && e.contains(reason), "{text}: {e}");
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
+
+#[test]
+fn each_bad_value_names_its_setting() {
+    type Case = (Box<dyn Fn(&mut Config)>, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            Box::new(|c| c.writer.path = "/nonexistent/dir".into()),
+            "path",
+            "/nonexistent/dir",
+        ),
+        (Box::new(|c| c.ring.slots = 70_000), "ring-slots", "70000"),
+        (
+            Box::new(|c| {
+                c.writer.write_mode = WriteMode::Capture;
+                c.writer.capture = Some(0);
+            }),
+            "capture",
+            "0",
+        ),
+        (
+            Box::new(|c| c.writer.temp_suffix = "a/b".into()),
+            "temp-suffix",
+            "a/b",
+        ),
+        (Box::new(|c| c.writer.name = "a/b".into()), "name", "a/b"),
+        (Box::new(|c| c.writer.workers = 300), "workers", "300"),
+        (Box::new(|c| c.writer.number = -1), "number", "-1"),
+        (
+            Box::new(|c| c.ring.shm = Some("/nonexistent/dir/ring".into())),
+            "ring-shm",
+            "/nonexistent/dir/ring",
+        ),
+        (
+            Box::new(|c| c.writer.refs = Some("/nonexistent/refs.jsonl".into())),
+            "refs",
+            "/nonexistent/refs.jsonl",
+        ),
+        (
+            Box::new(|c| c.writer.template = "sub/%s%s_%d.h5".parse().unwrap()),
+            "template",
+            "sub/%s%s_%d.h5",
+        ),
+    ];
+    for (f, setting, value) in cases {
+        let e = with(f).unwrap_err();
+        assert_eq!(e.setting, setting, "{e}");
+        assert_eq!(e.value, value, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid {setting} \"{value}\"")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_reference_pattern_writes_single_files_and_refuses_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern: detflow_writer::RefPattern =
+        format!("h5file://{}/p_{{index:03d}}.h5", dir.path().display())
+            .parse()
+            .unwrap();
+    let v = with(|c| c.writer.ref_pattern = Some(pattern.clone())).unwrap();
+    assert_eq!(v.capture.mode, WriteMode::Single);
+    let e = with(|c| {
+        c.writer.ref_pattern = Some(pattern.clone());
+        c.writer.write_mode = WriteMode::Capture;
+    })
+    .unwrap_err();
+    assert_eq!(e.setting, "ref-pattern");
+    let e = with(|c| {
+        c.writer.ref_pattern = Some(pattern.clone());
+        c.writer.auto_increment = false;
+    })
+    .unwrap_err();
+    assert!(e.reason.contains("every point needs its own file"), "{e}");
+}
+
+#[test]
+fn backend_settings_are_checked_by_name() {
+    let e = with(|c| {
+        c.backend = BackendConfig::Replay {
+            file: "/nonexistent.h5".into(),
+            dataset: "/d".into(),
+        }
+    })
+    .unwrap_err();
+    assert_eq!(
+        (e.setting, e.value.as_str()),
+        ("replay", "/nonexistent.h5::/d")
+    );
+    let e = with(|c| {
+        c.backend = BackendConfig::Sim {
+            fifo_depth: 0,
+            faults: Default::default(),
+        }
+    })
+    .unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("fifo-depth", "0"));
+    let udp = BackendConfig::Udp {
+        listen: "127.0.0.1:9000".parse().unwrap(),
+        incomplete: crate::backend::udp::Incomplete::Flag,
+    };
+    let v = with(|c| c.backend = udp.clone()).unwrap();
+    assert_eq!(v.backend, udp);
+}
+
+#[test]
+fn never_flushing_needs_no_flush_and_no_flush_needs_no_flush_setting() {
+    let e = with(|c| c.writer.flush_interval = Seconds::ZERO).unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("flush-interval", "0"));
+    assert!(
+        e.reason.contains("flush 0") && e.reason.contains("no_flush"),
+        "{e}"
+    );
+    let v = with(|c| {
+        c.writer.flush_interval = Seconds::ZERO;
+        c.writer.no_flush = true;
+    })
+    .unwrap();
+    assert_eq!((v.capture.flush_every, v.capture.flush_interval), (0, None));
+    assert!(
+        with(|c| c.writer.no_flush = true).is_err(),
+        "flush_interval 1 contradicts it"
+    );
+    let e = with(|c| {
+        c.writer.flush_interval = Seconds::ZERO;
+        c.writer.no_flush = true;
+        c.writer.flush = 4;
+    })
+    .unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("flush", "4"));
+    assert!(
+        with(|c| {
+            c.writer.flush_interval = Seconds::ZERO;
+            c.writer.flush = 4;
+        })
+        .is_ok()
+    );
+    let v = with(|c| c.writer.flush_interval = secs(0.25)).unwrap();
+    assert_eq!(
+        v.capture.flush_interval,
+        Some(std::time::Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn toml_round_trips_and_refuses_unknown_keys() {
+    let mut c = Config::default();
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+    c.writer.ref_pattern = Some("h5file:///d/s_{index}.h5".parse().unwrap());
+    c.writer.capture = Some(3);
+    c.ring.shm = Some("/dev/shm/x".into());
+    c.detector.exposure = secs(0.002);
+    c.backend = BackendConfig::Udp {
+        listen: "127.0.0.1:9000".parse().unwrap(),
+        incomplete: Default::default(),
+    };
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+    assert!(toml::from_str::<Config>("[detector]\nfrmes = 3\n").is_err());
+    assert!(toml::from_str::<Config>("[detector]\nfault_drop = 0.1\n").is_err());
+    let partial: Config = toml::from_str("[writer]\ncodec = \"deflate:1\"\n").unwrap();
+    assert_eq!(partial.writer.codec, Codec::Deflate { level: 1 });
+    assert_eq!(partial.detector, DetectorSettings::default());
+}
+
+#[test]
+fn a_config_file_that_cannot_be_used_says_which_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let e = Config::from_toml_file(&path).unwrap_err();
+    assert!(matches!(e, ConfigFileError::Read { .. }), "{e}");
+    std::fs::write(&path, "[detector]\nsize = \"64\"\n").unwrap();
+    let e = Config::from_toml_file(&path).unwrap_err();
+    assert!(e.to_string().starts_with("invalid config"), "{e}");
+    let source = std::error::Error::source(&e).unwrap().to_string();
+    assert!(source.contains("size = \"64\""), "{source}");
+}
