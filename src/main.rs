@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use detflow_engine::{Acquisition, Config, RunEvent, Summary};
+use detflow_engine::{Acquisition, Config, RunEvent, RunHandle, Summary};
 
 mod bench;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -528,6 +528,46 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
+    let stopped_by = follow(&handle, &signals, &bar);
+    bar.finish_and_clear();
+    handle.wait();
+    let summary = handle.summary();
+    // The master file is built after the capture, from the references of the frames written.
+    let master = vds.map(|spec| {
+        let refs: Vec<String> = summary.value_refs.iter().map(|r| r.uri).collect();
+        if refs.is_empty() {
+            Err(anyhow::anyhow!(
+                "no frame was written: no master file {:?}",
+                spec.out
+            ))
+        } else {
+            detflow_writer::build_master(&refs, &spec).context("cannot write the master file")
+        }
+    });
+    let master = match master {
+        Some(Ok(report)) => Some(report),
+        Some(Err(e)) => {
+            eprintln!("detflow: {e:#}");
+            None
+        }
+        None => None,
+    };
+    print_summary(&summary, master.as_ref(), args.json)?;
+
+    Ok(match (&summary.error, stopped_by) {
+        (Some(_), _) => ExitCode::FAILURE,
+        (None, Some(sig)) => signal_exit(sig),
+        (None, None) => ExitCode::SUCCESS,
+    })
+}
+
+/// Follow a run to its end: the progress bar on its events, a stop or a flush on signals.
+/// Returns the stop signal, if one came (also as the run ended by itself).
+fn follow(
+    handle: &RunHandle,
+    signals: &crossbeam_channel::Receiver<Signal>,
+    bar: &ProgressBar,
+) -> Option<i32> {
     let mut stopped_by = None;
     loop {
         crossbeam_channel::select! {
@@ -558,42 +598,11 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
             },
         }
     }
-    bar.finish_and_clear();
-    handle.wait();
-    let summary = handle.summary();
-    // A signal that came as the run ended by itself still sets the exit status.
-    stopped_by = stopped_by.or_else(|| {
+    stopped_by.or_else(|| {
         signals.try_iter().find_map(|s| match s {
             Signal::Stop(sig) => Some(sig),
             Signal::Flush => None,
         })
-    });
-    // The master file is built after the capture, from the references of the frames written.
-    let master = vds.map(|spec| {
-        let refs: Vec<String> = summary.value_refs.iter().map(|r| r.uri).collect();
-        if refs.is_empty() {
-            Err(anyhow::anyhow!(
-                "no frame was written: no master file {:?}",
-                spec.out
-            ))
-        } else {
-            detflow_writer::build_master(&refs, &spec).context("cannot write the master file")
-        }
-    });
-    let master = match master {
-        Some(Ok(report)) => Some(report),
-        Some(Err(e)) => {
-            eprintln!("detflow: {e:#}");
-            None
-        }
-        None => None,
-    };
-    print_summary(&summary, master.as_ref(), args.json)?;
-
-    Ok(match (&summary.error, stopped_by) {
-        (Some(_), _) => ExitCode::FAILURE,
-        (None, Some(sig)) => signal_exit(sig),
-        (None, None) => ExitCode::SUCCESS,
     })
 }
 
