@@ -180,7 +180,7 @@ impl AcquisitionBuilder {
 fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
     let acquisition = settings.acquisition.clone();
     match &settings.backend {
-        BackendSpec::Sim { fifo_depth, faults } => backend::sim(
+        BackendSpec::Sim { fifo_depth, faults } => backend::open_sim(
             settings.sensor,
             settings.seed,
             demo_params(settings.mode, settings.sensor, acquisition.pixel_type),
@@ -190,8 +190,8 @@ fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
             },
             acquisition,
         ),
-        BackendSpec::Replay { file, dataset } => backend::replay(file, dataset, acquisition),
-        BackendSpec::Udp { listen, incomplete } => backend::udp(
+        BackendSpec::Replay { file, dataset } => backend::open_replay(file, dataset, acquisition),
+        BackendSpec::Udp { listen, incomplete } => backend::open_udp(
             *listen,
             settings.sensor,
             acquisition.pixel_type,

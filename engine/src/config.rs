@@ -442,7 +442,7 @@ fn check_output_file(setting: &'static str, path: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// Settings checked and typed, ready for [`crate::acquisition::Acquisition::start`].
+/// Settings checked and typed, ready for [`crate::acquisition::Acquisition::builder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
     /// Sensor width and height.

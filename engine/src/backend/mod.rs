@@ -3,7 +3,7 @@
 //! A backend implements the HAL ([`detflow_hal::FrameSource`]) with its own error type;
 //! [`Backend`] erases that type into [`BackendError`] (the portable [`ErrorKind`] plus the
 //! backend's message), and a blanket implementation covers every `FrameSource` that can move
-//! to the detector thread. Opening a backend ([`sim`], [`replay`], [`udp`], or
+//! to the detector thread. Opening a backend ([`open_sim`], [`open_replay`], [`open_udp`], or
 //! [`configure`] for one made elsewhere) configures it and returns it with the frame shape it
 //! delivers and the configuration it runs with ([`Opened`]): the one place a run's frame size
 //! is decided.
@@ -164,7 +164,7 @@ pub fn configure(
 
 /// The simulated detector: a `sensor` of this size drawing the picture `params` describe,
 /// `seed`ed, with `options` (FIFO depth, injected faults).
-pub fn sim(
+pub fn open_sim(
     sensor: (u32, u32),
     seed: u64,
     params: SimParams,
@@ -186,7 +186,7 @@ pub fn sim(
 
 /// The frames of `dataset` in the HDF5 `file`: the file decides the frame size and pixel
 /// type, whatever `acquisition` says.
-pub fn replay(
+pub fn open_replay(
     file: &Path,
     dataset: &str,
     acquisition: AcquisitionConfig,
@@ -202,7 +202,7 @@ pub fn replay(
 }
 
 /// Frames of `sensor` size and `pixel_type` received as UDP datagrams on `listen`.
-pub fn udp(
+pub fn open_udp(
     listen: SocketAddr,
     sensor: (u32, u32),
     pixel_type: PixelType,
