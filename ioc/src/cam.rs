@@ -254,25 +254,23 @@ impl Ioc {
         let tick = crossbeam_channel::tick(Duration::from_millis(100));
         let mut detector_done = false;
         loop {
-            let ended = crossbeam_channel::select! {
-                recv(events) -> event => matches!(event, Ok(RunEvent::Ended(_)) | Err(_)),
-                recv(tick) -> _ => {
-                    if let Some(status) = self.run_status() {
+            let state = crossbeam_channel::select! {
+                recv(events) -> event => match event {
+                    Ok(RunEvent::Ended(_)) | Err(_) => return,
+                    Ok(RunEvent::State(state)) => state,
+                    Ok(_) => continue,
+                },
+                // The rates, and the state again: an event dropped by a full channel is no
+                // harm.
+                recv(tick) -> _ => match self.run_status() {
+                    Some(status) => {
                         self.post_run_status(&status);
+                        status.state
                     }
-                    false
-                }
+                    None => continue,
+                },
             };
-            if ended {
-                return;
-            }
-            // Any event (a state change among them) or tick: has the detector stopped?
-            // (Read from the status, so that an event dropped by a full channel is no harm.)
-            if !detector_done
-                && self
-                    .run_status()
-                    .is_some_and(|s| s.state != State::Acquiring)
-            {
+            if !detector_done && state != State::Acquiring {
                 detector_done = true;
                 self.detector_stopped();
             }
