@@ -174,8 +174,11 @@ impl Ioc {
         req: &WriteRequest,
     ) -> Result<WriteReply, Refusal> {
         if !on {
+            // Done when the files are closed: now, or after the writer's frame (the waiter
+            // is in place before the close, so that its end cannot pass it by).
+            let reply = wait_in(&self.capture_waiters, req);
             self.end_capture(None);
-            return Ok(WriteReply::Accept);
+            return Ok(reply);
         }
         if self.plugin.is_open() {
             self.set("HDF1:Capture_RBV", 1);
@@ -228,7 +231,8 @@ impl Ioc {
 
     /// Close the open capture (Capture = 0, or shutting down). While a run's writer holds
     /// it (for one frame), the writer closes it right after and the engine tells
-    /// `capture_ended`.
+    /// `capture_ended`. Either way, the capture's put-callbacks complete once its files are
+    /// closed.
     pub(super) fn end_capture(&self, error: Option<String>) {
         match self.plugin.close(error) {
             Closed::Now(end) => {
