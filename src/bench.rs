@@ -19,7 +19,8 @@ use detflow_sim::{SimConfig, SimDetector, SimMode};
 use detflow_writer::Codec;
 use serde::Serialize;
 
-use detflow_engine::acquisition::{Acquisition, RingOptions, demo_params};
+use detflow_engine::Acquisition;
+use detflow_engine::acquisition::demo_params;
 use detflow_engine::backend::cycle::FrameCycle;
 use detflow_engine::config::{Config, FrameSize};
 
@@ -271,7 +272,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 cfg.writer.path = plan.dir.to_string_lossy().into_owned();
                 cfg.writer.name = format!(".bench_source_{}", pixel_type);
                 cfg.writer.overwrite = true;
-                let source = Acquisition::start(cfg.validate()?)?.wait();
+                let mut source = Acquisition::builder(cfg.validate()?).start()?;
+                source.wait();
+                let source = source.summary().status;
                 let filters: Vec<&str> = plan
                     .codecs
                     .iter()
@@ -321,38 +324,30 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 let raw_before = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
                 settle(&plan.dir);
                 let detector = Box::new(FrameCycle::new(samples.clone(), shape, info.clone()));
-                let ring = RingOptions {
-                    slots: settings.ring_slots,
-                    policy: settings.ring_policy,
-                    shm: None,
-                    workers: settings.workers,
-                };
                 let cpu0 = cpu_seconds();
                 let wall = Instant::now();
-                let summary = Acquisition::start_with(
-                    detector,
-                    settings.acquisition.clone(),
-                    settings.frames,
-                    ring,
-                    settings.capture.clone(),
-                )?
-                .wait();
+                let mut run = Acquisition::builder(settings.clone())
+                    .backend(detector)
+                    .start()?;
+                run.wait();
+                let summary = run.summary();
                 let wall = wall.elapsed().as_secs_f64();
                 let cpu = cpu_seconds() - cpu0;
                 if let Some(e) = &summary.error {
                     anyhow::bail!("{codec_name} {pixel_type}: {e}");
                 }
-                for f in &summary.files {
+                for f in &summary.status.files {
                     let _ = std::fs::remove_file(f);
                 }
                 settle(&plan.dir);
                 let raw_after = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
-                runs.push(summary.frames_written as f64 / wall);
+                runs.push(summary.status.frames_written as f64 / wall);
                 raws.push(raw_before.max(raw_after));
                 cpu_share.push(cpu / (wall * cores() as f64));
                 last = Some((summary, wall));
             }
             let (summary, _) = last.expect("at least one run");
+            let summary = summary.status;
             let fps = median(runs.clone());
             let raw_write_fps = median(raws);
             let codec_fps_1thread = codec_rate(codec, pixel_type, &samples);

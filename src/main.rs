@@ -7,8 +7,6 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::error::ErrorKind;
@@ -17,7 +15,7 @@ use detflow_engine::config::{
     self, BackendKeys, DetectorSettings, FrameSize, RingSettings, Seconds, ServeSettings,
     WriterSettings,
 };
-use detflow_engine::{Acquisition, Config, Summary};
+use detflow_engine::{Acquisition, Config, RunEvent, RunHandle, Summary};
 use detflow_hal::PixelType;
 
 mod bench;
@@ -362,32 +360,53 @@ fn show_defaults(cli: clap::Command) -> clap::Command {
         .mut_subcommand("serve", |c| c.mut_args(annotate))
 }
 
-/// SIGINT and SIGTERM: the first is noted (the returned number turns non-zero) so that the
-/// caller stops cleanly; a second one (of either) while it does exits at once with
-/// [`ABORT_EXIT`], after removing the space reserves beside the open files.
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicUsize>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let signal = Arc::new(AtomicUsize::new(0));
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let noted = signal.clone();
+/// What the signal thread tells the main thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT or SIGTERM (its number): stop cleanly.
+    Stop(i32),
+    /// SIGUSR1: make every frame written so far visible to readers (areaDetector FlushNow).
+    Flush,
+}
+
+/// SIGINT and SIGTERM (and SIGUSR1 with `flush`), as [`Signal`]s on the returned channel:
+/// the first SIGINT or SIGTERM asks the caller to stop cleanly; a second one (of either)
+/// while it does exits at once with [`ABORT_EXIT`], after removing the space reserves beside
+/// the open files.
+fn signals(flush: bool) -> anyhow::Result<crossbeam_channel::Receiver<Signal>> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if flush {
+        wanted.push(SIGUSR1);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
+    let (tx, rx) = crossbeam_channel::bounded(16);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut stopping = false;
             for sig in signals.forever() {
-                if noted.swap(sig as usize, Ordering::SeqCst) != 0 {
+                if sig == SIGUSR1 {
+                    // Flushes asked for while one waits are one flush.
+                    let _ = tx.try_send(Signal::Flush);
+                    continue;
+                }
+                if stopping {
                     detflow_writer::remove_own_reserves();
                     // _exit, not exit: the atexit handlers (HDF5's closes every open file)
                     // would race the writer thread, which is still writing.
                     // SAFETY: _exit ends the process at once; it takes no pointers.
                     unsafe { libc::_exit(ABORT_EXIT) };
                 }
+                stopping = true;
+                let _ = tx.try_send(Signal::Stop(sig));
             }
         })?;
-    Ok(signal)
+    Ok(rx)
 }
 
 /// Exit status when stopped by a signal: 128 + the signal number, as shells report it.
-fn signal_exit(signal: usize) -> ExitCode {
+fn signal_exit(signal: i32) -> ExitCode {
     ExitCode::from(128 + signal as u8)
 }
 
@@ -412,17 +431,14 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         });
 
     // First Ctrl-C or SIGTERM: stop cleanly (drain, close the file). A second one: exit now.
-    let signal = stop_on_signals()?;
-
     // SIGUSR1: flush now, so readers see every frame written so far (areaDetector FlushNow).
-    let flush_request = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, flush_request.clone())?;
+    let signals = signals(true)?;
 
     let udp = match &settings.backend {
         detflow_engine::config::BackendSpec::Udp { listen, .. } => Some(*listen),
         _ => None,
     };
-    let handle = Acquisition::start(settings)?;
+    let mut handle = Acquisition::builder(settings).start()?;
     if let Some(listen) = udp {
         // Senders (and tests) wait for this line: the socket is bound from here on.
         eprintln!("detflow: receiving on udp {listen}");
@@ -432,28 +448,10 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    let mut stop_sent = false;
-    while !handle.is_finished() {
-        if signal.load(Ordering::Acquire) != 0 && !stop_sent {
-            handle.stop();
-            stop_sent = true;
-            bar.suspend(|| {
-                eprintln!(
-                    "detflow: stopping: writing the frames in the ring, then closing the file \
-                     (again to abort: exit {ABORT_EXIT}, the file keeps what was flushed)"
-                );
-            });
-        }
-        if flush_request.swap(false, Ordering::AcqRel) {
-            handle.flush_now();
-        }
-        let s = handle.status();
-        bar.set_position(s.frames_written);
-        bar.set_message(progress_message(s.fps, s.mb_per_s, s.frames_dropped));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let stopped_by = follow(&handle, &signals, &bar);
     bar.finish_and_clear();
-    let summary = handle.wait();
+    handle.wait();
+    let summary = handle.summary();
     // The master file is built after the capture, from the references of the frames written.
     let master = vds.map(|spec| {
         let refs: Vec<String> = summary.value_refs.iter().map(|r| r.uri).collect();
@@ -476,13 +474,55 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
     };
     print_summary(&summary, master.as_ref(), args.json)?;
 
-    let sig = signal.load(Ordering::Acquire);
-    Ok(if summary.error.is_some() {
-        ExitCode::FAILURE
-    } else if sig != 0 {
-        signal_exit(sig)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match (&summary.error, stopped_by) {
+        (Some(_), _) => ExitCode::FAILURE,
+        (None, Some(sig)) => signal_exit(sig),
+        (None, None) => ExitCode::SUCCESS,
+    })
+}
+
+/// Follow a run to its end: the progress bar on its events, a stop or a flush on signals.
+/// Returns the stop signal, if one came (also as the run ended by itself).
+fn follow(
+    handle: &RunHandle,
+    signals: &crossbeam_channel::Receiver<Signal>,
+    bar: &ProgressBar,
+) -> Option<i32> {
+    let mut stopped_by = None;
+    loop {
+        crossbeam_channel::select! {
+            recv(handle.events()) -> event => match event {
+                Ok(RunEvent::Progress(_)) => {
+                    let s = handle.status();
+                    bar.set_position(s.frames_written);
+                    bar.set_message(progress_message(s.fps, s.mb_per_s, s.frames_dropped));
+                }
+                Ok(RunEvent::Ended(_)) | Err(_) => break,
+                Ok(_) => {}
+            },
+            recv(signals) -> signal => match signal {
+                Ok(Signal::Stop(sig)) => {
+                    stopped_by = Some(sig);
+                    handle.stop();
+                    bar.suspend(|| {
+                        eprintln!(
+                            "detflow: stopping: writing the frames in the ring, then closing \
+                             the file (again to abort: exit {ABORT_EXIT}, the file keeps what \
+                             was flushed)"
+                        );
+                    });
+                }
+                Ok(Signal::Flush) => handle.flush_now(),
+                // The signal thread never ends.
+                Err(_) => {}
+            },
+        }
+    }
+    stopped_by.or_else(|| {
+        signals.try_iter().find_map(|s| match s {
+            Signal::Stop(sig) => Some(sig),
+            Signal::Flush => None,
+        })
     })
 }
 
@@ -573,29 +613,30 @@ fn print_summary(
         println!("{v}");
         return Ok(());
     }
-    for f in &s.files {
+    let st = &s.status;
+    for f in &st.files {
         println!("file            {}", f.display());
     }
     for f in &s.files_lost {
         println!("LOST            {} (deleted while written)", f.display());
     }
-    println!("next number     {}", s.file_number);
+    println!("next number     {}", st.file_number);
     println!(
         "frames          {} acquired, {} written, {} dropped",
-        s.frames_acquired, s.frames_written, s.frames_dropped
+        st.frames_acquired, st.frames_written, st.frames_dropped
     );
     println!(
         "rate            {:.1} fps, {:.1} MB/s over {:.3} s",
-        s.fps, s.mb_per_s, s.elapsed_s
+        st.fps, st.mb_per_s, st.elapsed_s
     );
-    let ratio = if s.compressed_bytes > 0 {
-        s.raw_bytes as f64 / s.compressed_bytes as f64
+    let ratio = if st.compressed_bytes > 0 {
+        st.raw_bytes as f64 / st.compressed_bytes as f64
     } else {
         1.0
     };
     println!(
         "codec           {} ({} bytes, ratio {:.2})",
-        s.codec, s.compressed_bytes, ratio
+        s.codec, st.compressed_bytes, ratio
     );
     if let Some(why) = &s.stopped {
         println!("stopped early   {why}");
@@ -789,7 +830,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         validated,
         config,
     };
-    let stop = stop_on_signals()?;
+    let signals = signals(false)?;
     let roots = opts.data_roots.to_string();
     let prefix = opts.prefix.clone();
     let ioc = detflow_ioc::Ioc::start(opts)?;
@@ -798,13 +839,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ioc.pv_count(),
         ioc.port()
     );
-    while stop.load(Ordering::Acquire) == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    tracing::info!(
-        "signal {}: stopping (a second signal aborts at once, exit {ABORT_EXIT})",
-        stop.load(Ordering::Acquire)
-    );
+    // Serve until SIGINT or SIGTERM.
+    let signal = loop {
+        match signals.recv() {
+            Ok(Signal::Stop(sig)) => break sig,
+            Ok(Signal::Flush) => {}
+            Err(_) => anyhow::bail!("the signal thread ended"),
+        }
+    };
+    tracing::info!("signal {signal}: stopping (a second signal aborts at once, exit {ABORT_EXIT})");
     ioc.shutdown();
     tracing::info!("stopped; every file closed");
     Ok(ExitCode::SUCCESS)

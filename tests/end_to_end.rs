@@ -1,12 +1,8 @@
 //! One acquisition from the simulated detector through the ring into an HDF5 file, driven
-//! through the engine and through the binary, with the counts checked against the file.
+//! through the binary, with the counts checked against the file. (Runs driven through the
+//! engine's API are in `engine/tests/runs.rs`.)
 
 mod common;
-
-use std::time::{Duration, Instant};
-
-use detflow_engine::config::Seconds;
-use detflow_engine::{Acquisition, Config, State};
 
 fn frames_in(path: &std::path::Path) -> usize {
     let f = hdf5::File::open(path).unwrap();
@@ -23,86 +19,6 @@ fn frames_in(path: &std::path::Path) -> usize {
         "image and NDArrayUniqueId lengths differ in {path:?}"
     );
     n
-}
-
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.writer.path = dir.to_str().unwrap().into();
-    c.detector.size = "64x48".parse().unwrap();
-    c
-}
-
-#[test]
-fn a_run_writes_every_frame_and_counts_add_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.detector.frames = 50;
-    c.ring.slots = 2;
-    c.writer.codec = "deflate:1".parse().unwrap();
-    c.writer.number = 9;
-    let handle = Acquisition::start(c.validate().unwrap()).unwrap();
-    let s = handle.wait();
-    assert_eq!(
-        (s.frames_acquired, s.frames_written, s.frames_dropped),
-        (50, 50, 0)
-    );
-    assert_eq!(s.files, vec![dir.path().join("detflow_0009.h5")]);
-    assert_eq!(
-        s.file_number, 10,
-        "AutoIncrement advances after the name is built"
-    );
-    assert_eq!(s.raw_bytes, 50 * 64 * 48 * 2);
-    assert!(s.compressed_bytes > 0 && s.compressed_bytes < s.raw_bytes);
-    assert!(s.ring_high_water >= 1 && s.ring_high_water <= 2);
-    assert_eq!(s.stopped, None);
-    assert_eq!(frames_in(&s.files[0]), 50);
-}
-
-#[test]
-fn period_paces_the_detector() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.detector.frames = 6;
-    c.detector.period = Seconds::new(0.025).unwrap();
-    let t = Instant::now();
-    let s = Acquisition::start(c.validate().unwrap()).unwrap().wait();
-    let took = t.elapsed();
-    assert_eq!(s.frames_written, 6);
-    // Frame k is due at k * period after the start: five periods at least.
-    assert!(
-        took >= Duration::from_millis(120),
-        "6 frames at 25 ms took only {took:?}"
-    );
-    assert!(
-        s.fps < 60.0,
-        "fps {} is faster than the period allows",
-        s.fps
-    );
-}
-
-#[test]
-fn stopping_a_continuous_run_drains_and_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.detector.frames = 0; // until stopped
-    c.detector.period = Seconds::new(0.002).unwrap();
-    let handle = Acquisition::start(c.validate().unwrap()).unwrap();
-    let t = Instant::now();
-    while handle.status().frames_written < 10 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no progress: {:?}",
-            handle.status()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(handle.status().state, State::Acquiring);
-    handle.stop();
-    let s = handle.wait();
-    assert_eq!(s.stopped.as_deref(), Some("stopped"));
-    assert_eq!(s.frames_acquired, s.frames_written + s.frames_dropped);
-    assert_eq!(s.frames_dropped, 0);
-    assert_eq!(frames_in(&s.files[0]) as u64, s.frames_written);
 }
 
 #[test]
@@ -275,96 +191,4 @@ fn both_ring_policies_keep_the_counts_exact() {
         );
         assert!(s["ring"]["high_water"].as_u64().unwrap() <= 2);
     }
-}
-
-/// Hears when the daemon's file plugin capture ends, as the IOC does (WriteStatus).
-struct CaptureEnded(
-    std::sync::Mutex<std::sync::mpsc::Sender<(detflow_writer::FileStatus, Option<String>)>>,
-);
-
-impl detflow_engine::acquisition::Observer for CaptureEnded {
-    fn capture_ended(&self, status: &detflow_writer::FileStatus, error: Option<&str>) {
-        let _ = self
-            .0
-            .lock()
-            .unwrap()
-            .send((status.clone(), error.map(str::to_owned)));
-    }
-}
-
-/// The daemon's path: a capture on the shared file plugin whose directory is removed ends,
-/// at the next flush, with the error the IOC posts as WriteStatus = Write Error and
-/// WriteMessage; the acquisition itself goes on.
-#[test]
-fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let sub = dir.path().join("run");
-    std::fs::create_dir(&sub).unwrap();
-    let mut c = config(&sub);
-    c.detector.frames = 0;
-    c.detector.period = Seconds::new(0.005).unwrap();
-    c.writer.flush_interval = Seconds::new(0.05).unwrap();
-    let v = c.validate().unwrap();
-    let mut acq = v.acquisition.clone();
-    let detector = detflow_engine::acquisition::make_backend(
-        v.backend.clone(),
-        v.sensor,
-        v.seed,
-        v.mode,
-        &mut acq,
-    )
-    .unwrap();
-    let shape = detflow_hal::FrameShape {
-        width: 64,
-        height: 48,
-        pixel_type: acq.pixel_type,
-        color_mode: detflow_hal::ColorMode::Mono,
-    };
-    let session = detflow_writer::CaptureSession::start(
-        v.capture.clone(),
-        detflow_engine::acquisition::geometry(&acq, shape),
-    )
-    .unwrap();
-    let file = session.status().full_file_name.clone();
-    let plugin = std::sync::Arc::new(detflow_engine::acquisition::SharedCapture::new(true));
-    plugin.lock().session = Some(session);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = Acquisition::start_shared(
-        detector,
-        acq,
-        0,
-        detflow_engine::acquisition::RingOptions {
-            slots: 8,
-            policy: v.ring_policy,
-            shm: None,
-            workers: 1,
-        },
-        plugin.clone(),
-        v.capture.codec,
-        Some(std::sync::Arc::new(CaptureEnded(std::sync::Mutex::new(tx)))),
-    )
-    .unwrap();
-    let t = Instant::now();
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 5 * 64 * 48 * 2 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no frames reach {file:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::fs::remove_dir_all(&sub).unwrap();
-    let ended = rx.recv_timeout(Duration::from_secs(30));
-    let acquiring = handle.status().state == State::Acquiring;
-    handle.stop();
-    let _ = handle.wait();
-    let (status, error) = ended.expect("the capture ends at the next flush");
-    let error = error.expect("with an error (WriteStatus = Write Error)");
-    assert!(
-        error.contains("run/detflow_0001.h5") && error.contains("deleted"),
-        "{error}"
-    );
-    assert!(!status.write_ok);
-    assert_eq!(status.lost, vec![file]);
-    assert!(acquiring, "the detector runs on without a capture");
-    assert!(plugin.lock().session.is_none());
 }

@@ -573,6 +573,72 @@ fn an_acquire_right_after_a_run_starts_a_new_run() {
     }
 }
 
+/// An Acquire = 1 that arrives while the last run is still writing its frames is queued: the
+/// client is answered at once (its Channel Access thread does not wait for the old run), and
+/// the new run starts when the old one has closed its file.
+#[test]
+fn an_acquire_while_a_run_closes_is_queued_and_the_client_answered_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    // A slow writer: one worker, deflate 9 of noise; the ring holds 16 of the 24 frames, so
+    // the detector is done long before they are written.
+    let config = dir.path().join("slow.toml");
+    std::fs::write(&config, "[writer]\nworkers = 1\n[ring]\nslots = 16\n").unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--data-root",
+            root,
+            "--size",
+            "256x256",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let mut c = d.client();
+    configure(&mut c, dir.path(), 24.0);
+    c.put("HDF1:NumCapture", num(0.0)); // until Capture = 0: both runs in one file
+    c.put("HDF1:ZLevel", num(9.0));
+    c.put("cam1:SimMode", num(3.0)); // noise
+    c.put("cam1:AcquirePeriod", num(0.0));
+    c.put("cam1:WaitForPlugins", num(0.0)); // Acquire's put is done when the detector stops
+    let start = c.num("cam1:ArrayCounter_RBV");
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.num("HDF1:Capture_RBV") != 1.0 {
+        assert!(Instant::now() < deadline, "Capture_RBV never rose");
+    }
+    c.put("cam1:Acquire", num(1.0));
+    let second = c.put_nowait("cam1:Acquire", &num(1.0));
+    // Answered while the first run still writes (up to 16 frames of deflate 9 to go).
+    let captured = c.num("HDF1:NumCaptured_RBV");
+    assert!(
+        captured < 24.0,
+        "the read was answered only after the first run had written all its frames"
+    );
+    assert_eq!(
+        c.completed(second, Duration::from_secs(60)),
+        Eca::Normal.code(),
+        "{}",
+        d.log()
+    );
+    assert_eq!(c.num("cam1:ArrayCounter_RBV"), start + 48.0, "two runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.num("HDF1:NumCaptured_RBV") < 48.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the frames never reached the file"
+        );
+    }
+    c.put("HDF1:Capture", num(0.0));
+    assert_eq!(
+        c.completed(capture, Duration::from_secs(10)),
+        Eca::Normal.code()
+    );
+    let file = c.text("HDF1:FullFileName_RBV");
+    assert_eq!(frames_in(&file), vec![48, 256, 256]);
+}
+
 #[test]
 fn image_previews_are_the_newest_frame_at_the_preview_rate() {
     let dir = tempfile::tempdir().unwrap();

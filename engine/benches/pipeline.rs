@@ -24,10 +24,12 @@ fn pipeline(c: &mut Criterion) {
                 cfg.writer.codec = codec.parse().expect("a codec");
                 cfg.writer.auto_increment = false;
                 cfg.writer.overwrite = true;
-                let summary = Acquisition::start(cfg.validate().expect("valid settings"))
-                    .expect("acquisition starts")
-                    .wait();
-                assert_eq!(summary.frames_written, FRAMES);
+                let mut run = Acquisition::builder(cfg.validate().expect("valid settings"))
+                    .start()
+                    .expect("acquisition starts");
+                run.wait();
+                let summary = run.summary();
+                assert_eq!(summary.status.frames_written, FRAMES);
                 summary
             })
         });

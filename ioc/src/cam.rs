@@ -88,105 +88,113 @@ impl Ioc {
         }
     }
 
+    /// `Acquire`: 0 stops the run (the watcher finishes it and any waiting put); 1 starts
+    /// one, or, while a run is closing, queues one that its watcher starts when the old run
+    /// ends. Never waits for a run: a put-callback completes when its run is over.
     pub(super) fn acquire(self: &Arc<Self>, on: bool, req: &WriteRequest) -> WriteReply {
+        let mut runs = self.runs.lock().unwrap();
         if !on {
-            // Acquire = 0: stop; the watcher finishes the run (and any waiting put).
-            if let Some(run) = self.run.lock().unwrap().as_ref() {
+            let cancelled = runs.queued.take();
+            if let Some(run) = runs.current.as_ref() {
                 run.stop();
+            }
+            drop(runs);
+            // A run asked for while the last one closed never starts: its puts are done.
+            for c in cancelled.into_iter().flatten() {
+                c.complete();
             }
             return WriteReply::Accept;
         }
-        // A run whose detector has stopped is only writing its last frames: this Acquire is
-        // a new run (a client may ask for it as soon as Acquire_RBV falls), started when the
-        // old one is done.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.busy.load(Ordering::Acquire)
-            && !self.detector_running.load(Ordering::Acquire)
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut run = self.run.lock().unwrap();
-        if self.busy.load(Ordering::Acquire) {
+        match runs.phase {
             // Still acquiring: this put completes with the run.
-            return wait_in(&self.acquire_waiters, req);
+            Phase::Acquiring => return wait_in(&self.acquire_waiters, req),
+            // The detector stopped and the run is writing its last frames: a client may ask
+            // for the next run as soon as Acquire_RBV falls. It starts when this one ends.
+            Phase::Closing => {
+                let queued = runs.queued.get_or_insert_with(Vec::new);
+                if !req.is_notify() {
+                    return WriteReply::Accept;
+                }
+                let c = req.completion();
+                queued.push(c.clone());
+                return WriteReply::Pending(c);
+            }
+            Phase::Idle => {}
         }
         match self.start_run() {
             Ok(handle) => {
-                *run = Some(handle);
-                self.detector_running.store(true, Ordering::Release);
-                self.busy.store(true, Ordering::Release);
-                drop(run);
-                self.set(Pv::CamAcquireRbv, 1);
-                self.set(Pv::CamAcquireBusy, 1);
-                self.set(Pv::CamDetectorStateRbv, 1);
-                self.set_text(Pv::CamStatusMessageRbv, "Acquiring");
+                let events = handle.events().clone();
+                runs.current = Some(handle);
+                runs.phase = Phase::Acquiring;
+                drop(runs);
+                self.post_run_started();
                 let reply = wait_in(&self.acquire_waiters, req);
                 let ioc = self.clone();
                 if let Err(e) = std::thread::Builder::new()
                     .name("detflow-run-watch".into())
-                    .spawn(move || ioc.watch_run())
+                    .spawn(move || ioc.watch_runs(events))
                 {
                     tracing::error!("cannot start the run watcher: {e}");
                 }
                 reply
             }
             Err(message) => {
-                tracing::warn!("acquire refused: {message}");
-                self.set_text(Pv::CamStatusMessageRbv, &message);
-                self.set(Pv::CamDetectorStateRbv, 6);
+                drop(runs);
+                self.post_refused(&message);
                 WriteReply::reject()
             }
         }
     }
 
-    pub(super) fn start_run(self: &Arc<Self>) -> Result<AcquisitionHandle, Refusal> {
+    fn post_run_started(&self) {
+        self.set(Pv::CamAcquireRbv, 1);
+        self.set(Pv::CamAcquireBusy, 1);
+        self.set(Pv::CamDetectorStateRbv, 1);
+        self.set_text(Pv::CamStatusMessageRbv, "Acquiring");
+    }
+
+    fn post_refused(&self, message: &str) {
+        tracing::warn!("acquire refused: {message}");
+        self.set_text(Pv::CamStatusMessageRbv, message);
+        self.set(Pv::CamDetectorStateRbv, 6);
+    }
+
+    /// Start a run with the cam's and the plugin's settings; its frames go to the plugin.
+    pub(super) fn start_run(self: &Arc<Self>) -> Result<RunHandle, Refusal> {
         let v = &self.opts.validated;
-        let mut acq = self.acquisition_config()?;
-        let frames = Self::frames_wanted(&acq);
+        let acquisition = self.acquisition_config()?;
+        let frames = Self::frames_wanted(&acquisition);
         let mode = match self.int(Pv::CamSimModeRbv) {
             0 => detflow_sim::SimMode::LinearRamp,
             2 => detflow_sim::SimMode::Sine,
             3 => detflow_sim::SimMode::OffsetNoise,
             _ => detflow_sim::SimMode::Peaks,
         };
-        let detector = match v.backend.clone() {
-            // The simulated detector draws what the cam's simDetector PVs say.
-            BackendSpec::Sim { fifo_depth, faults } => {
-                let sim = detflow_sim::SimDetector::with_options(
+        // The simulated detector draws what the cam's simDetector PVs say; other backends
+        // are opened by the engine from the settings.
+        let sim = match &v.backend {
+            BackendSpec::Sim { fifo_depth, faults } => Some(
+                detflow_sim::SimDetector::with_options(
                     detflow_sim::SimConfig {
                         max_width: v.sensor.0,
                         max_height: v.sensor.1,
                         seed: v.seed,
                         params: self.sim_params(mode),
                     },
-                    detflow_sim::SimOptions { fifo_depth, faults },
+                    detflow_sim::SimOptions {
+                        fifo_depth: *fifo_depth,
+                        faults: *faults,
+                    },
                 )
-                .map_err(|e| format!("cannot create the simulated detector: {e}"))?;
-                Box::new(sim) as Box<dyn detflow_engine::backend::Backend>
-            }
-            other => {
-                detflow_engine::acquisition::make_backend(other, v.sensor, v.seed, mode, &mut acq)
-                    .map_err(|e| format!("{e:#}"))?
-            }
-        };
-        let shape_bytes = self.frame_shape().map(|s| s.bytes()).unwrap_or(1);
-        let slots = if self.opts.config.ring.slots == 0 {
-            detflow_engine::config::auto_slots(shape_bytes)
-        } else {
-            v.ring_slots
-        };
-        let ring = RingOptions {
-            slots,
-            policy: v.ring_policy,
-            shm: v.ring_shm.clone(),
-            workers: v.workers,
+                .map_err(|e| format!("cannot create the simulated detector: {e}"))?,
+            ),
+            _ => None,
         };
         // FileWriteMode Single with AutoSave: each frame of this run is a file of its own
         // (NDPluginFile), no Capture needed; closed when the run ends.
         if self.int(Pv::HdfFileWriteModeRbv) == 0
             && self.flag(Pv::HdfAutoSaveRbv)
-            && self.plugin.lock().session.is_none()
+            && !self.plugin.is_open()
         {
             match self.open_capture() {
                 Ok(()) => self.auto_save_open.store(true, Ordering::Release),
@@ -197,75 +205,167 @@ impl Ioc {
             }
         }
         // Encode with the open capture's codec, else with the one the plugin would open with.
-        let codec = match &self.plugin.lock().session {
-            Some(session) => session.settings().codec,
+        let codec = match self.plugin.codec() {
+            Some(codec) => codec,
             None => self.codec().unwrap_or(Codec::None),
+        };
+        let settings = Validated {
+            acquisition,
+            frames,
+            capture: CaptureSettings {
+                codec,
+                ..v.capture.clone()
+            },
+            ..v.clone()
         };
         self.counter_base
             .store(self.int(Pv::CamArrayCounterRbv) as i32, Ordering::Relaxed);
         self.set(Pv::CamNumImagesCounterRbv, 0);
         let observer: Arc<dyn Observer> = self.clone();
-        let handle = Acquisition::start_shared(
-            detector,
-            acq,
-            frames,
-            ring,
-            self.plugin.clone(),
-            codec,
-            Some(observer),
-        )
-        .map_err(|e| format!("{e:#}"))?;
+        let mut run = Acquisition::builder(settings)
+            .sink(self.plugin.clone())
+            .observer(observer)
+            // 0: automatic for the frames of this run's region.
+            .ring_slots(self.opts.config.ring.slots);
+        if let Some(sim) = sim {
+            run = run.backend(Box::new(sim));
+        }
+        let handle = run.start().map_err(|e| detflow_engine::error::chain(&e))?;
         tracing::info!(frames, %codec, "acquisition started");
         Ok(handle)
     }
 
-    /// Follow a run: post its counters while it runs; when the detector stops, Acquire
-    /// falls; when the plugin has written every frame (or at once with WaitForPlugins =
-    /// No), AcquireBusy falls and waiting puts complete.
-    pub(super) fn watch_run(self: Arc<Self>) {
-        let mut detector_done = false;
-        let mut last = Instant::now();
+    /// Follow runs, one after the other: the current one until it ends, then the one queued
+    /// meanwhile, if any. Reacts to the run's events, and posts rates every 100 ms.
+    pub(super) fn watch_runs(self: Arc<Self>, events: Receiver<RunEvent>) {
+        let mut events = events;
         loop {
-            std::thread::sleep(Duration::from_millis(10));
-            let status = {
-                let run = self.run.lock().unwrap();
-                match run.as_ref() {
-                    Some(h) => h.status(),
-                    None => break,
-                }
-            };
-            if last.elapsed() >= Duration::from_millis(100) {
-                self.post_run_status(&status);
-                last = Instant::now();
-            }
-            if !detector_done && status.state != State::Acquiring {
-                detector_done = true;
-                // Before Acquire falls: a client that sees it fall may start the next run.
-                self.detector_running.store(false, Ordering::Release);
-                self.set(Pv::CamDetectorStateRbv, 0);
-                self.set(Pv::CamAcquire, 0);
-                self.set(Pv::CamAcquireRbv, 0);
-                if !self.flag(Pv::CamWaitForPlugins) {
-                    self.set(Pv::CamAcquireBusy, 0);
-                    complete(&self.acquire_waiters, None);
-                }
-            }
-            if matches!(status.state, State::Done | State::Failed) {
-                break;
+            self.follow_run(&events);
+            match self.end_run() {
+                Some(next) => events = next,
+                None => return,
             }
         }
-        self.detector_running.store(false, Ordering::Release);
-        let handle = self.run.lock().unwrap().take();
-        let Some(handle) = handle else { return };
-        let summary = handle.wait();
+    }
+
+    /// Post a run's counters while it runs; when the detector stops, Acquire falls; when
+    /// the run ended (every frame written, every file closed), return.
+    fn follow_run(&self, events: &Receiver<RunEvent>) {
+        let tick = crossbeam_channel::tick(Duration::from_millis(100));
+        let mut detector_done = false;
+        loop {
+            let state = crossbeam_channel::select! {
+                recv(events) -> event => match event {
+                    Ok(RunEvent::Ended(_)) | Err(_) => return,
+                    Ok(RunEvent::State(state)) => state,
+                    Ok(_) => continue,
+                },
+                // The rates, and the state again: an event dropped by a full channel is no
+                // harm.
+                recv(tick) -> _ => match self.run_status() {
+                    Some(status) => {
+                        self.post_run_status(&status);
+                        status.state
+                    }
+                    None => continue,
+                },
+            };
+            if !detector_done && state != State::Acquiring {
+                detector_done = true;
+                self.detector_stopped();
+            }
+        }
+    }
+
+    fn run_status(&self) -> Option<Status> {
+        self.runs
+            .lock()
+            .unwrap()
+            .current
+            .as_ref()
+            .map(RunHandle::status)
+    }
+
+    /// The detector stopped: Acquire falls; with WaitForPlugins = No, AcquireBusy too and
+    /// waiting puts complete.
+    fn detector_stopped(&self) {
+        // Before Acquire falls: a client that sees it fall may ask for the next run, which
+        // is queued from here on.
+        {
+            let mut runs = self.runs.lock().unwrap();
+            if runs.phase == Phase::Acquiring {
+                runs.phase = Phase::Closing;
+            }
+        }
+        self.set(Pv::CamDetectorStateRbv, 0);
+        self.set(Pv::CamAcquire, 0);
+        self.set(Pv::CamAcquireRbv, 0);
+        if !self.flag(Pv::CamWaitForPlugins) {
+            self.set(Pv::CamAcquireBusy, 0);
+            complete(&self.acquire_waiters, None);
+        }
+    }
+
+    /// The run ended: post its outcome, complete its puts; start the run queued meanwhile
+    /// and return its events, or go idle.
+    fn end_run(self: &Arc<Self>) -> Option<Receiver<RunEvent>> {
+        let handle = self.runs.lock().unwrap().current.take();
+        if let Some(mut handle) = handle {
+            handle.wait();
+            self.post_run_end(&handle.summary());
+        }
+        self.set(Pv::CamDetectorStateRbv, 0);
+        self.set(Pv::CamAcquire, 0);
+        self.set(Pv::CamAcquireRbv, 0);
+        self.set(Pv::CamAcquireBusy, 0);
+        let mut runs = self.runs.lock().unwrap();
+        let (next, refused) = match runs.queued.take() {
+            None => (None, None),
+            Some(queued) => match self.start_run() {
+                Ok(handle) => {
+                    let events = handle.events().clone();
+                    runs.current = Some(handle);
+                    (Some((events, queued)), None)
+                }
+                Err(message) => (None, Some((queued, message))),
+            },
+        };
+        runs.phase = if next.is_some() {
+            Phase::Acquiring
+        } else {
+            Phase::Idle
+        };
+        // The old run's puts complete now; a new run's puts wait for it.
+        let done = match &next {
+            Some((_, queued)) => {
+                std::mem::replace(&mut *self.acquire_waiters.lock().unwrap(), queued.clone())
+            }
+            None => std::mem::take(&mut *self.acquire_waiters.lock().unwrap()),
+        };
+        drop(runs);
+        self.runs_idle.notify_all();
+        if next.is_some() {
+            self.post_run_started();
+        }
+        complete_all(done, None);
+        if let Some((queued, message)) = refused {
+            self.post_refused(&message);
+            complete_all(queued, Some(Eca::PutFail));
+        }
+        next.map(|(events, _)| events)
+    }
+
+    /// A run's outcome: frames lost, the message, the AutoSave capture closed.
+    fn post_run_end(&self, summary: &Summary) {
         if self.auto_save_open.swap(false, Ordering::AcqRel) {
             self.end_capture(None);
         }
-        let lost = summary.frames_dropped
-            + summary.frames_overrun
-            + summary.frames_corrupted
-            + summary.frames_lost
-            + summary.frames_incomplete;
+        let s = &summary.status;
+        let lost = s.frames_dropped
+            + s.frames_overrun
+            + s.frames_corrupted
+            + s.frames_lost
+            + s.frames_incomplete;
         self.lost_before.fetch_add(lost, Ordering::Relaxed);
         let total = self
             .lost_before
@@ -275,7 +375,7 @@ impl Ioc {
         self.set(Pv::HdfDroppedArraysRbv, total);
         self.set(Pv::CamArrayRateRbv, 0.0);
         match &summary.error {
-            // The state goes back to Idle below (clients wait for Idle); the message stays.
+            // The state goes back to Idle (clients wait for Idle); the message stays.
             Some(e) => {
                 tracing::warn!("acquisition ended: {e}");
                 self.set_text(Pv::CamStatusMessageRbv, e);
@@ -283,21 +383,15 @@ impl Ioc {
             None => self.set_text(Pv::CamStatusMessageRbv, "Idle"),
         }
         tracing::info!(
-            acquired = summary.frames_acquired,
-            written = summary.frames_written,
-            dropped = summary.frames_dropped,
+            acquired = s.frames_acquired,
+            written = s.frames_written,
+            dropped = s.frames_dropped,
             lost,
             "acquisition ended"
         );
-        self.set(Pv::CamDetectorStateRbv, 0);
-        self.set(Pv::CamAcquire, 0);
-        self.set(Pv::CamAcquireRbv, 0);
-        self.busy.store(false, Ordering::Release);
-        self.set(Pv::CamAcquireBusy, 0);
-        complete(&self.acquire_waiters, None);
     }
 
-    pub(super) fn post_run_status(&self, s: &detflow_engine::acquisition::Status) {
+    pub(super) fn post_run_status(&self, s: &Status) {
         let lost = s.frames_dropped
             + s.frames_overrun
             + s.frames_corrupted

@@ -5,19 +5,22 @@
 //! The PVs are the state: a setpoint write is checked, stored, and echoed to its `_RBV`;
 //! actions read the settings they need from the readbacks when they run.
 //!
-//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::start_shared`]) with the cam's
+//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::builder`]) with the cam's
 //!   settings; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
 //!   `preview_rate` times a second, to `image1:ArrayData`. A put-callback on it completes when
 //!   the run is over: every frame written (`WaitForPlugins = Yes`) or the detector stopped.
+//!   An `Acquire = 1` that arrives while a run is closing is queued, and started by the run's
+//!   watcher when that run ends; no client's thread waits for it.
 //! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the plugin's settings; it
 //!   lives across acquisitions until NumCapture frames are written or `Capture = 0`. Its
 //!   put-callback completes then.
 //!
 //! Threads: the CA server's (writes arrive on client threads and only ever block briefly),
-//! the engine's, one watcher per run (status → PVs, run end), one preview thread.
-//! Lock order: `run` → engine status; plugin → engine status; nothing locks the plugin while
-//! holding `run`'s waiters, and the engine's observer calls (made under the plugin lock) only
-//! post PVs and complete waiters.
+//! the engine's, one watcher per chain of runs (it reacts to the run's events: Acquire falls,
+//! the run ends, the queued run starts; and posts rates on a 100 ms tick), one preview
+//! thread. Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
+//! engine only to take its capture out or put it back: no HDF5 call is made under it); the
+//! engine's observer calls are made under no lock and only post PVs and complete waiters.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
@@ -33,7 +36,7 @@ use preview::image_native;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -48,10 +51,12 @@ use detflow_writer::{
     WriteMode,
 };
 
-use detflow_engine::acquisition::{
-    Acquisition, AcquisitionHandle, Observer, RingOptions, SharedCapture, State, geometry,
-};
+use detflow_engine::acquisition::geometry;
 use detflow_engine::config::{BackendSpec, Config, Validated};
+use detflow_engine::{
+    Acquisition, Closed, Flushed, Observer, RunEvent, RunHandle, SharedCapture, State, Status,
+    Summary,
+};
 use pvs::{ArrayInfo, Pv, text_value};
 
 /// What `detflow serve` runs with.
@@ -80,13 +85,11 @@ pub struct Ioc {
     pvs: Vec<PvHandle>,
     opts: ServeOptions,
     plugin: Arc<SharedCapture>,
-    run: Mutex<Option<AcquisitionHandle>>,
-    /// Set while a run's watcher is alive (from Acquire = 1 until AcquireBusy falls).
-    busy: AtomicBool,
+    runs: Mutex<Runs>,
+    /// Signalled when the runs go idle.
+    runs_idle: Condvar,
     /// Set while a capture opened by a run for Single mode + AutoSave is open.
     auto_save_open: AtomicBool,
-    /// Set while the current run's detector is acquiring (cleared before Acquire falls).
-    detector_running: AtomicBool,
     acquire_waiters: Mutex<Vec<Completion>>,
     capture_waiters: Mutex<Vec<Completion>>,
     /// cam1:ArrayCounter at the start of the current run.
@@ -144,9 +147,8 @@ impl Ioc {
             server: Mutex::new(Some(server)),
             pvs,
             plugin: Arc::new(SharedCapture::new(true)),
-            run: Mutex::new(None),
-            busy: AtomicBool::new(false),
-            detector_running: AtomicBool::new(false),
+            runs: Mutex::new(Runs::default()),
+            runs_idle: Condvar::new(),
             auto_save_open: AtomicBool::new(false),
             acquire_waiters: Mutex::new(Vec::new()),
             capture_waiters: Mutex::new(Vec::new()),
@@ -190,12 +192,24 @@ impl Ioc {
     /// Stop any acquisition, write what the ring holds, close the capture's files, stop
     /// serving. Returns once every file is closed.
     pub fn shutdown(&self) {
-        if let Some(run) = self.run.lock().unwrap().as_ref() {
-            run.stop();
-        }
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while self.busy.load(Ordering::Acquire) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        let cancelled = {
+            let mut runs = self.runs.lock().unwrap();
+            if let Some(run) = runs.current.as_ref() {
+                run.stop();
+            }
+            runs.queued.take()
+        };
+        complete_all(cancelled.unwrap_or_default(), None);
+        // The watcher drains the run and closes its files, then says so (bounded: a disk
+        // that hangs for ten minutes is given up on, and the capture closed regardless).
+        let runs = self.runs.lock().unwrap();
+        let (runs, waited) = self
+            .runs_idle
+            .wait_timeout_while(runs, Duration::from_secs(600), |r| r.phase != Phase::Idle)
+            .unwrap();
+        drop(runs);
+        if waited.timed_out() {
+            tracing::error!("the run did not end within 600 s; closing the capture anyway");
         }
         self.end_capture(None);
         if let Some(server) = self.server.lock().unwrap().take() {
@@ -639,7 +653,7 @@ impl Ioc {
             }
         };
         let on = get(Pv::HdfEnableCallbacks) && get(Pv::CamArrayCallbacks);
-        self.plugin.lock().enabled = on;
+        self.plugin.set_enabled(on);
     }
 }
 
@@ -658,12 +672,39 @@ fn wait_in(waiters: &Mutex<Vec<Completion>>, req: &WriteRequest) -> WriteReply {
 /// Finish every put-callback waiting in `waiters`, with `error` if given.
 fn complete(waiters: &Mutex<Vec<Completion>>, error: Option<Eca>) {
     let waiting = std::mem::take(&mut *waiters.lock().unwrap());
+    complete_all(waiting, error);
+}
+
+/// Finish the put-callbacks `waiting`, with `error` if given.
+fn complete_all(waiting: Vec<Completion>, error: Option<Eca>) {
     for c in waiting {
         match error {
             None => c.complete(),
             Some(eca) => c.fail(eca),
         }
     }
+}
+
+/// The cam's runs: the current one, and the one asked for while it closes.
+#[derive(Default)]
+struct Runs {
+    current: Option<RunHandle>,
+    phase: Phase,
+    /// `Acquire = 1` arrived while the current run was closing: its watcher starts a run
+    /// when this one ends; these put-callbacks complete with that run.
+    queued: Option<Vec<Completion>>,
+}
+
+/// Where the cam's runs are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No run.
+    #[default]
+    Idle,
+    /// The detector is acquiring (Acquire_RBV = 1).
+    Acquiring,
+    /// The detector stopped; the run is writing its last frames and closing its files.
+    Closing,
 }
 
 impl Observer for Ioc {

@@ -174,10 +174,13 @@ impl Ioc {
         req: &WriteRequest,
     ) -> Result<WriteReply, Refusal> {
         if !on {
+            // Done when the files are closed: now, or after the writer's frame (the waiter
+            // is in place before the close, so that its end cannot pass it by).
+            let reply = wait_in(&self.capture_waiters, req);
             self.end_capture(None);
-            return Ok(WriteReply::Accept);
+            return Ok(reply);
         }
-        if self.plugin.lock().session.is_some() {
+        if self.plugin.is_open() {
             self.set(Pv::HdfCaptureRbv, 1);
             return Ok(wait_in(&self.capture_waiters, req));
         }
@@ -209,8 +212,12 @@ impl Ioc {
             e.to_string()
         })?;
         let status = session.status().clone();
+        if let Err(session) = self.plugin.open(session) {
+            // Another client's Capture = 1 came first: this one is not needed.
+            let _ = session.finish();
+            return Err("a capture is open already".into());
+        }
         tracing::info!(file = %status.full_file_name.display(), "capture started");
-        self.plugin.lock().session = Some(session);
         self.set(Pv::HdfNumCapturedRbv, 0);
         self.set(Pv::HdfWriteStatus, 0);
         self.set_text(Pv::HdfWriteMessage, &status.write_message);
@@ -222,22 +229,26 @@ impl Ioc {
         Ok(())
     }
 
-    /// Close the open capture (Capture = 0, or shutting down).
+    /// Close the open capture (Capture = 0, or shutting down). While a run's writer holds
+    /// it (for one frame), the writer closes it right after and the engine tells
+    /// `capture_ended`. Either way, the capture's put-callbacks complete once its files are
+    /// closed.
     pub(super) fn end_capture(&self, error: Option<String>) {
-        let session = self.plugin.lock().session.take();
-        if let Some(session) = session {
-            let (status, finished) = session.finish();
-            let error = error.or_else(|| finished.err().map(|e| e.to_string()));
-            tracing::info!(
-                file = %status.full_file_name.display(),
-                frames = status.num_captured,
-                "capture closed"
-            );
-            self.capture_done(&status, error.as_deref());
-        } else {
-            self.set(Pv::HdfCapture, 0);
-            self.set(Pv::HdfCaptureRbv, 0);
-            complete(&self.capture_waiters, None);
+        match self.plugin.close(error) {
+            Closed::Now(end) => {
+                tracing::info!(
+                    file = %end.status.full_file_name.display(),
+                    frames = end.status.num_captured,
+                    "capture closed"
+                );
+                self.capture_done(&end.status, end.error.as_deref());
+            }
+            Closed::Later => {}
+            Closed::NotOpen => {
+                self.set(Pv::HdfCapture, 0);
+                self.set(Pv::HdfCaptureRbv, 0);
+                complete(&self.capture_waiters, None);
+            }
         }
     }
 
@@ -283,15 +294,16 @@ impl Ioc {
         }
     }
 
+    /// FlushNow: done on this thread, or by a run's writer right after its frame.
     pub(super) fn flush_now(&self) {
-        let mut slot = self.plugin.lock();
-        if let Some(session) = slot.session.as_mut() {
-            if let Err(e) = session.flush() {
-                // The failed flush closed the capture's file: end the capture with it.
-                let message = format!("FlushNow: {e}");
-                drop(slot);
-                self.end_capture(Some(message));
-            }
+        if let Flushed::Ended(end) = self.plugin.flush() {
+            // The failed flush closed the capture's file: the capture ended with it.
+            tracing::info!(
+                file = %end.status.full_file_name.display(),
+                frames = end.status.num_captured,
+                "capture closed"
+            );
+            self.capture_done(&end.status, end.error.as_deref());
         }
     }
 }

@@ -3,17 +3,24 @@
 //! A backend implements the HAL ([`detflow_hal::FrameSource`]) with its own error type;
 //! [`Backend`] erases that type into [`BackendError`] (the portable [`ErrorKind`] plus the
 //! backend's message), and a blanket implementation covers every `FrameSource` that can move
-//! to the detector thread. [`crate::config::BackendSpec`] says which backend a configuration
-//! asks for.
+//! to the detector thread. Opening a backend ([`open_sim`], [`open_replay`], [`open_udp`], or
+//! [`configure`] for one made elsewhere) configures it and returns it with the frame shape it
+//! delivers and the configuration it runs with ([`Opened`]): the one place a run's frame size
+//! is decided.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 pub mod cycle;
 pub mod replay;
 pub mod udp;
 
-use detflow_hal::{AcquisitionConfig, ErrorKind, FrameMeta, FrameShape, FrameSource, SensorInfo};
+use detflow_hal::{
+    AcquisitionConfig, ErrorKind, FrameMeta, FrameShape, FrameSource, PixelType, Roi, SensorInfo,
+};
+use detflow_sim::{SimConfig, SimDetector, SimOptions, SimParams};
 
 /// A backend's error with its type erased: the portable kind and the backend's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,4 +101,115 @@ where
     fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, BackendError> {
         FrameSource::read_frame(self, buf, timeout).map_err(erase)
     }
+}
+
+/// A backend ready to start: configured, with the frames it will deliver.
+pub struct Opened {
+    /// The backend.
+    pub backend: Box<dyn Backend>,
+    /// The shape of every frame it delivers (the ring's slot size follows from it).
+    pub shape: FrameShape,
+    /// The configuration it runs with: the one asked for, with what the backend decides
+    /// (a replayed file's frame size and pixel type).
+    pub acquisition: AcquisitionConfig,
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opened")
+            .field("shape", &self.shape)
+            .field("acquisition", &self.acquisition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The simulated detector refused its settings.
+    #[error("cannot create the simulated detector")]
+    Sim(#[source] detflow_sim::SensorError),
+    /// The replay file cannot be read (the message names it).
+    #[error(transparent)]
+    Replay(BackendError),
+    /// The UDP socket cannot be bound.
+    #[error("cannot receive on udp {listen}")]
+    Udp {
+        /// The address asked for.
+        listen: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend refused the acquisition configuration.
+    #[error("the detector refused the configuration")]
+    Refused(#[source] BackendError),
+}
+
+/// Configure `backend` for `acquisition`.
+pub fn configure(
+    mut backend: Box<dyn Backend>,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
+    let shape = backend
+        .configure(&acquisition)
+        .map_err(OpenError::Refused)?;
+    Ok(Opened {
+        backend,
+        shape,
+        acquisition,
+    })
+}
+
+/// The simulated detector: a `sensor` of this size drawing the picture `params` describe,
+/// `seed`ed, with `options` (FIFO depth, injected faults).
+pub fn open_sim(
+    sensor: (u32, u32),
+    seed: u64,
+    params: SimParams,
+    options: SimOptions,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
+    let sim = SimDetector::with_options(
+        SimConfig {
+            max_width: sensor.0,
+            max_height: sensor.1,
+            seed,
+            params,
+        },
+        options,
+    )
+    .map_err(OpenError::Sim)?;
+    configure(Box::new(sim), acquisition)
+}
+
+/// The frames of `dataset` in the HDF5 `file`: the file decides the frame size and pixel
+/// type, whatever `acquisition` says.
+pub fn open_replay(
+    file: &Path,
+    dataset: &str,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
+    let replay = replay::ReplayDetector::open(file, dataset).map_err(OpenError::Replay)?;
+    let (w, h) = replay.frame_size();
+    let acquisition = AcquisitionConfig {
+        roi: Roi::full(w, h),
+        pixel_type: replay.pixel_type(),
+        ..acquisition
+    };
+    configure(Box::new(replay), acquisition)
+}
+
+/// Frames of `sensor` size and `pixel_type` received as UDP datagrams on `listen`.
+pub fn open_udp(
+    listen: SocketAddr,
+    sensor: (u32, u32),
+    pixel_type: PixelType,
+    incomplete: udp::Incomplete,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
+    let receiver = udp::UdpReceiver::bind(listen, sensor, pixel_type, incomplete)
+        .map_err(|source| OpenError::Udp { listen, source })?;
+    configure(Box::new(receiver), acquisition)
 }

@@ -232,17 +232,60 @@ pub struct SendReport {
     pub elapsed_s: f64,
 }
 
+/// Why [`send_sim`] stopped short.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The simulated detector could not be made.
+    #[error("cannot create the simulated detector")]
+    Create(#[source] detflow_sim::SensorError),
+    /// More frames than one run can count.
+    #[error("frames: at most 2^32 - 1")]
+    Frames(#[source] std::num::TryFromIntError),
+    /// The simulated detector refused the settings.
+    #[error("the simulated detector refused the settings")]
+    Refused(#[source] detflow_sim::SensorError),
+    /// The simulated detector did not start.
+    #[error("the simulated detector did not start")]
+    Start(#[source] detflow_sim::SensorError),
+    /// The simulated detector failed while running.
+    #[error("simulated detector")]
+    Detector(#[source] detflow_sim::SensorError),
+    /// The sending socket could not be made.
+    #[error("cannot send to {to}")]
+    Socket {
+        /// The destination.
+        to: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A frame could not be sent.
+    #[error("sending frame {frame} to {to}")]
+    Send {
+        /// Its unique id.
+        frame: u64,
+        /// The destination.
+        to: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Runs the simulated detector and sends each frame over UDP, with the frame's unique id as
 /// the frame id, until `frames` were sent or `stop` is set.
-pub fn send_sim(s: &SimStream, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<SendReport> {
-    use anyhow::Context as _;
+pub fn send_sim(
+    s: &SimStream,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<SendReport, SendError> {
     let mut det = detflow_sim::SimDetector::new(detflow_sim::SimConfig {
         max_width: s.size.0,
         max_height: s.size.1,
         seed: s.seed,
         params: crate::acquisition::demo_params(s.mode, s.size, s.pixel_type),
     })
-    .context("cannot create the simulated detector")?;
+    .map_err(SendError::Create)?;
     let shape = det
         .configure(&AcquisitionConfig {
             roi: detflow_hal::Roi::full(s.size.0, s.size.1),
@@ -254,12 +297,12 @@ pub fn send_sim(s: &SimStream, stop: &std::sync::atomic::AtomicBool) -> anyhow::
             } else {
                 ImageMode::Multiple
             },
-            num_images: u32::try_from(s.frames.max(1)).context("frames: at most 2^32 - 1")?,
+            num_images: u32::try_from(s.frames.max(1)).map_err(SendError::Frames)?,
             ..AcquisitionConfig::default()
         })
-        .context("the simulated detector refused the settings")?;
-    let mut sender =
-        UdpSender::new(s.to, s.packet_bytes).with_context(|| format!("cannot send to {}", s.to))?;
+        .map_err(SendError::Refused)?;
+    let mut sender = UdpSender::new(s.to, s.packet_bytes)
+        .map_err(|source| SendError::Socket { to: s.to, source })?;
     let mut buf = vec![0u8; shape.bytes()];
     let per_frame = shape.bytes().div_ceil(sender.payload).max(1) as u64;
     let mut report = SendReport {
@@ -268,19 +311,22 @@ pub fn send_sim(s: &SimStream, stop: &std::sync::atomic::AtomicBool) -> anyhow::
         bytes: 0,
         elapsed_s: 0.0,
     };
-    det.start()
-        .context("the simulated detector did not start")?;
+    det.start().map_err(SendError::Start)?;
     let t0 = Instant::now();
     while det.is_acquiring() && !stop.load(std::sync::atomic::Ordering::Acquire) {
         let meta = match det.read_frame(&mut buf, Duration::from_millis(50)) {
             Ok(m) => m,
             Err(e) if detflow_hal::Error::kind(&e) == ErrorKind::Timeout => continue,
             Err(e) if detflow_hal::Error::kind(&e) == ErrorKind::NotAcquiring => break,
-            Err(e) => return Err(e).context("simulated detector"),
+            Err(e) => return Err(SendError::Detector(e)),
         };
         sender
             .send_frame(meta.unique_id, &buf)
-            .with_context(|| format!("sending frame {} to {}", meta.unique_id, s.to))?;
+            .map_err(|source| SendError::Send {
+                frame: meta.unique_id,
+                to: s.to,
+                source,
+            })?;
         report.frames += 1;
         report.packets += per_frame;
         report.bytes += buf.len() as u64;

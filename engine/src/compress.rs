@@ -1,0 +1,198 @@
+//! The compressor pool between the ring and the writer thread: each worker claims the next
+//! frame, encodes it in place from its slot into a chunk buffer, releases the slot and hands
+//! the chunk on; the writer puts the chunks back in ring order.
+//!
+//! Every frame a sink writes is encoded here, never on the writer thread. The codec is read
+//! per frame from the sink's [`Encoding`]: fixed for the run, or a [`CodecCell`] that a shared
+//! file plugin sets when a capture with another codec opens. Each chunk carries the codec it
+//! was encoded with, so a sink can tell a frame encoded before the switch.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+use detflow_hal::PixelType;
+use detflow_ring::{Claimer, NextError, SlotMeta};
+use detflow_writer::{Codec, Compressor};
+
+use crate::acquisition::POLL;
+
+/// The codec frames are encoded with, changeable while a run goes on.
+#[derive(Debug)]
+pub struct CodecCell {
+    /// Bumped on every change, so a worker reads the codec only when it changed.
+    version: AtomicU64,
+    codec: Mutex<Codec>,
+}
+
+impl CodecCell {
+    /// A cell holding `codec`.
+    pub fn new(codec: Codec) -> Self {
+        CodecCell {
+            version: AtomicU64::new(0),
+            codec: Mutex::new(codec),
+        }
+    }
+
+    /// The codec now.
+    pub fn get(&self) -> Codec {
+        *self.codec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encode with `codec` from the next frame a worker takes on.
+    pub fn set(&self, codec: Codec) {
+        let mut held = self.codec.lock().unwrap_or_else(|e| e.into_inner());
+        if *held != codec {
+            *held = codec;
+            // Release: a worker that sees the new version (Acquire) reads the new codec.
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// How a sink wants its frames encoded.
+#[derive(Debug, Clone)]
+pub enum Encoding {
+    /// One codec for the whole run. With [`Codec::None`] the writer writes the ring slots
+    /// themselves (zero copy) and no pool runs.
+    Fixed(Codec),
+    /// Whatever the cell holds when a worker takes the frame on.
+    Follows(Arc<CodecCell>),
+}
+
+impl Encoding {
+    /// The codec now.
+    pub fn codec(&self) -> Codec {
+        match self {
+            Encoding::Fixed(c) => *c,
+            Encoding::Follows(cell) => cell.get(),
+        }
+    }
+}
+
+/// What a compression worker hands the writer for one frame.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) meta: SlotMeta,
+    /// The encoded chunk, or `None` when the frame was not encoded because nothing more is
+    /// being written (the writer counts it as dropped).
+    pub(crate) chunk: Option<Vec<u8>>,
+    /// The codec of `chunk`.
+    pub(crate) codec: Codec,
+}
+
+/// The codec and compressor one worker encodes with, renewed when the encoding changes.
+struct WorkerCodec {
+    encoding: Encoding,
+    pixel_type: PixelType,
+    seen: u64,
+    compressor: Compressor,
+}
+
+impl WorkerCodec {
+    fn new(encoding: Encoding, pixel_type: PixelType) -> Self {
+        let (seen, codec) = match &encoding {
+            Encoding::Fixed(c) => (0, *c),
+            Encoding::Follows(cell) => (cell.version(), cell.get()),
+        };
+        WorkerCodec {
+            compressor: codec.compressor(pixel_type),
+            encoding,
+            pixel_type,
+            seen,
+        }
+    }
+
+    /// The compressor for the next frame.
+    fn current(&mut self) -> &mut Compressor {
+        if let Encoding::Follows(cell) = &self.encoding {
+            let version = cell.version();
+            if version != self.seen {
+                self.seen = version;
+                self.compressor = cell.get().compressor(self.pixel_type);
+            }
+        }
+        &mut self.compressor
+    }
+}
+
+/// What one worker is given.
+pub(crate) struct Worker {
+    pub(crate) claimer: Claimer,
+    pub(crate) encoding: Encoding,
+    pub(crate) pixel_type: PixelType,
+    /// Empty chunk buffers.
+    pub(crate) free: Receiver<Vec<u8>>,
+    /// Encoded frames with their ring sequence, to the writer.
+    pub(crate) done: Sender<(u64, Encoded)>,
+    /// False once the writer takes no more frames: the rest is not encoded.
+    pub(crate) accepting: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Take a free buffer, claim the next frame, encode it in place into the buffer, release
+    /// the slot, hand the chunk to the writer; until the ring is closed and drained. The
+    /// buffer is taken before the claim, so the frame the writer waits for always has one
+    /// (no deadlock with the reordering).
+    pub(crate) fn run(self) {
+        let mut codec = WorkerCodec::new(self.encoding.clone(), self.pixel_type);
+        loop {
+            let Ok(mut buf) = self.free.recv() else {
+                return;
+            };
+            let Some(claim) = self.claim() else { return };
+            let seq = claim.sequence();
+            let meta = *claim.meta();
+            let compressor = codec.current();
+            let used = compressor.codec();
+            // Relaxed: a hint; a frame encoded after the writer stopped accepting is dropped
+            // there.
+            let chunk = if self.accepting.load(Ordering::Relaxed) {
+                compressor.compress(claim.bytes(), &mut buf);
+                Some(buf)
+            } else {
+                None
+            };
+            // The slot is free as soon as its bytes are encoded.
+            drop(claim);
+            let encoded = Encoded {
+                meta,
+                chunk,
+                codec: used,
+            };
+            if self.done.send((seq, encoded)).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn claim(&self) -> Option<detflow_ring::Claim> {
+        loop {
+            match self.claimer.claim_timeout(POLL) {
+                Ok(claim) => return Some(claim),
+                Err(NextError::Timeout) => continue,
+                Err(NextError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_renews_its_compressor_when_the_cell_changes() {
+        let cell = Arc::new(CodecCell::new(Codec::None));
+        let mut w = WorkerCodec::new(Encoding::Follows(cell.clone()), PixelType::U16);
+        assert_eq!(w.current().codec(), Codec::None);
+        cell.set(Codec::Lz4);
+        assert_eq!(w.current().codec(), Codec::Lz4);
+        cell.set(Codec::Lz4);
+        assert_eq!(w.seen, 1, "setting the same codec is no change");
+    }
+}
