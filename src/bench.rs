@@ -20,7 +20,6 @@ use detflow_writer::Codec;
 use serde::Serialize;
 
 use detflow_engine::Acquisition;
-use detflow_engine::acquisition::demo_params;
 use detflow_engine::backend::cycle::FrameCycle;
 use detflow_engine::config::{Config, FrameSize};
 
@@ -177,7 +176,7 @@ fn sample_frames(
         max_width: size.0,
         max_height: size.1,
         seed: 1,
-        params: demo_params(SimMode::Peaks, size, pixel_type),
+        params: detflow_sim::SimParams::demo(SimMode::Peaks, size, pixel_type),
     })?;
     let shape = det.configure(&AcquisitionConfig {
         roi: Roi::full(size.0, size.1),

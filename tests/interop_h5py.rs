@@ -6,7 +6,6 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use detflow_engine::acquisition::demo_params;
 use detflow_hal::{AcquisitionConfig, Detector, FrameSource, ImageMode, PixelType, Roi};
 use detflow_sim::{SimConfig, SimDetector, SimMode};
 
@@ -72,7 +71,7 @@ fn expected_frames(size: (u32, u32), pixel_type: PixelType, seed: u64, k: usize)
         max_width: size.0,
         max_height: size.1,
         seed,
-        params: demo_params(SimMode::Peaks, size, pixel_type),
+        params: detflow_sim::SimParams::demo(SimMode::Peaks, size, pixel_type),
     })
     .unwrap();
     let shape = det

@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use detflow_hal::{AcquisitionConfig, FrameShape, PixelType};
+use detflow_hal::{AcquisitionConfig, FrameShape};
 use detflow_ring::{Policy, Producer, Ring, RingConfig};
-use detflow_sim::{SimMode, SimOptions, SimParams};
+use detflow_sim::{SimOptions, SimParams};
 use detflow_writer::{CaptureSession, FrameGeometry};
 
 use crate::backend::{self, Backend, OpenError, Opened};
@@ -183,7 +183,7 @@ fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
         BackendSpec::Sim { fifo_depth, faults } => backend::open_sim(
             settings.sensor,
             settings.seed,
-            demo_params(settings.mode, settings.sensor, acquisition.pixel_type),
+            SimParams::demo(settings.mode, settings.sensor, acquisition.pixel_type),
             SimOptions {
                 fifo_depth: *fifo_depth,
                 faults: *faults,
@@ -390,45 +390,6 @@ impl Drop for RunHandle {
         self.stop();
         self.wait();
     }
-}
-
-/// Simulation parameters that make a useful picture at any size: a 10 x 10 grid of peaks on a
-/// little noise, a ramp, stationary sines, or flat noise, with amplitudes that fit the type.
-pub fn demo_params(mode: SimMode, (width, height): (u32, u32), pixel_type: PixelType) -> SimParams {
-    let scale = match pixel_type {
-        PixelType::U8 | PixelType::I8 => 0.1,
-        _ => 1.0,
-    };
-    let mut p = SimParams {
-        mode,
-        ..SimParams::default()
-    };
-    match mode {
-        SimMode::Peaks => {
-            let (sx, sy) = ((width / 10).max(1), (height / 10).max(1));
-            p.peak_num_x = 10.min(width);
-            p.peak_num_y = 10.min(height);
-            p.peak_step_x = sx as i32;
-            p.peak_step_y = sy as i32;
-            p.peak_start_x = (sx / 2) as i32;
-            p.peak_start_y = (sy / 2) as i32;
-            p.peak_width_x = (sx / 12).max(1);
-            p.peak_width_y = (sy / 12).max(1);
-            p.gain = 1000.0 * scale;
-            p.peak_variation = 10.0;
-            p.noise = 4.0;
-        }
-        SimMode::LinearRamp => {}
-        SimMode::Sine => {
-            p.gain = 1000.0 * scale;
-            p.offset = 4000.0 * scale;
-        }
-        SimMode::OffsetNoise => {
-            p.offset = 1000.0 * scale;
-            p.noise = 500.0 * scale;
-        }
-    }
-    p
 }
 
 /// Where the frames of `acquisition` sit in the sensor, for the file's NDArrayDim attributes.

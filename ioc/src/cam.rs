@@ -55,11 +55,7 @@ impl Ioc {
             peak_step_x: i(Pv::CamPeakStepXRbv),
             peak_step_y: i(Pv::CamPeakStepYRbv),
             peak_variation: n(Pv::CamPeakVariationRbv),
-            ..detflow_engine::acquisition::demo_params(
-                mode,
-                self.opts.validated.sensor,
-                PixelType::U16,
-            )
+            ..detflow_sim::SimParams::demo(mode, self.opts.validated.sensor, PixelType::U16)
         }
     }
 
@@ -164,12 +160,10 @@ impl Ioc {
         let v = &self.opts.validated;
         let acquisition = self.acquisition_config()?;
         let frames = Self::frames_wanted(&acquisition);
-        let mode = match self.int(Pv::CamSimModeRbv) {
-            0 => detflow_sim::SimMode::LinearRamp,
-            2 => detflow_sim::SimMode::Sine,
-            3 => detflow_sim::SimMode::OffsetNoise,
-            _ => detflow_sim::SimMode::Peaks,
-        };
+        let mode = u16::try_from(self.int(Pv::CamSimModeRbv))
+            .ok()
+            .and_then(detflow_sim::SimMode::from_index)
+            .unwrap_or(detflow_sim::SimMode::Peaks);
         // The simulated detector draws what the cam's simDetector PVs say; other backends
         // are opened by the engine from the settings.
         let sim = match &v.backend {

@@ -272,7 +272,7 @@ impl Ioc {
         let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
         // simDetector's parameters: a useful picture at this size and type.
         let mode = c.detector.mode;
-        let p = detflow_engine::acquisition::demo_params(mode, v.sensor, acq.pixel_type);
+        let p = detflow_sim::SimParams::demo(mode, v.sensor, acq.pixel_type);
         let values: Vec<(Pv, Value)> = vec![
             // cam1: ADBase + simDetector
             (Pv::CamPortNameRbv, t("SIM1")),
@@ -304,7 +304,7 @@ impl Ioc {
             (Pv::CamTriggerMode, i(0)),
             (Pv::CamArrayCallbacks, i(1)),
             (Pv::CamWaitForPlugins, i(0)),
-            (Pv::CamSimMode, i(sim_mode_index(c.detector.mode.name()))),
+            (Pv::CamSimMode, i(c.detector.mode.index().into())),
             (Pv::CamGain, f(p.gain)),
             (Pv::CamGainX, f(p.gain_x)),
             (Pv::CamGainY, f(p.gain_y)),
@@ -799,15 +799,6 @@ fn compression_of(codec: Codec) -> (i32, String) {
         Codec::BitshuffleLz4 => (5, String::new()),
         Codec::Lz4 => (6, String::new()),
         other => (0, other.to_string()),
-    }
-}
-
-fn sim_mode_index(mode: &str) -> i64 {
-    match mode {
-        "ramp" => 0,
-        "sine" => 2,
-        "noise" => 3,
-        _ => 1,
     }
 }
 

@@ -219,7 +219,7 @@ pub const BLOSC_COMPRESSORS: &[&str] = &["blosclz", "lz4", "lz4hc", "snappy", "z
 /// NDFileHDF5 BloscShuffle.
 pub const BLOSC_SHUFFLES: &[&str] = &["None", "ByteShuffle", "BitShuffle"];
 /// simDetector SimMode.
-pub const SIM_MODES: &[&str] = &["LinearRamp", "Peaks", "Sine", "Offset&Noise"];
+pub const SIM_MODES: &[&str] = &detflow_sim::SimMode::AD_LABELS;
 
 /// Done/Acquire (Acquire).
 pub const DONE_ACQUIRE: &[&str] = &["Done", "Acquire"];

@@ -16,8 +16,8 @@
 //! - [`SimMode`] parses the CLI's `--mode` values `peaks`, `ramp`, `sine`, `noise` and maps
 //!   onto ADSimDetector's `SimMode` enum values ([`SimMode::index`]); [`SimParams::demo`] gives
 //!   a useful picture of each mode at any sensor size.
-//! - [`SimSettings`] is the detector as a user configures it (mode, seed, FIFO depth, fault
-//!   rates), checked by [`SimSettings::validate`]; serde with the `serde` feature.
+//! - [`SimOptions::validate`] holds the rules for the simulated hardware's options (FIFO depth,
+//!   fault rates) that the engine's configuration checks.
 //! - Errors are [`SensorError`] (alias [`SimError`]), mapped onto [`detflow_hal::ErrorKind`].
 //!
 //! What is precomputed and how each pattern is defined (wrapping integer arithmetic,
@@ -67,4 +67,4 @@ pub use firmware::{
 };
 pub use params::{SimMode, SimParams, Sine, SineOperation, UnknownSimMode};
 pub use port::{DataPort, FrameFooter, FrameHeader, frame_checksum};
-pub use settings::{SimSettings, SimSettingsError};
+pub use settings::SimOptionsError;

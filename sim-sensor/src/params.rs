@@ -100,24 +100,6 @@ impl FromStr for SimMode {
     }
 }
 
-/// Written as the command-line name (`"peaks"`), as a TOML file or the CLI spells it.
-#[cfg(feature = "serde")]
-impl serde::Serialize for SimMode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
-}
-
-/// Read from the command-line name through [`FromStr`]; any other string is refused with
-/// [`UnknownSimMode`]'s message.
-#[cfg(feature = "serde")]
-impl<'de> serde::Deserialize<'de> for SimMode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// How the two sines of one axis are combined (ADSimDetector `XSineOperation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SineOperation {

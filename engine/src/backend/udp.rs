@@ -283,7 +283,7 @@ pub fn send_sim(
         max_width: s.size.0,
         max_height: s.size.1,
         seed: s.seed,
-        params: crate::acquisition::demo_params(s.mode, s.size, s.pixel_type),
+        params: detflow_sim::SimParams::demo(s.mode, s.size, s.pixel_type),
     })
     .map_err(SendError::Create)?;
     let shape = det

@@ -118,28 +118,12 @@ impl BackendConfig {
     /// Check the values: the FIFO depth and fault rates of the simulator, the replayed file.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            BackendConfig::Sim { fifo_depth, faults } => {
-                if !(1..=detflow_sim::MAX_FIFO_DEPTH).contains(fifo_depth) {
-                    return Err(bad(
-                        "fifo-depth",
-                        fifo_depth,
-                        format!("expected 1 to {} frames", detflow_sim::MAX_FIFO_DEPTH),
-                    ));
-                }
-                let rates = [
-                    ("fault-nack", faults.nack),
-                    ("fault-bus-timeout", faults.bus_timeout),
-                    ("fault-drop", faults.drop),
-                    ("fault-corrupt", faults.corrupt),
-                    ("fault-overrun", faults.overrun),
-                ];
-                for (setting, p) in rates {
-                    if !(0.0..=1.0).contains(&p) {
-                        return Err(bad(setting, p, "expected a probability from 0 to 1"));
-                    }
-                }
-                Ok(())
+            BackendConfig::Sim { fifo_depth, faults } => detflow_sim::SimOptions {
+                fifo_depth: *fifo_depth,
+                faults: *faults,
             }
+            .validate()
+            .map_err(|e| bad(e.setting, e.value, e.reason)),
             BackendConfig::Replay { file, dataset } => {
                 if file.is_file() {
                     Ok(())
