@@ -13,13 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use detflow_hal::{AcquisitionConfig, FrameShape};
+use detflow_hal::FrameShape;
 use detflow_ring::{Policy, Producer, Ring, RingConfig};
 use detflow_sim::{SimOptions, SimParams};
-use detflow_writer::{CaptureSession, FrameGeometry};
+use detflow_writer::CaptureSession;
 
 use crate::backend::{self, Backend, OpenError, Opened};
 use crate::config::{BackendSpec, Validated};
@@ -29,9 +28,6 @@ use crate::event::{Events, Observer, RunEnd, RunEvent, State};
 use crate::sink::{FrameSink, OwnedCapture, SharedCapture, SharedSink};
 use crate::status::{Run, RunSetup, Status, Summary, ThreadGuard};
 use crate::writer::{Pipeline, Writer};
-
-/// How long a thread waits on the ring or the detector before it looks at the stop flag.
-pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// Run events the channel holds before it drops new ones, unless told otherwise.
 pub const DEFAULT_EVENTS: usize = 256;
@@ -392,14 +388,7 @@ impl Drop for RunHandle {
     }
 }
 
-/// Where the frames of `acquisition` sit in the sensor, for the file's NDArrayDim attributes.
-pub fn geometry(acquisition: &AcquisitionConfig, shape: FrameShape) -> FrameGeometry {
-    FrameGeometry {
-        shape,
-        dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
-        dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
-    }
-}
+pub use crate::sink::geometry;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use detflow_hal::PixelType;
 use detflow_ring::{Claimer, NextError, SlotMeta};
 use detflow_writer::{Codec, Compressor};
 
-use crate::acquisition::POLL;
+use crate::POLL;
 
 /// The codec frames are encoded with, changeable while a run goes on.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use detflow_hal::{ErrorKind, FrameMeta};
 use detflow_ring::{Policy, Producer, SlotMeta};
 
-use crate::acquisition::POLL;
+use crate::POLL;
 use crate::backend::{Backend, BackendError};
 use crate::error::RunError;
 use crate::event::{Observer, State};

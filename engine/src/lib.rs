@@ -10,6 +10,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+/// How long a thread of a run waits on the ring or the detector before it looks at the
+/// stop flag again.
+pub(crate) const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub mod acquisition;
 pub mod backend;
 pub mod compress;

@@ -547,6 +547,18 @@ impl FrameSink for SharedSink {
     }
 }
 
+/// Where the frames of `acquisition` sit in the sensor, for the file's NDArrayDim attributes.
+pub fn geometry(
+    acquisition: &detflow_hal::AcquisitionConfig,
+    shape: detflow_hal::FrameShape,
+) -> detflow_writer::FrameGeometry {
+    detflow_writer::FrameGeometry {
+        shape,
+        dim_offset: [acquisition.roi.min_x as i32, acquisition.roi.min_y as i32],
+        dim_binning: [acquisition.binning.x as i32, acquisition.binning.y as i32],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,11 +575,7 @@ mod tests {
             pixel_type: v.acquisition.pixel_type,
             color_mode: detflow_hal::ColorMode::Mono,
         };
-        CaptureSession::start(
-            v.capture,
-            crate::acquisition::geometry(&v.acquisition, shape),
-        )
-        .unwrap()
+        CaptureSession::start(v.capture, crate::sink::geometry(&v.acquisition, shape)).unwrap()
     }
 
     #[test]

@@ -18,7 +18,7 @@ use detflow_hal::{ColorMode, EpicsTimestamp, FrameMeta, FrameShape, PixelType};
 use detflow_ring::{Claimer, NextError, Reorder, SlotMeta};
 use detflow_writer::Codec;
 
-use crate::acquisition::POLL;
+use crate::POLL;
 use crate::compress::{Encoded, Encoding, Worker};
 use crate::error::RunError;
 use crate::event::{Observer, PROGRESS_PER_S, Progress, RunEvent};
