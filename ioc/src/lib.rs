@@ -3,29 +3,29 @@
 //! so that ophyd, apstools and ophyd-async drive it unchanged.
 //!
 //! The daemon holds one [`Config`], seeded from the file and flags it started with. A write to
-//! a setting PV edits the field it maps to ([`settings`]: the table), through the field's own
-//! check, and is refused, naming the PV and the value, when that check fails; then it is
+//! a setting PV edits the field it maps to (the table in `settings.rs`: PV, how the written
+//! value lands in the config, how it reads back), through the field's own check, and is refused, naming the PV and the value, when that check fails; then it is
 //! echoed to its `_RBV`. Actions run with that config: a run is
 //! `Acquisition::builder(config)`, a capture opens with the writer's
 //! [`WriterSettings::capture_settings`](detflow_engine::config::WriterSettings::capture_settings).
 //! ImageMode and NumImages stay PV state and set the run's frame count at Acquire.
 //!
-//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::builder`]) with the cam's
-//!   settings; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
+//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::builder`]) with the config; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
 //!   `preview_rate` times a second, to `image1:ArrayData`. A put-callback on it completes when
 //!   the run is over: every frame written (`WaitForPlugins = Yes`) or the detector stopped.
 //!   An `Acquire = 1` that arrives while a run is closing is queued, and started by the run's
 //!   watcher when that run ends; no client's thread waits for it.
-//! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the plugin's settings; it
+//! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the config's writer settings; it
 //!   lives across acquisitions until NumCapture frames are written or `Capture = 0`. Its
 //!   put-callback completes then.
 //!
 //! Threads: the CA server's (writes arrive on client threads and only ever block briefly),
 //! the engine's, one watcher per chain of runs (it reacts to the run's events: Acquire falls,
 //! the run ends, the queued run starts; and posts rates on a 100 ms tick), one preview
-//! thread. Lock order: `runs` → `config`; `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
-//! engine only to take its capture out or put it back: no HDF5 call is made under it); the
-//! engine's observer calls are made under no lock and only post PVs and complete waiters.
+//! thread. Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
+//! engine only to take its capture out or put it back: no HDF5 call is made under it);
+//! `config` is taken last and alone (a copy is made under it, nothing else). The engine's
+//! observer calls are made under no lock and only post PVs and complete waiters.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
