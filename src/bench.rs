@@ -271,7 +271,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 cfg.writer.path = plan.dir.to_string_lossy().into_owned();
                 cfg.writer.name = format!(".bench_source_{}", pixel_type);
                 cfg.writer.overwrite = true;
-                let mut source = Acquisition::builder(cfg.validate()?).start()?;
+                let mut source = Acquisition::builder(cfg).start()?;
                 source.wait();
                 let source = source.summary().status;
                 let filters: Vec<&str> = plan
@@ -296,7 +296,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
             cfg.writer.overwrite = true;
             cfg.writer.auto_increment = false;
             cfg.writer.workers = plan.workers;
-            let settings = cfg.validate()?;
+            cfg.validate()?;
             // Frames made beforehand and cycled, as a detector hands over finished frames:
             // the pipeline is measured, not the simulator's arithmetic.
             let shape = FrameShape {
@@ -325,7 +325,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
                 let detector = Box::new(FrameCycle::new(samples.clone(), shape, info.clone()));
                 let cpu0 = cpu_seconds();
                 let wall = Instant::now();
-                let mut run = Acquisition::builder(settings.clone())
+                let mut run = Acquisition::builder(cfg.clone())
                     .backend(detector)
                     .start()?;
                 run.wait();

@@ -438,7 +438,7 @@ fn acquire(args: &AcquireArgs) -> anyhow::Result<ExitCode> {
         detflow_engine::config::BackendSpec::Udp { listen, .. } => Some(*listen),
         _ => None,
     };
-    let mut handle = Acquisition::builder(settings).start()?;
+    let mut handle = Acquisition::builder(config.clone()).start()?;
     if let Some(listen) = udp {
         // Senders (and tests) wait for this line: the socket is bound from here on.
         eprintln!("detflow: receiving on udp {listen}");
@@ -816,7 +816,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .data_roots
         .extend(args.data_roots.iter().cloned());
     config.serve.validate()?;
-    let validated = config.validate()?;
+    config.validate()?;
     if config.writer.no_flush {
         tracing::warn!("{NO_FLUSH_WARNING}");
     }
@@ -827,7 +827,6 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ca_port: s.ca_port,
         interface: s.interface,
         preview_rate: s.preview_rate,
-        validated,
         config,
     };
     let signals = signals(false)?;

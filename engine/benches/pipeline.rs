@@ -24,7 +24,7 @@ fn pipeline(c: &mut Criterion) {
                 cfg.writer.codec = codec.parse().expect("a codec");
                 cfg.writer.auto_increment = false;
                 cfg.writer.overwrite = true;
-                let mut run = Acquisition::builder(cfg.validate().expect("valid settings"))
+                let mut run = Acquisition::builder(cfg)
                     .start()
                     .expect("acquisition starts");
                 run.wait();

@@ -1,5 +1,6 @@
 //! One acquisition, as `detflow acquire` and `detflow serve` run it: [`Acquisition::builder`]
-//! takes [`Validated`] settings, opens the backend (which decides the frame shape), allocates
+//! takes the [`Config`]; `start` checks it ([`Config::validate`], or
+//! [`Config::validate_run`] when the frames go to a sink not of the run's own), opens the backend (which decides the frame shape), allocates
 //! the ring for that shape (before any file exists, so a machine that cannot hold it is left
 //! no empty file), makes the sink and starts the run's threads; [`RunHandle`] stops, observes
 //! and waits for it.
@@ -17,11 +18,11 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 use detflow_hal::FrameShape;
 use detflow_ring::{Policy, Producer, Ring, RingConfig};
-use detflow_sim::{SimOptions, SimParams};
+use detflow_sim::SimOptions;
 use detflow_writer::CaptureSession;
 
 use crate::backend::{self, Backend, OpenError, Opened};
-use crate::config::{BackendSpec, Validated};
+use crate::config::{BackendSpec, Config, Validated};
 use crate::detector::DetectorThread;
 use crate::error::{RunError, StartError};
 use crate::event::{Events, Observer, RunEnd, RunEvent, State};
@@ -38,9 +39,9 @@ pub struct Acquisition;
 
 impl Acquisition {
     /// Settings for a run; the builder says where frames come from and go, then starts it.
-    pub fn builder(settings: Validated) -> AcquisitionBuilder {
+    pub fn builder(config: Config) -> AcquisitionBuilder {
         AcquisitionBuilder {
-            settings,
+            config,
             observer: None,
             sink: SinkChoice::Owned,
             backend: None,
@@ -62,7 +63,7 @@ enum SinkChoice {
 
 /// A run to start: its settings, and what replaces their defaults.
 pub struct AcquisitionBuilder {
-    settings: Validated,
+    config: Config,
     observer: Option<Arc<dyn Observer>>,
     sink: SinkChoice,
     backend: Option<Box<dyn Backend>>,
@@ -73,7 +74,7 @@ pub struct AcquisitionBuilder {
 impl std::fmt::Debug for AcquisitionBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AcquisitionBuilder")
-            .field("settings", &self.settings)
+            .field("config", &self.config)
             .field("observer", &self.observer.is_some())
             .field("backend", &self.backend.is_some())
             .field("events", &self.events)
@@ -123,15 +124,22 @@ impl AcquisitionBuilder {
         self
     }
 
-    /// Open the backend, allocate the ring, open the sink and start the threads. Errors here
-    /// leave no thread running, and no file unless the sink had made it.
+    /// Check the settings, open the backend, allocate the ring, open the sink and start the
+    /// threads. Errors here leave no thread running, and no file unless the sink had made it.
+    /// A run into a capture of its own checks the writer's settings too
+    /// ([`Config::validate`]); one into another sink, only the run's
+    /// ([`Config::validate_run`]): the sink's captures are checked as they open.
     pub fn start(self) -> Result<RunHandle, StartError> {
+        let settings = match self.sink {
+            SinkChoice::Owned => self.config.validate()?,
+            _ => self.config.validate_run()?,
+        };
         let from_settings = self.backend.is_none();
         let opened = match self.backend {
-            Some(b) => backend::configure(b, self.settings.acquisition.clone())?,
-            None => open_backend(&self.settings)?,
+            Some(b) => backend::configure(b, settings.acquisition.clone())?,
+            None => open_backend(&settings)?,
         };
-        let s = &self.settings;
+        let s = &settings;
         let frame_bytes = opened.shape.bytes();
         let requested = match self.ring_slots {
             Some(n) => n,
@@ -179,7 +187,7 @@ fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
         BackendSpec::Sim { fifo_depth, faults } => backend::open_sim(
             settings.sensor,
             settings.seed,
-            SimParams::demo(settings.mode, settings.sensor, acquisition.pixel_type),
+            settings.params.clone(),
             SimOptions {
                 fifo_depth: *fifo_depth,
                 faults: *faults,

@@ -43,7 +43,7 @@ fn a_run_writes_every_frame_and_counts_add_up() {
     c.ring.slots = 2;
     c.writer.codec = "deflate:1".parse().unwrap();
     c.writer.number = 9;
-    let mut run = Acquisition::builder(c.validate().unwrap()).start().unwrap();
+    let mut run = Acquisition::builder(c).start().unwrap();
     assert!(matches!(run.wait(), RunEnd::Complete));
     let summary = run.summary();
     let s = &summary.status;
@@ -71,7 +71,7 @@ fn period_paces_the_detector() {
     c.detector.frames = 6;
     c.detector.period = Seconds::new(0.025).unwrap();
     let t = Instant::now();
-    let mut run = Acquisition::builder(c.validate().unwrap()).start().unwrap();
+    let mut run = Acquisition::builder(c).start().unwrap();
     run.wait();
     let took = t.elapsed();
     let s = run.summary().status;
@@ -94,7 +94,7 @@ fn stopping_a_continuous_run_drains_and_closes() {
     let mut c = config(dir.path());
     c.detector.frames = 0; // until stopped
     c.detector.period = Seconds::new(0.002).unwrap();
-    let mut run = Acquisition::builder(c.validate().unwrap()).start().unwrap();
+    let mut run = Acquisition::builder(c).start().unwrap();
     let t = Instant::now();
     loop {
         let left = DEADLINE.saturating_sub(t.elapsed());
@@ -171,7 +171,7 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     let plugin = Arc::new(SharedCapture::new(true));
     plugin.open(session).unwrap();
     let (tx, heard) = std::sync::mpsc::channel();
-    let mut run = Acquisition::builder(v)
+    let mut run = Acquisition::builder(c)
         .sink(plugin.clone())
         .observer(Arc::new(Plugin(std::sync::Mutex::new(tx))))
         .start()

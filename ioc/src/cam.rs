@@ -1,86 +1,28 @@
-//! The cam (ADBase + simDetector): its settings as a detector configuration, and the runs
-//! that `Acquire` starts, followed until their frames are written.
+//! The cam (ADBase + simDetector): the frame its settings describe, and the runs that
+//! `Acquire` starts from the config, followed until their frames are written.
 
 use super::*;
 
 impl Ioc {
-    /// The detector configuration the cam's readbacks describe.
-    pub(super) fn acquisition_config(&self) -> Result<AcquisitionConfig, Refusal> {
-        let pixel_type = PixelType::from_nd_data_type(self.int(Pv::CamDataTypeRbv) as i32)
-            .ok_or("cam1:DataType is not one the detector makes")?;
-        let image_mode = match self.int(Pv::CamImageModeRbv) {
-            0 => ImageMode::Single,
-            1 => ImageMode::Multiple,
-            _ => ImageMode::Continuous,
-        };
-        let seconds = |s: Pv| Duration::from_secs_f64(self.num(s).clamp(0.0, 86_400.0));
-        Ok(AcquisitionConfig {
-            roi: Roi {
-                min_x: self.int(Pv::CamMinXRbv) as u32,
-                min_y: self.int(Pv::CamMinYRbv) as u32,
-                size_x: self.int(Pv::CamSizeXRbv) as u32,
-                size_y: self.int(Pv::CamSizeYRbv) as u32,
-            },
-            binning: Binning {
-                x: self.int(Pv::CamBinXRbv) as u32,
-                y: self.int(Pv::CamBinYRbv) as u32,
-            },
-            pixel_type,
-            exposure: seconds(Pv::CamAcquireTimeRbv),
-            period: seconds(Pv::CamAcquirePeriodRbv),
-            image_mode,
-            num_images: self.int(Pv::CamNumImagesRbv).clamp(1, u32::MAX as i64) as u32,
-            trigger_mode: TriggerMode::Internal,
-        })
-    }
-
-    /// The simulation's parameters from the cam's simDetector PVs.
-    pub(super) fn sim_params(&self, mode: detflow_sim::SimMode) -> detflow_sim::SimParams {
-        let n = |s: Pv| self.num(s);
-        let i = |s: Pv| self.int(s) as i32;
-        let u = |s: Pv| self.int(s).max(0) as u32;
-        detflow_sim::SimParams {
-            mode,
-            gain: n(Pv::CamGainRbv),
-            gain_x: n(Pv::CamGainXRbv),
-            gain_y: n(Pv::CamGainYRbv),
-            offset: n(Pv::CamOffsetRbv),
-            noise: n(Pv::CamNoiseRbv),
-            peak_start_x: i(Pv::CamPeakStartXRbv),
-            peak_start_y: i(Pv::CamPeakStartYRbv),
-            peak_width_x: u(Pv::CamPeakWidthXRbv),
-            peak_width_y: u(Pv::CamPeakWidthYRbv),
-            peak_num_x: u(Pv::CamPeakNumXRbv),
-            peak_num_y: u(Pv::CamPeakNumYRbv),
-            peak_step_x: i(Pv::CamPeakStepXRbv),
-            peak_step_y: i(Pv::CamPeakStepYRbv),
-            peak_variation: n(Pv::CamPeakVariationRbv),
-            ..detflow_sim::SimParams::demo(mode, self.opts.validated.sensor, PixelType::U16)
-        }
-    }
-
+    /// The frames of a run now: the region binned, of the pixel type (of the config).
     pub(super) fn frame_shape(&self) -> Result<FrameShape, Refusal> {
-        let acq = self.acquisition_config()?;
-        let (width, height) = acq.output_shape().map_err(|_| {
-            format!(
-                "the cam's region {}x{} binned {}x{} is empty",
-                acq.roi.size_x, acq.roi.size_y, acq.binning.x, acq.binning.y
-            )
-        })?;
+        let c = self.config.lock().unwrap();
+        let (width, height) = c.detector.output_size().map_err(|e| e.to_string())?;
         Ok(FrameShape {
             width,
             height,
-            pixel_type: acq.pixel_type,
+            pixel_type: c.detector.dtype,
             color_mode: ColorMode::Mono,
         })
     }
 
-    /// Frames the run asks for (0: until stopped).
-    pub(super) fn frames_wanted(acq: &AcquisitionConfig) -> u64 {
-        match acq.image_mode {
-            ImageMode::Single => 1,
-            ImageMode::Multiple => acq.num_images.into(),
-            ImageMode::Continuous => 0,
+    /// Frames the run asks for (0: until stopped): ImageMode Single 1, Multiple NumImages
+    /// (0 taken as 1), Continuous 0.
+    pub(super) fn frames_wanted(&self) -> u64 {
+        match self.int(Pv::CamImageModeRbv) {
+            0 => 1,
+            1 => self.int(Pv::CamNumImagesRbv).clamp(1, u32::MAX.into()) as u64,
+            _ => 0,
         }
     }
 
@@ -155,35 +97,9 @@ impl Ioc {
         self.set(Pv::CamDetectorStateRbv, 6);
     }
 
-    /// Start a run with the cam's and the plugin's settings; its frames go to the plugin.
+    /// Start a run with the config, for the frames ImageMode and NumImages ask; its frames go
+    /// to the plugin.
     pub(super) fn start_run(self: &Arc<Self>) -> Result<RunHandle, Refusal> {
-        let v = &self.opts.validated;
-        let acquisition = self.acquisition_config()?;
-        let frames = Self::frames_wanted(&acquisition);
-        let mode = u16::try_from(self.int(Pv::CamSimModeRbv))
-            .ok()
-            .and_then(detflow_sim::SimMode::from_index)
-            .unwrap_or(detflow_sim::SimMode::Peaks);
-        // The simulated detector draws what the cam's simDetector PVs say; other backends
-        // are opened by the engine from the settings.
-        let sim = match &v.backend {
-            BackendSpec::Sim { fifo_depth, faults } => Some(
-                detflow_sim::SimDetector::with_options(
-                    detflow_sim::SimConfig {
-                        max_width: v.sensor.0,
-                        max_height: v.sensor.1,
-                        seed: v.seed,
-                        params: self.sim_params(mode),
-                    },
-                    detflow_sim::SimOptions {
-                        fifo_depth: *fifo_depth,
-                        faults: *faults,
-                    },
-                )
-                .map_err(|e| format!("cannot create the simulated detector: {e}"))?,
-            ),
-            _ => None,
-        };
         // FileWriteMode Single with AutoSave: each frame of this run is a file of its own
         // (NDPluginFile), no Capture needed; closed when the run ends.
         if self.int(Pv::HdfFileWriteModeRbv) == 0
@@ -198,33 +114,28 @@ impl Ioc {
                 }
             }
         }
+        let mut config = self.config.lock().unwrap().clone();
+        config.detector.frames = self.frames_wanted();
         // Encode with the open capture's codec, else with the one the plugin would open with.
-        let codec = match self.plugin.codec() {
-            Some(codec) => codec,
-            None => self.codec().unwrap_or(Codec::None),
-        };
-        let settings = Validated {
-            acquisition,
-            frames,
-            capture: CaptureSettings {
-                codec,
-                ..v.capture.clone()
-            },
-            ..v.clone()
-        };
+        if let Some(codec) = self.plugin.codec() {
+            config.writer.codec = codec;
+        }
+        let (frames, codec, slots) = (
+            config.detector.frames,
+            config.writer.codec,
+            config.ring.slots,
+        );
         self.counter_base
             .store(self.int(Pv::CamArrayCounterRbv) as i32, Ordering::Relaxed);
         self.set(Pv::CamNumImagesCounterRbv, 0);
         let observer: Arc<dyn Observer> = self.clone();
-        let mut run = Acquisition::builder(settings)
+        let handle = Acquisition::builder(config)
             .sink(self.plugin.clone())
             .observer(observer)
             // 0: automatic for the frames of this run's region.
-            .ring_slots(self.opts.config.ring.slots);
-        if let Some(sim) = sim {
-            run = run.backend(Box::new(sim));
-        }
-        let handle = run.start().map_err(|e| detflow_engine::error::chain(&e))?;
+            .ring_slots(slots)
+            .start()
+            .map_err(|e| detflow_engine::error::chain(&e))?;
         tracing::info!(frames, %codec, "acquisition started");
         Ok(handle)
     }

@@ -2,16 +2,20 @@
 //! areaDetector IOC (ADSimDetector `cam1:`, NDFileHDF5 `HDF1:`, NDStdArrays `image1:`) over Channel Access,
 //! so that ophyd, apstools and ophyd-async drive it unchanged.
 //!
-//! The PVs are the state: a setpoint write is checked, stored, and echoed to its `_RBV`;
-//! actions read the settings they need from the readbacks when they run.
+//! The daemon holds one [`Config`], seeded from the file and flags it started with. A write to
+//! a setting PV edits the field it maps to (the table in `settings.rs`: PV, how the written
+//! value lands in the config, how it reads back), through the field's own check, and is refused, naming the PV and the value, when that check fails; then it is
+//! echoed to its `_RBV`. Actions run with that config: a run is
+//! `Acquisition::builder(config)`, a capture opens with the writer's
+//! [`WriterSettings::capture_settings`](detflow_engine::config::WriterSettings::capture_settings).
+//! ImageMode and NumImages stay PV state and set the run's frame count at Acquire.
 //!
-//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::builder`]) with the cam's
-//!   settings; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
+//! - `cam1:Acquire = 1` starts one engine run ([`Acquisition::builder`]) with the config; its frames go to the HDF1 plugin ([`SharedCapture`]) and, at most
 //!   `preview_rate` times a second, to `image1:ArrayData`. A put-callback on it completes when
 //!   the run is over: every frame written (`WaitForPlugins = Yes`) or the detector stopped.
 //!   An `Acquire = 1` that arrives while a run is closing is queued, and started by the run's
 //!   watcher when that run ends; no client's thread waits for it.
-//! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the plugin's settings; it
+//! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the config's writer settings; it
 //!   lives across acquisitions until NumCapture frames are written or `Capture = 0`. Its
 //!   put-callback completes then.
 //!
@@ -19,8 +23,9 @@
 //! the engine's, one watcher per chain of runs (it reacts to the run's events: Acquire falls,
 //! the run ends, the queued run starts; and posts rates on a 100 ms tick), one preview
 //! thread. Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
-//! engine only to take its capture out or put it back: no HDF5 call is made under it); the
-//! engine's observer calls are made under no lock and only post PVs and complete waiters.
+//! engine only to take its capture out or put it back: no HDF5 call is made under it);
+//! `config` is taken last and alone (a copy is made under it, nothing else). The engine's
+//! observer calls are made under no lock and only post PVs and complete waiters.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
@@ -29,9 +34,10 @@ mod cam;
 mod plugin;
 mod preview;
 pub mod pvs;
+mod settings;
 
-pub use plugin::data_roots;
 use plugin::with_slash;
+pub use plugin::{DataRootError, data_roots};
 use preview::image_native;
 
 use std::path::{Component, Path, PathBuf};
@@ -39,20 +45,13 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use detflow_ca::{Completion, Eca, NativeType, PvHandle, Server, Value, WriteReply, WriteRequest};
-use detflow_hal::{
-    AcquisitionConfig, Binning, ColorMode, FrameMeta, FrameShape, ImageMode, PixelType, Roi,
-    TriggerMode,
-};
-use detflow_writer::{
-    CaptureSession, CaptureSettings, Codec, DataRoots, FileNaming, FileStatus, FileTemplate,
-    WriteMode,
-};
+use detflow_hal::{ColorMode, FrameMeta, FrameShape, PixelType};
+use detflow_writer::{CaptureSession, CaptureSettings, Codec, DataRoots, FileStatus};
 
 use detflow_engine::acquisition::geometry;
-use detflow_engine::config::{BackendSpec, Config, Validated};
+use detflow_engine::config::Config;
 use detflow_engine::{
     Acquisition, Closed, Flushed, Observer, RunEvent, RunHandle, SharedCapture, State, Status,
     Summary,
@@ -62,10 +61,9 @@ use pvs::{ArrayInfo, Pv, text_value};
 /// What `detflow serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Detector, ring and writer defaults (the same file as `detflow acquire --config`).
+    /// Detector, ring and writer settings at start-up (the same file as `detflow acquire
+    /// --config`); the setting PVs edit them from there.
     pub config: Config,
-    /// The checked form of `config`.
-    pub validated: Validated,
     /// PV prefix, e.g. `ad:`.
     pub prefix: String,
     /// Directories files may be written under (existing; made absolute and canonical).
@@ -84,6 +82,8 @@ pub struct Ioc {
     /// Every served PV, at its index in the table: `pvs[pv as usize]`.
     pvs: Vec<PvHandle>,
     opts: ServeOptions,
+    /// The settings the PVs edit, and runs and captures use.
+    config: Mutex<Config>,
     plugin: Arc<SharedCapture>,
     runs: Mutex<Runs>,
     /// Signalled when the runs go idle.
@@ -118,27 +118,49 @@ impl std::fmt::Debug for Ioc {
 /// A refused write: the message names the setting and the value.
 type Refusal = String;
 
+/// Why the IOC did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The Channel Access server could not be started (e.g. its port is taken).
+    #[error("cannot start the Channel Access server")]
+    Server(#[source] detflow_ca::ServerError),
+    /// A PV could not be served.
+    #[error("cannot serve {name}")]
+    Pv {
+        /// The PV's full name.
+        name: String,
+        /// The server's refusal.
+        #[source]
+        source: detflow_ca::ServerError,
+    },
+    /// The preview thread could not be started.
+    #[error("cannot start the preview thread")]
+    Thread(#[source] std::io::Error),
+}
+
 impl Ioc {
     /// Serve every PV, set the start-up values ("already primed": the plugins' array size,
     /// data type and colour mode are the cam's) and hook the writes.
-    pub fn start(opts: ServeOptions) -> anyhow::Result<Arc<Ioc>> {
+    pub fn start(mut opts: ServeOptions) -> Result<Arc<Ioc>, StartError> {
         let mut builder = Server::builder().interface(opts.interface);
         if let Some(port) = opts.ca_port {
             builder = builder.port(port);
         }
-        let server = builder
-            .build()
-            .context("cannot start the Channel Access server")?;
-        let sensor = opts.validated.sensor;
+        let server = builder.build().map_err(StartError::Server)?;
+        let config = seeded(std::mem::take(&mut opts.config), &opts.data_roots);
         let image = (
-            image_native(opts.validated.acquisition.pixel_type),
-            sensor.0 as usize * sensor.1 as usize,
+            image_native(config.detector.dtype),
+            config.detector.size.pixels(),
         );
         let mut pvs = Vec::with_capacity(Pv::ALL.len());
         for &pv in Pv::ALL {
             let handle = server
                 .add_pv(pvs::spec(&opts.prefix, pv, image))
-                .with_context(|| format!("cannot serve {}{pv}", opts.prefix))?;
+                .map_err(|source| StartError::Pv {
+                    name: format!("{}{pv}", opts.prefix),
+                    source,
+                })?;
             pvs.push(handle);
         }
         let (preview, preview_rx) = bounded::<(FrameShape, Vec<u8>)>(1);
@@ -155,7 +177,8 @@ impl Ioc {
             counter_base: AtomicI32::new(0),
             lost_before: AtomicU64::new(0),
             last_full_name: Mutex::new(PathBuf::new()),
-            last_number: AtomicI32::new(opts.config.writer.number),
+            last_number: AtomicI32::new(config.writer.number),
+            config: Mutex::new(config),
             preview,
             preview_free,
             preview_recycle,
@@ -174,7 +197,8 @@ impl Ioc {
                         ioc.post_preview(shape, &bytes);
                         let _ = ioc.preview_recycle.try_send(bytes);
                     }
-                })?;
+                })
+                .map_err(StartError::Thread)?;
         }
         Ok(ioc)
     }
@@ -261,19 +285,53 @@ impl Ioc {
 
     // ---- start-up ----------------------------------------------------------------------
 
+    /// The start-up values: each setting PV from the config ([`settings::SETTINGS`]), the
+    /// codec's PVs from its codec, FilePath resolved under the data roots, and the rest
+    /// ([`Ioc::fixed_values`]) as a freshly booted simDetector IOC has them.
     fn initial_values(&self) {
-        let c = &self.opts.config;
-        let v = &self.opts.validated;
-        let (sx, sy) = v.sensor;
-        let acq = &v.acquisition;
+        let c = self.config.lock().unwrap().clone();
+        for s in settings::SETTINGS {
+            self.set_both(s.pv, (s.read)(&c).value(s.pv));
+        }
+        let frames = c.detector.frames.clamp(1, i32::MAX as u64) as i32;
+        let slots = c.ring.slots_for(c.detector.frame_bytes()) as i32;
+        let (sx, sy) = c.detector.size.pair();
+        for (pv, value) in [
+            (Pv::CamNumImages, frames),
+            (Pv::HdfQueueSize, slots),
+            (Pv::HdfQueueFree, slots),
+            (Pv::CamMaxSizeXRbv, sx as i32),
+            (Pv::CamMaxSizeYRbv, sy as i32),
+        ] {
+            self.set_both(pv, Value::from(value));
+        }
+        let rate = self.opts.preview_rate;
+        let min_time = if rate > 0.0 { 1.0 / rate } else { 0.0 };
+        self.set_both(Pv::ImageMinCallbackTime, Value::from(min_time));
+        for (pv, value) in self.fixed_values() {
+            if pv.is_readback() {
+                self.set(pv, value);
+            } else {
+                self.set_both(pv, value);
+            }
+        }
+        self.post_codec(c.writer.codec);
+        // FilePath: the configured one, resolved under the first data root when seeded.
+        let path = c.writer.path;
+        self.set_text(Pv::HdfFilePath, &path);
+        self.set_text(Pv::HdfFilePathRbv, &path);
+        self.check_file_path(&path, false);
+        self.array_info();
+        self.plugin_enable();
+    }
+
+    /// The PVs no setting decides: identities, versions, and areaDetector's defaults.
+    fn fixed_values(&self) -> Vec<(Pv, Value)> {
         let t = |s: &str| Value::from(s);
-        let i = |n: i64| Value::from(n as i32);
+        let i = |n: i32| Value::from(n);
         let f = Value::from;
         let version = concat!("detflow ", env!("CARGO_PKG_VERSION"));
-        // simDetector's parameters: a useful picture at this size and type.
-        let mode = c.detector.mode;
-        let p = detflow_sim::SimParams::demo(mode, v.sensor, acq.pixel_type);
-        let values: Vec<(Pv, Value)> = vec![
+        vec![
             // cam1: ADBase + simDetector
             (Pv::CamPortNameRbv, t("SIM1")),
             (Pv::CamManufacturerRbv, t("Simulated detector")),
@@ -283,42 +341,12 @@ impl Ioc {
             (Pv::CamSDKVersionRbv, t(env!("CARGO_PKG_VERSION"))),
             (Pv::CamDriverVersionRbv, t(version)),
             (Pv::CamADCoreVersionRbv, t("3.12.1")),
-            (Pv::CamMaxSizeXRbv, i(sx.into())),
-            (Pv::CamMaxSizeYRbv, i(sy.into())),
-            (Pv::CamMinX, i(acq.roi.min_x.into())),
-            (Pv::CamMinY, i(acq.roi.min_y.into())),
-            (Pv::CamSizeX, i(acq.roi.size_x.into())),
-            (Pv::CamSizeY, i(acq.roi.size_y.into())),
-            (Pv::CamBinX, i(acq.binning.x.into())),
-            (Pv::CamBinY, i(acq.binning.y.into())),
-            (Pv::CamDataType, i(acq.pixel_type.nd_data_type().into())),
             (Pv::CamColorMode, i(0)),
-            (Pv::CamAcquireTime, f(c.detector.exposure.as_secs_f64())),
-            (Pv::CamAcquirePeriod, f(c.detector.period.as_secs_f64())),
-            (
-                Pv::CamNumImages,
-                i(c.detector.frames.clamp(1, i32::MAX as u64) as i64),
-            ),
             (Pv::CamNumExposures, i(1)),
             (Pv::CamImageMode, i(0)),
             (Pv::CamTriggerMode, i(0)),
             (Pv::CamArrayCallbacks, i(1)),
             (Pv::CamWaitForPlugins, i(0)),
-            (Pv::CamSimMode, i(c.detector.mode.index().into())),
-            (Pv::CamGain, f(p.gain)),
-            (Pv::CamGainX, f(p.gain_x)),
-            (Pv::CamGainY, f(p.gain_y)),
-            (Pv::CamOffset, f(p.offset)),
-            (Pv::CamNoise, f(p.noise)),
-            (Pv::CamPeakVariation, f(p.peak_variation)),
-            (Pv::CamPeakStartX, i(p.peak_start_x.into())),
-            (Pv::CamPeakStartY, i(p.peak_start_y.into())),
-            (Pv::CamPeakWidthX, i(p.peak_width_x.into())),
-            (Pv::CamPeakWidthY, i(p.peak_width_y.into())),
-            (Pv::CamPeakNumX, i(p.peak_num_x.into())),
-            (Pv::CamPeakNumY, i(p.peak_num_y.into())),
-            (Pv::CamPeakStepX, i(p.peak_step_x.into())),
-            (Pv::CamPeakStepY, i(p.peak_step_y.into())),
             (Pv::CamGainRed, f(1.0)),
             (Pv::CamGainGreen, f(1.0)),
             (Pv::CamGainBlue, f(1.0)),
@@ -336,36 +364,13 @@ impl Ioc {
             (Pv::HdfEnableCallbacks, i(1)),
             (Pv::HdfArrayCallbacks, i(1)),
             (Pv::HdfBlockingCallbacks, i(0)),
-            (Pv::HdfQueueSize, i(v.ring_slots as i64)),
-            (Pv::HdfQueueFree, i(v.ring_slots as i64)),
             (Pv::HdfFileFormat, i(0)),
-            (Pv::HdfFileName, t(&c.writer.name)),
-            (Pv::HdfFileNumber, i(c.writer.number.into())),
-            (Pv::HdfAutoIncrement, i(c.writer.auto_increment.into())),
             (Pv::HdfAutoSave, i(0)),
-            (Pv::HdfFileTemplate, t(c.writer.template.as_str())),
-            (Pv::HdfFileWriteMode, i(write_mode_index(v.capture.mode))),
-            (
-                Pv::HdfNumCapture,
-                i(c.writer.capture.unwrap_or(0).min(i32::MAX as u64) as i64),
-            ),
-            (Pv::HdfCreateDirectory, i(c.writer.create_dirs.into())),
-            (Pv::HdfTempSuffix, t(&c.writer.temp_suffix)),
-            (Pv::HdfLazyOpen, i(c.writer.lazy_open.into())),
-            (Pv::HdfSWMRMode, i(c.writer.swmr.into())),
             (Pv::HdfSWMRSupportedRbv, i(1)),
-            (
-                Pv::HdfNumFramesFlush,
-                i(c.writer.flush.min(i32::MAX as u64) as i64),
-            ),
-            (Pv::HdfStoreAttr, i(c.writer.attributes.into())),
-            (Pv::HdfStorePerform, i(c.writer.performance.into())),
             (Pv::HdfNumFramesChunks, i(1)),
             (Pv::HdfChunkSizeAuto, i(1)),
             (Pv::HdfNDAttributeChunk, i(16384)),
-            (Pv::HdfBloscLevel, i(5)),
             (Pv::HdfBloscShuffle, i(1)),
-            (Pv::HdfZLevel, i(6)),
             (Pv::HdfWriteStatus, i(0)),
             // image1: NDPluginBase + NDStdArrays
             (Pv::ImagePortNameRbv, t("IMAGE1")),
@@ -376,46 +381,7 @@ impl Ioc {
             (Pv::ImageEnableCallbacks, i(1)),
             (Pv::ImageArrayCallbacks, i(1)),
             (Pv::ImageBlockingCallbacks, i(0)),
-            (
-                Pv::ImageMinCallbackTime,
-                f(if self.opts.preview_rate > 0.0 {
-                    1.0 / self.opts.preview_rate
-                } else {
-                    0.0
-                }),
-            ),
-        ];
-        for (pv, value) in values {
-            if pv.is_readback() {
-                self.set(pv, value);
-            } else {
-                self.set_both(pv, value);
-            }
-        }
-        // Compression from the configured codec.
-        let (compression, codec_text) = compression_of(v.capture.codec);
-        self.set_both(Pv::HdfCompression, Value::from(compression));
-        self.set_text(Pv::HdfCodec, &codec_text);
-        self.set_text(Pv::HdfCodecRbv, &codec_text);
-        if let Codec::Deflate { level } = v.capture.codec {
-            self.set_both(Pv::HdfZLevel, Value::from(i32::from(level)));
-        }
-        if let Codec::Blosc { compressor, level } = v.capture.codec {
-            let idx = pvs::BLOSC_COMPRESSORS
-                .iter()
-                .position(|n| *n == compressor.name())
-                .unwrap_or(0);
-            self.set_both(Pv::HdfBloscCompressor, Value::from(idx as i32));
-            self.set_both(Pv::HdfBloscLevel, Value::from(i32::from(level)));
-        }
-        // FilePath: the configured one, relative to the first data root.
-        let path = self.resolve(&c.writer.path);
-        let path = with_slash(&path.to_string_lossy());
-        self.set_text(Pv::HdfFilePath, &path);
-        self.set_text(Pv::HdfFilePathRbv, &path);
-        self.check_file_path(&path, false);
-        self.array_info();
-        self.plugin_enable();
+        ]
     }
 
     /// The cam's output size and type, posted to the cam's readbacks and (so that nothing
@@ -426,7 +392,7 @@ impl Ioc {
             Ok(s) => (s.width as i32, s.height as i32),
             Err(_) => (0, 0),
         };
-        let dtype = self.int(Pv::CamDataTypeRbv) as i32;
+        let dtype = self.config.lock().unwrap().detector.dtype.nd_data_type();
         let color = self.int(Pv::CamColorModeRbv) as i32;
         let bytes = shape.map(|s| s.bytes() as i32).unwrap_or(0);
         self.set(Pv::CamArraySizeXRbv, w);
@@ -502,7 +468,8 @@ impl Ioc {
         reply
     }
 
-    /// Check a write, echo it to its readback, and act on it.
+    /// Check a write, store it (in the config for a setting PV), echo it to its readback,
+    /// and act on it.
     fn apply(
         self: &Arc<Self>,
         pv: Pv,
@@ -510,20 +477,7 @@ impl Ioc {
         req: &WriteRequest,
     ) -> Result<WriteReply, Refusal> {
         let num = value.get_f64(0).unwrap_or(0.0);
-        let text = value.as_text().unwrap_or_default();
-        let echo = |v: Value| {
-            if let Some(rbv) = pv.readback() {
-                self.set(rbv, v);
-            }
-        };
-        let whole = |min: f64, max: f64| -> Result<(), Refusal> {
-            if num.fract() != 0.0 || num < min || num > max {
-                return Err(format!(
-                    "{pv} {num}: expected a whole number from {min} to {max}"
-                ));
-            }
-            Ok(())
-        };
+        let refuse = |why: String| format!("{pv} {}: {why}", settings::shown(pv, &value));
         match pv {
             Pv::CamAcquire => return Ok(self.acquire(num != 0.0, req)),
             Pv::HdfCapture => return self.capture(num != 0.0, req),
@@ -533,84 +487,64 @@ impl Ioc {
                 }
                 return Ok(WriteReply::Accept);
             }
-            Pv::HdfWriteFile | Pv::HdfReadFile if num != 0.0 => {
-                return Err(format!(
-                    "{pv} {num}: not supported; use Capture in Capture or Stream mode, \
-                     or FileWriteMode Single with AutoSave"
-                ));
-            }
-            Pv::CamSizeX => whole(1.0, self.num(Pv::CamMaxSizeXRbv))?,
-            Pv::CamSizeY => whole(1.0, self.num(Pv::CamMaxSizeYRbv))?,
-            Pv::CamMinX => whole(0.0, self.num(Pv::CamMaxSizeXRbv) - 1.0)?,
-            Pv::CamMinY => whole(0.0, self.num(Pv::CamMaxSizeYRbv) - 1.0)?,
-            Pv::CamBinX | Pv::CamBinY => whole(1.0, 64.0)?,
-            // 0 is what ophyd-async sends for Continuous; Multiple takes it as 1.
-            Pv::CamNumImages | Pv::CamNumExposures => whole(0.0, i32::MAX as f64)?,
-            Pv::CamAcquireTime | Pv::CamAcquirePeriod if !(0.0..=86_400.0).contains(&num) => {
-                return Err(format!("{pv} {num}: expected seconds from 0 to 86400"));
-            }
-            Pv::CamDataType => {
-                let name = pvs::DATA_TYPES.get(num as usize).copied().unwrap_or("?");
-                if PixelType::from_nd_data_type(num as i32).is_none() {
-                    return Err(format!(
-                        "{pv} {name}: the simulated detector makes Int8, UInt8, Int16, \
-                         UInt16, Int32, UInt32, Float32 and Float64"
-                    ));
-                }
-            }
-            Pv::CamColorMode if num != 0.0 => {
-                let name = pvs::COLOR_MODES.get(num as usize).copied().unwrap_or("?");
-                return Err(format!("{pv} {name}: the detector is Mono only"));
-            }
-            Pv::CamTriggerMode if num != 0.0 => {
-                return Err(format!(
-                    "{pv} External: the simulated detector triggers internally only"
-                ));
-            }
-            Pv::HdfNumCapture => whole(0.0, i32::MAX as f64)?,
-            // As `acquire --number`.
-            Pv::HdfFileNumber if num < 0.0 => {
-                return Err(format!("{pv} {num}: file numbers start at 0"));
-            }
-            Pv::HdfFileTemplate => {
-                text.parse::<FileTemplate>()
-                    .map_err(|e| format!("{pv} {text:?}: {e}"))?;
-            }
-            Pv::HdfCompression => {
-                let name = pvs::COMPRESSIONS.get(num as usize).copied().unwrap_or("?");
-                if matches!(name, "N-bit" | "szip" | "JPEG") {
-                    return Err(format!(
-                        "{pv} {name}: not supported; use None, zlib, Blosc, BSLZ4, LZ4, or \
-                         HDF1:Codec for bszstd and zstd"
-                    ));
-                }
-            }
-            Pv::HdfZLevel => whole(0.0, 9.0)?,
-            Pv::HdfNumFramesChunks if num > 1.0 => {
-                return Err(format!(
-                    "{pv} {num}: detflow writes one frame per chunk (direct chunk write); \
-                     use 1"
-                ));
-            }
-            Pv::HdfBloscLevel => whole(0.0, 9.0)?,
-            Pv::HdfBloscCompressor if num as usize == 3 => {
-                return Err(format!("{pv} snappy: this build of blosc has no snappy"));
-            }
-            Pv::HdfCodec if !text.is_empty() => {
-                text.parse::<Codec>()
-                    .map_err(|e| format!("{pv} {text:?}: {e}"))?;
+            Pv::HdfFilePath => {
+                self.set_file_path(&value.as_text().unwrap_or_default());
+                return Ok(WriteReply::Accept);
             }
             _ => {}
         }
-        // Stored: echo, then what follows from it.
-        match pv {
-            Pv::HdfFilePath => {
-                let path = with_slash(&self.resolve(&text).to_string_lossy());
-                self.set_text(Pv::HdfFilePathRbv, &path);
-                self.check_file_path(&path, true);
-            }
-            _ => echo(value.clone()),
+        if let Some(setting) = settings::setting(pv) {
+            let read = {
+                let mut config = self.config.lock().unwrap();
+                let mut next = config.clone();
+                (setting.write)(&mut next, &value).map_err(refuse)?;
+                *config = next;
+                (setting.read)(&config)
+            };
+            self.echo(pv, read.value(pv));
+        } else if let Some(codec) = self.codec_setting(pv, &value) {
+            let codec = codec.map_err(refuse)?;
+            self.config.lock().unwrap().writer.codec = codec;
+            self.echo(pv, value);
+        } else {
+            Self::check_state(pv, &value).map_err(refuse)?;
+            self.echo(pv, value);
         }
+        self.after_write(pv, num);
+        Ok(WriteReply::Accept)
+    }
+
+    /// Post `value` to `pv`'s readback, if it has one.
+    fn echo(&self, pv: Pv, value: Value) {
+        if let Some(rbv) = pv.readback() {
+            self.set(rbv, value);
+        }
+    }
+
+    /// The checks of the PVs that are state of the IOC's own rather than settings.
+    fn check_state(pv: Pv, value: &Value) -> Result<(), String> {
+        let num = value.get_f64(0).unwrap_or(0.0);
+        match pv {
+            Pv::HdfWriteFile | Pv::HdfReadFile if num != 0.0 => Err("not supported; use \
+                Capture in Capture or Stream mode, or FileWriteMode Single with AutoSave"
+                .into()),
+            // 0 is what ophyd-async sends for Continuous; Multiple takes it as 1.
+            Pv::CamNumImages | Pv::CamNumExposures => {
+                settings::whole(value, 0, i32::MAX.into()).map(drop)
+            }
+            Pv::CamColorMode if num != 0.0 => Err("the detector is Mono only".into()),
+            Pv::CamTriggerMode if num != 0.0 => {
+                Err("the simulated detector triggers internally only".into())
+            }
+            Pv::HdfNumFramesChunks if num > 1.0 => Err("detflow writes one frame per chunk \
+                (direct chunk write); use 1"
+                .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// What follows from a write accepted.
+    fn after_write(&self, pv: Pv, num: f64) {
         match pv {
             Pv::CamSizeX
             | Pv::CamSizeY
@@ -624,19 +558,13 @@ impl Ioc {
                 self.counter_base.store(num as i32, Ordering::Relaxed);
                 self.set(Pv::CamArrayCounterRbv, num as i32);
             }
-            Pv::HdfArrayCounter | Pv::ImageArrayCounter => {
-                if let Some(rbv) = pv.readback() {
-                    self.set(rbv, num as i32);
-                }
-            }
+            Pv::HdfArrayCounter | Pv::ImageArrayCounter => self.echo(pv, Value::from(num as i32)),
             Pv::HdfEnableCallbacks | Pv::CamArrayCallbacks => {
                 // The stored value is the new one only after this returns.
                 self.plugin_enable_with(Some(pv), num != 0.0);
             }
-            Pv::HdfCreateDirectory => {}
             _ => {}
         }
-        Ok(WriteReply::Accept)
     }
 
     fn plugin_enable(&self) {
@@ -655,6 +583,20 @@ impl Ioc {
         let on = get(Pv::HdfEnableCallbacks) && get(Pv::CamArrayCallbacks);
         self.plugin.set_enabled(on);
     }
+}
+
+/// The config the daemon starts with: FilePath resolved under the first data root (as a
+/// write to it is), the simulated picture made explicit (its PVs edit it), and none of
+/// `acquire`'s value-reference and master-file outputs (the daemon names its files by its PVs
+/// alone).
+fn seeded(mut config: Config, roots: &DataRoots) -> Config {
+    let path = plugin::resolve(roots, &config.writer.path);
+    config.writer.path = with_slash(&path.to_string_lossy());
+    config.detector.picture = Some(config.detector.picture());
+    config.writer.refs = None;
+    config.writer.ref_pattern = None;
+    config.writer.vds = None;
+    config
 }
 
 /// The reply to a write that finishes later (Acquire, Capture): a put-callback waits in
@@ -787,26 +729,6 @@ impl Observer for Ioc {
             ),
         }
         self.capture_done(status, error);
-    }
-}
-
-/// The Compression index and the HDF1:Codec text (empty when Compression names it).
-fn compression_of(codec: Codec) -> (i32, String) {
-    match codec {
-        Codec::None => (0, String::new()),
-        Codec::Deflate { .. } => (3, String::new()),
-        Codec::Blosc { .. } => (4, String::new()),
-        Codec::BitshuffleLz4 => (5, String::new()),
-        Codec::Lz4 => (6, String::new()),
-        other => (0, other.to_string()),
-    }
-}
-
-fn write_mode_index(mode: WriteMode) -> i64 {
-    match mode {
-        WriteMode::Single => 0,
-        WriteMode::Capture => 1,
-        WriteMode::Stream => 2,
     }
 }
 

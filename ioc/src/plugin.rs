@@ -1,21 +1,26 @@
-//! The file plugin (NDFile + NDFileHDF5): data roots, the codec and capture settings its
-//! PVs describe, and captures opened by `Capture = 1` and closed when complete or told.
+//! The file plugin (NDFile + NDFileHDF5): data roots, the codec its PVs name (stored in the
+//! config's `writer.codec`), and captures opened by `Capture = 1` from the config's writer
+//! settings, closed when complete or told.
 
 use super::*;
+
+/// Why a Compression is refused.
+const UNSUPPORTED: &str = "not supported; use None, zlib, Blosc, BSLZ4, LZ4, or HDF1:Codec for \
+                           bszstd and zstd";
+
+/// The PVs that together name the codec.
+const CODEC_PVS: [Pv; 5] = [
+    Pv::HdfCompression,
+    Pv::HdfZLevel,
+    Pv::HdfBloscCompressor,
+    Pv::HdfBloscLevel,
+    Pv::HdfCodec,
+];
 
 impl Ioc {
     /// A FilePath made absolute: relative paths are under the first data root.
     pub(super) fn resolve(&self, path: &str) -> PathBuf {
-        let p = Path::new(path);
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.opts.data_roots.roots()[0].join(p)
-        };
-        // `.` components say nothing; `..` are kept for the data-root check to resolve.
-        p.components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .collect()
+        resolve(&self.opts.data_roots, path)
     }
 
     /// Why `path` may not be written, if it may not: outside every data root (after `..`
@@ -93,79 +98,120 @@ impl Ioc {
         exists
     }
 
-    /// The codec the plugin's Compression (or our HDF1:Codec) names.
-    pub(super) fn codec(&self) -> Result<Codec, Refusal> {
-        let ours = self.text(Pv::HdfCodecRbv);
+    /// FilePath: resolved under the first data root, stored, echoed with a slash, and
+    /// checked (FilePathExists_RBV, WriteMessage); CreateDirectory makes what it allows.
+    pub(super) fn set_file_path(&self, text: &str) {
+        let path = with_slash(&self.resolve(text).to_string_lossy());
+        self.config.lock().unwrap().writer.path = path.clone();
+        self.set_text(Pv::HdfFilePathRbv, &path);
+        self.check_file_path(&path, true);
+    }
+
+    /// For a write to one of the codec's PVs (Compression, ZLevel, BloscCompressor,
+    /// BloscLevel, our HDF1:Codec): the codec they name with it, each value checked by the
+    /// codec's own parser. `None` for any other PV.
+    pub(super) fn codec_setting(&self, pv: Pv, value: &Value) -> Option<Result<Codec, String>> {
+        if !CODEC_PVS.contains(&pv) {
+            return None;
+        }
+        let parse = |text: String| text.parse::<Codec>().map_err(|e| e.to_string());
+        let checked = match pv {
+            Pv::HdfZLevel => {
+                settings::whole(value, 0, 9).and_then(|n| parse(format!("deflate:{n}")))
+            }
+            Pv::HdfBloscLevel => {
+                settings::whole(value, 0, 9).and_then(|n| parse(format!("blosc:blosclz:{n}")))
+            }
+            Pv::HdfBloscCompressor => parse(format!("blosc:{}:5", settings::shown(pv, value))),
+            Pv::HdfCompression if !matches!(value.get_f64(0).unwrap_or(0.0) as i64, 0 | 3..=6) => {
+                Err(UNSUPPORTED.into())
+            }
+            _ => Ok(Codec::None),
+        };
+        Some(checked.and_then(|_| self.codec_with(pv, value)))
+    }
+
+    /// The codec the plugin's Compression (or our HDF1:Codec) names, with `written` =
+    /// `value` and the other PVs as they are.
+    fn codec_with(&self, written: Pv, value: &Value) -> Result<Codec, String> {
+        let int = |pv: Pv| match pv == written {
+            true => value.get_f64(0).unwrap_or(0.0) as i64,
+            false => self.int(pv.readback().unwrap_or(pv)),
+        };
+        let ours = match written {
+            Pv::HdfCodec => value.as_text().unwrap_or_default(),
+            _ => self.text(Pv::HdfCodecRbv),
+        };
         if !ours.is_empty() {
             return ours
                 .parse()
-                .map_err(|e| format!("HDF1:Codec {ours:?}: {e}"));
+                .map_err(|e: detflow_writer::CodecError| e.to_string());
         }
-        let level = |s: Pv| self.int(s).clamp(0, 9) as u8;
-        Ok(match self.int(Pv::HdfCompressionRbv) {
+        let level = |pv: Pv| int(pv).clamp(0, 9) as u8;
+        Ok(match int(Pv::HdfCompression) {
             0 => Codec::None,
             3 => Codec::Deflate {
-                level: level(Pv::HdfZLevelRbv),
+                level: level(Pv::HdfZLevel),
             },
             4 => {
                 let name = pvs::BLOSC_COMPRESSORS
-                    .get(self.int(Pv::HdfBloscCompressorRbv) as usize)
+                    .get(int(Pv::HdfBloscCompressor) as usize)
                     .copied()
                     .unwrap_or("blosclz");
-                format!("blosc:{name}:{}", level(Pv::HdfBloscLevelRbv))
+                format!("blosc:{name}:{}", level(Pv::HdfBloscLevel))
                     .parse()
-                    .map_err(|e| format!("HDF1:BloscCompressor {name}: {e}"))?
+                    .map_err(|e: detflow_writer::CodecError| e.to_string())?
             }
             5 => Codec::BitshuffleLz4,
             6 => Codec::Lz4,
-            other => {
-                let name = pvs::COMPRESSIONS
-                    .get(other as usize)
-                    .copied()
-                    .unwrap_or("?");
-                return Err(format!("HDF1:Compression {name}: not supported"));
-            }
+            _ => return Err(UNSUPPORTED.into()),
         })
     }
 
-    /// The capture settings the plugin's readbacks describe.
-    pub(super) fn capture_settings(&self) -> Result<CaptureSettings, Refusal> {
-        let w = &self.opts.validated.capture;
-        let template: FileTemplate = self
-            .text(Pv::HdfFileTemplateRbv)
-            .parse()
-            .map_err(|e| format!("HDF1:FileTemplate: {e}"))?;
-        let mode = match self.int(Pv::HdfFileWriteModeRbv) {
-            0 => WriteMode::Single,
-            1 => WriteMode::Capture,
-            _ => WriteMode::Stream,
+    /// Post the codec's PVs for `codec`: Compression, or our HDF1:Codec for the codecs it
+    /// cannot name, and the levels (zlib's 6 and blosc's 5 unless the codec says).
+    pub(super) fn post_codec(&self, codec: Codec) {
+        let (compression, text) = match codec {
+            Codec::None => (0, String::new()),
+            Codec::Deflate { .. } => (3, String::new()),
+            Codec::Blosc { .. } => (4, String::new()),
+            Codec::BitshuffleLz4 => (5, String::new()),
+            Codec::Lz4 => (6, String::new()),
+            other => (0, other.to_string()),
         };
-        let flush = self.int(Pv::HdfNumFramesFlushRbv).max(0) as u64;
-        Ok(CaptureSettings {
-            mode,
-            num_capture: self.int(Pv::HdfNumCaptureRbv).max(0) as u64,
-            frames_per_file: w.frames_per_file,
-            lazy_open: self.flag(Pv::HdfLazyOpenRbv),
-            naming: FileNaming {
-                path: self.text(Pv::HdfFilePathRbv),
-                name: self.text(Pv::HdfFileNameRbv),
-                number: self.int(Pv::HdfFileNumberRbv) as i32,
-                auto_increment: self.flag(Pv::HdfAutoIncrementRbv),
-                template,
-            },
-            create_dirs: self.int(Pv::HdfCreateDirectoryRbv) as i32,
-            temp_suffix: self.text(Pv::HdfTempSuffixRbv),
-            overwrite: w.overwrite,
-            codec: self.codec()?,
-            swmr: self.flag(Pv::HdfSWMRModeRbv),
-            flush_every: flush,
-            flush_interval: w.flush_interval,
-            store_attributes: self.flag(Pv::HdfStoreAttrRbv),
-            store_performance: self.flag(Pv::HdfStorePerformRbv),
-            refs: None,
-            ref_pattern: None,
-            roots: self.opts.data_roots.clone(),
-        })
+        self.set_both(Pv::HdfCompression, Value::from(compression));
+        self.set_text(Pv::HdfCodec, &text);
+        self.set_text(Pv::HdfCodecRbv, &text);
+        let (mut zlevel, mut blosc_level, mut compressor) = (6, 5, 0);
+        match codec {
+            Codec::Deflate { level } => zlevel = level.into(),
+            Codec::Blosc {
+                compressor: c,
+                level,
+            } => {
+                blosc_level = level.into();
+                compressor = pvs::BLOSC_COMPRESSORS
+                    .iter()
+                    .position(|n| *n == c.name())
+                    .unwrap_or(0) as i32;
+            }
+            _ => {}
+        }
+        self.set_both(Pv::HdfZLevel, Value::from(zlevel));
+        self.set_both(Pv::HdfBloscLevel, Value::from(blosc_level));
+        self.set_both(Pv::HdfBloscCompressor, Value::from(compressor));
+    }
+
+    /// The capture the plugin opens: the config's writer settings, as `detflow acquire`
+    /// reads them, under the daemon's data roots.
+    pub(super) fn capture_settings(&self) -> CaptureSettings {
+        let c = self.config.lock().unwrap();
+        let w = &c.writer;
+        w.capture_settings(
+            w.write_mode,
+            w.capture.unwrap_or(0),
+            self.opts.data_roots.clone(),
+        )
     }
 
     pub(super) fn capture(
@@ -193,20 +239,20 @@ impl Ioc {
     /// Open a capture with the plugin's settings (inside the data roots only) and post its
     /// readbacks.
     pub(super) fn open_capture(&self) -> Result<(), Refusal> {
-        let path = self.text(Pv::HdfFilePathRbv);
+        let settings = self.capture_settings();
+        let path = settings.naming.path.clone();
         if let Some(why) = self.outside_roots(Path::new(&path)) {
             self.set(Pv::HdfFilePathExistsRbv, 0);
             self.set(Pv::HdfWriteStatus, 1);
             return Err(why);
         }
-        let settings = self.capture_settings()?;
         if let Some(why) = self.file_outside_roots(&settings) {
             self.set(Pv::HdfWriteStatus, 1);
             self.set_text(Pv::HdfWriteMessage, &why);
             return Err(why);
         }
         let shape = self.frame_shape()?;
-        let acq = self.acquisition_config()?;
+        let acq = self.config.lock().unwrap().detector.acquisition(1, 1);
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
             self.set(Pv::HdfWriteStatus, 1);
             e.to_string()
@@ -275,7 +321,7 @@ impl Ioc {
         complete(&self.capture_waiters, error.map(|_| Eca::PutFail));
     }
 
-    /// FullFileName and FileNumber, posted when they change.
+    /// FullFileName and FileNumber, posted (and FileNumber stored) when they change.
     pub(super) fn post_file_status(&self, status: &FileStatus) {
         {
             let mut last = self.last_full_name.lock().unwrap();
@@ -290,6 +336,8 @@ impl Ioc {
         if self.last_number.swap(status.file_number, Ordering::Relaxed) != status.file_number
             || self.int(Pv::HdfFileNumberRbv) != i64::from(status.file_number)
         {
+            // The next capture goes on from here (AutoIncrement), as FileNumber says.
+            self.config.lock().unwrap().writer.number = status.file_number;
             self.set_both(Pv::HdfFileNumber, Value::from(status.file_number));
         }
     }
@@ -308,6 +356,20 @@ impl Ioc {
     }
 }
 
+/// `path` made absolute: a relative one is under the first of `roots`.
+pub(super) fn resolve(roots: &DataRoots, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        roots.roots()[0].join(p)
+    };
+    // `.` components say nothing; `..` are kept for the data-root check to resolve.
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
 /// A directory path ending with `/`, as areaDetector's FilePath_RBV.
 pub(super) fn with_slash(path: &str) -> String {
     if path.ends_with('/') {
@@ -317,17 +379,40 @@ pub(super) fn with_slash(path: &str) -> String {
     }
 }
 
+/// Data roots that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataRootError {
+    /// None was given, and the current directory cannot be read.
+    #[error("cannot read the current directory")]
+    CurrentDir(#[source] std::io::Error),
+    /// A root is not an existing directory.
+    #[error("invalid data-root {path:?}")]
+    Invalid {
+        /// The root, as given.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Check the data roots: each must be an existing directory; returned canonical. None
 /// given: the current directory.
-pub fn data_roots(roots: &[PathBuf]) -> anyhow::Result<DataRoots> {
+pub fn data_roots(roots: &[PathBuf]) -> Result<DataRoots, DataRootError> {
     let roots = if roots.is_empty() {
-        vec![std::env::current_dir().context("cannot read the current directory")?]
+        vec![std::env::current_dir().map_err(DataRootError::CurrentDir)?]
     } else {
         roots.to_vec()
     };
     for r in &roots {
-        DataRoots::new(std::slice::from_ref(r))
-            .map_err(|e| anyhow::anyhow!("invalid data-root {:?}: {e}", r.display().to_string()))?;
+        DataRoots::new(std::slice::from_ref(r)).map_err(|source| DataRootError::Invalid {
+            path: r.display().to_string(),
+            source,
+        })?;
     }
-    Ok(DataRoots::new(&roots)?)
+    DataRoots::new(&roots).map_err(|source| DataRootError::Invalid {
+        path: roots[0].display().to_string(),
+        source,
+    })
 }

@@ -285,8 +285,8 @@ impl SimParams {
     }
 
     /// Refuses values no image can be built from: non-finite numbers, zero peak widths and
-    /// grids of more than 256 x 256 peaks.
-    pub(crate) fn validate(&self) -> Result<(), SensorError> {
+    /// grids of more than 256 x 256 peaks. The detector checks again when it is made.
+    pub fn validate(&self) -> Result<(), SensorError> {
         let floats = [
             ("gain", self.gain),
             ("gain_x", self.gain_x),

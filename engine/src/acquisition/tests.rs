@@ -13,7 +13,7 @@ use detflow_writer::{CaptureSession, Codec};
 use super::{Acquisition, RunHandle, geometry};
 use crate::backend::cycle::FrameCycle;
 use crate::backend::{Backend, BackendError};
-use crate::config::{Config, Validated};
+use crate::config::Config;
 use crate::error::RunError;
 use crate::event::{RunEnd, RunEvent, State};
 use crate::sink::{Closed, SharedCapture};
@@ -56,14 +56,14 @@ fn cycle() -> Box<dyn Backend> {
 }
 
 /// Settings for `frames` frames (0: until stopped) with `codec`, written under `dir`.
-fn settings(dir: &std::path::Path, frames: u64, codec: &str) -> Validated {
+fn settings(dir: &std::path::Path, frames: u64, codec: &str) -> Config {
     let mut c = Config::default();
     c.detector.size = crate::config::FrameSize::new(SIZE.0, SIZE.1).unwrap();
     c.detector.frames = frames;
     c.writer.path = dir.to_str().unwrap().into();
     c.writer.codec = codec.parse().unwrap();
     c.writer.workers = 2;
-    c.validate().unwrap()
+    c
 }
 
 /// Every event until the end, within the deadline.
@@ -264,11 +264,17 @@ fn a_shared_capture_with_another_codec_gets_its_frames_encoded_by_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     // The run's codec is none; the capture's is deflate: the pool encodes for the capture.
     let run_settings = settings(dir.path(), 6, "none");
-    let mut capture = settings(dir.path(), 6, "deflate:1").capture;
+    let mut capture = settings(dir.path(), 6, "deflate:1")
+        .validate()
+        .unwrap()
+        .capture;
     // Until closed: the capture outlives the run.
     capture.num_capture = 0;
-    let session =
-        CaptureSession::start(capture, geometry(&run_settings.acquisition, shape())).unwrap();
+    let session = CaptureSession::start(
+        capture,
+        geometry(&run_settings.validate_run().unwrap().acquisition, shape()),
+    )
+    .unwrap();
     let file = session.status().full_file_name.clone();
     let plugin = Arc::new(SharedCapture::new(true));
     plugin.open(session).unwrap();
@@ -358,7 +364,10 @@ impl crate::event::Observer for CaptureEnded {
 fn a_capture_opened_mid_run_with_another_codec_switches_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     let run_settings = settings(dir.path(), 0, "none");
-    let mut capture = settings(dir.path(), 0, "deflate:1").capture;
+    let mut capture = settings(dir.path(), 0, "deflate:1")
+        .validate()
+        .unwrap()
+        .capture;
     capture.num_capture = 4;
     let plugin = Arc::new(SharedCapture::new(true));
     let (tx, ended) = std::sync::mpsc::channel();
@@ -376,8 +385,11 @@ fn a_capture_opened_mid_run_with_another_codec_switches_the_pool() {
             _ => {}
         }
     }
-    let session =
-        CaptureSession::start(capture, geometry(&run_settings.acquisition, shape())).unwrap();
+    let session = CaptureSession::start(
+        capture,
+        geometry(&run_settings.validate_run().unwrap().acquisition, shape()),
+    )
+    .unwrap();
     let file = session.status().full_file_name.clone();
     plugin.open(session).unwrap();
     let (captured, error) = ended.recv_timeout(DEADLINE).expect("the capture completes");

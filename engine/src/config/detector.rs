@@ -1,22 +1,32 @@
-//! `[detector]`: the frames asked for (size, pixel type, count, timing) and the simulated
-//! detector's picture. Every value is typed, so a value that reads is a value that can be used;
-//! how many frames the detector acquires also depends on the writer's capture (see
-//! [`super::Config::validate`]).
+//! `[detector]`: the frames asked for (sensor size, region, binning, pixel type, count,
+//! timing) and the simulated detector's picture. Every value is typed, so a value that reads
+//! is a value that can be used; the rules between them (a region inside the sensor, binning
+//! that leaves a frame) are [`DetectorSettings::validate`]'s; how many frames the detector
+//! acquires also depends on the writer's capture (see [`super::Config::validate`]).
 
-use detflow_hal::PixelType;
-use detflow_sim::SimMode;
+use detflow_hal::{AcquisitionConfig, ImageMode, PixelType, Roi, TriggerMode};
+use detflow_sim::{SimMode, SimParams};
 use serde::{Deserialize, Serialize};
 
-use super::value::{FrameSize, Seconds, parse, text};
+use super::value::{Binning, FrameSize, Region, Seconds, parse, text};
+use super::{ConfigError, bad};
 
 /// Detector settings (ADBase + ADSimDetector).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorSettings {
-    /// Frame size WIDTHxHEIGHT in pixels, 1 to 8192 a side (the simulated sensor is made this
-    /// size).
+    /// Sensor size WIDTHxHEIGHT in pixels, 1 to 8192 a side (the simulated sensor is made
+    /// this size); frames are this size unless roi or binning say otherwise.
     #[arg(long, value_name = "WxH")]
     pub size: FrameSize,
+    /// Region of interest X,Y,WxH in sensor pixels (MinX, MinY, SizeX, SizeY); unset: the
+    /// whole sensor.
+    #[arg(long, value_name = "X,Y,WxH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roi: Option<Region>,
+    /// Binning XxY (BinX, BinY), 1 to 64 each: the frame is the region divided by it.
+    #[arg(long, value_name = "XxY")]
+    pub binning: Binning,
     /// Pixel type: u8 u16 u32 i8 i16 i32 f32 f64.
     #[arg(long, value_name = "TYPE", value_parser = parse::<PixelType>)]
     #[serde(with = "text")]
@@ -37,25 +47,181 @@ pub struct DetectorSettings {
     /// Seed of the simulation's random numbers: equal seeds give equal frames.
     #[arg(long, value_name = "N")]
     pub seed: u64,
+    /// The simulated picture (simDetector Gain, Offset, Noise, Peak*); unset: a useful picture
+    /// for the mode, size and pixel type (`SimParams::demo`). TOML: `[detector.picture]`.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub picture: Option<SimPicture>,
 }
 
 impl Default for DetectorSettings {
     fn default() -> Self {
         DetectorSettings {
             size: FrameSize::new(1024, 1024).expect("1024x1024 is a frame size"),
+            roi: None,
+            binning: Binning::default(),
             dtype: PixelType::U16,
             mode: SimMode::Peaks,
             frames: 100,
             exposure: Seconds::ZERO,
             period: Seconds::ZERO,
             seed: 0,
+            picture: None,
         }
     }
 }
 
 impl DetectorSettings {
-    /// Bytes of one frame.
+    /// The region read out: `roi`, or the whole sensor.
+    pub fn region(&self) -> Region {
+        self.roi.unwrap_or(Region::full(self.size))
+    }
+
+    /// The rules between the detector's settings: the region inside the sensor, binning that
+    /// leaves a frame, a picture the simulator can draw.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let region = self.region();
+        region
+            .check_within(self.size)
+            .map_err(|e| bad("roi", region, e))?;
+        self.binning
+            .output(region)
+            .map_err(|e| bad("binning", self.binning, e))?;
+        if self.picture.is_some() {
+            self.params().validate().map_err(picture_error)?;
+        }
+        Ok(())
+    }
+
+    /// The frame's width and height: the region, binned. Refused naming `binning` when
+    /// nothing is left.
+    pub fn output_size(&self) -> Result<(u32, u32), ConfigError> {
+        self.binning
+            .output(self.region())
+            .map_err(|e| bad("binning", self.binning, e))
+    }
+
+    /// Bytes of one frame (0 when binning leaves none).
     pub fn frame_bytes(&self) -> usize {
-        self.size.pixels() * self.dtype.size()
+        self.output_size()
+            .map_or(0, |(w, h)| w as usize * h as usize * self.dtype.size())
+    }
+
+    /// The simulator's parameters: the picture given, or the demo picture.
+    pub fn params(&self) -> SimParams {
+        let demo = SimParams::demo(self.mode, self.size.pair(), self.dtype);
+        match &self.picture {
+            Some(p) => p.apply(demo),
+            None => demo,
+        }
+    }
+
+    /// The picture the simulator draws, as the simDetector PVs show it.
+    pub fn picture(&self) -> SimPicture {
+        self.picture
+            .unwrap_or_else(|| SimPicture::from(&self.params()))
+    }
+
+    /// What the detector is configured with for a run of `frames` frames (0: until stopped).
+    pub fn acquisition(&self, frames: u64, num_images: u32) -> AcquisitionConfig {
+        let r = self.region();
+        AcquisitionConfig {
+            roi: Roi {
+                min_x: r.min_x,
+                min_y: r.min_y,
+                size_x: r.size_x,
+                size_y: r.size_y,
+            },
+            binning: detflow_hal::Binning {
+                x: self.binning.x(),
+                y: self.binning.y(),
+            },
+            pixel_type: self.dtype,
+            exposure: self.exposure.duration(),
+            period: self.period.duration(),
+            image_mode: if frames == 0 {
+                ImageMode::Continuous
+            } else {
+                ImageMode::Multiple
+            },
+            num_images,
+            trigger_mode: TriggerMode::Internal,
+        }
+    }
+}
+
+/// The simulator's refusal of a picture, naming its key in `[detector.picture]`.
+pub fn picture_error(e: detflow_sim::SensorError) -> ConfigError {
+    use detflow_sim::SensorError::{NotFinite, OutOfRange};
+    match e {
+        OutOfRange { setting, value, .. } => bad(setting, value, e),
+        NotFinite { setting, value } => bad(setting, value, e),
+        other => bad("picture", "", other),
+    }
+}
+
+/// The simulated detector's picture, as simDetector's PVs set it (Gain, GainX/Y, Offset,
+/// Noise, PeakStart/Width/Num/Step X/Y, PeakVariation). The sines keep the demo's values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SimPicture {
+    pub gain: f64,
+    pub gain_x: f64,
+    pub gain_y: f64,
+    pub offset: f64,
+    pub noise: f64,
+    pub peak_start_x: i32,
+    pub peak_start_y: i32,
+    pub peak_width_x: u32,
+    pub peak_width_y: u32,
+    pub peak_num_x: u32,
+    pub peak_num_y: u32,
+    pub peak_step_x: i32,
+    pub peak_step_y: i32,
+    pub peak_variation: f64,
+}
+
+impl SimPicture {
+    /// `base` with this picture's values.
+    pub fn apply(&self, base: SimParams) -> SimParams {
+        SimParams {
+            gain: self.gain,
+            gain_x: self.gain_x,
+            gain_y: self.gain_y,
+            offset: self.offset,
+            noise: self.noise,
+            peak_start_x: self.peak_start_x,
+            peak_start_y: self.peak_start_y,
+            peak_width_x: self.peak_width_x,
+            peak_width_y: self.peak_width_y,
+            peak_num_x: self.peak_num_x,
+            peak_num_y: self.peak_num_y,
+            peak_step_x: self.peak_step_x,
+            peak_step_y: self.peak_step_y,
+            peak_variation: self.peak_variation,
+            ..base
+        }
+    }
+}
+
+impl From<&SimParams> for SimPicture {
+    fn from(p: &SimParams) -> Self {
+        SimPicture {
+            gain: p.gain,
+            gain_x: p.gain_x,
+            gain_y: p.gain_y,
+            offset: p.offset,
+            noise: p.noise,
+            peak_start_x: p.peak_start_x,
+            peak_start_y: p.peak_start_y,
+            peak_width_x: p.peak_width_x,
+            peak_width_y: p.peak_width_y,
+            peak_num_x: p.peak_num_x,
+            peak_num_y: p.peak_num_y,
+            peak_step_x: p.peak_step_x,
+            peak_step_y: p.peak_step_y,
+            peak_variation: p.peak_variation,
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! One acquisition's settings, as one serde structure (TOML on disk) whose fields are the real
 //! types, and the rules between them.
 //!
-//! The CLI's flags (clap derive on the same section structs), a TOML file and (later) the
-//! daemon's PVs all write these fields. A value that does not parse is refused where it is
-//! read, naming the flag or key; [`Config::validate`] then checks the rules between settings
-//! and the world (directories, existing files, memory) and returns the [`Validated`] settings
-//! the engine runs, before any thread starts or any file is touched.
+//! The CLI's flags (clap derive on the same section structs), a TOML file and the daemon's PVs
+//! all write these fields. A value that does not parse is refused where it is read, naming the
+//! flag, key or PV; [`Config::validate`] (a run with its own files) or [`Config::validate_run`]
+//! (a run into the daemon's plugin) then checks the rules between settings and the world
+//! (directories, existing files, memory) and returns the [`Validated`] plan the engine runs,
+//! before any thread starts or any file is touched. [`crate::Acquisition::builder`] takes the
+//! `Config` and does that check itself.
 
 mod backend;
 mod detector;
@@ -16,20 +18,20 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-use detflow_hal::{AcquisitionConfig, Binning, ImageMode, Roi, TriggerMode};
-use detflow_sim::SimMode;
-use detflow_writer::{CaptureSettings, FileNaming, WriteMode};
+use detflow_hal::AcquisitionConfig;
+use detflow_sim::{SimMode, SimParams};
+use detflow_writer::{CaptureSettings, DataRoots, WriteMode};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use backend::{BackendConfig, BackendKeys, BackendKind};
-pub use detector::DetectorSettings;
+pub use detector::{DetectorSettings, SimPicture, picture_error};
 pub use ring::{
     MAX_SLOTS, RING_MEMORY_FALLBACK, RING_MEMORY_SHARE, RingCap, RingSettings, auto_slots,
     fit_ring, mem_available, ring_memory_cap,
 };
 pub use serve::{MAX_PREVIEW_RATE, ServeSettings};
-pub use value::{FrameSize, Seconds, ValueError, parse, text};
+pub use value::{Binning, FrameSize, Region, Seconds, ValueError, parse, text};
 pub use writer::WriterSettings;
 
 /// The checked backend the engine opens: [`BackendConfig`] after [`BackendConfig::validate`].
@@ -103,7 +105,7 @@ pub struct Config {
     pub serve: ServeSettings,
 }
 
-/// Settings checked and typed, ready for [`crate::acquisition::Acquisition::start`].
+/// Settings checked and typed: the plan [`crate::Acquisition::builder`] runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
     /// Sensor width and height.
@@ -112,6 +114,8 @@ pub struct Validated {
     pub acquisition: AcquisitionConfig,
     /// Simulation mode.
     pub mode: SimMode,
+    /// The simulated picture: `[detector.picture]`, or the demo picture for the mode.
+    pub params: SimParams,
     /// Simulation seed.
     pub seed: u64,
     /// Frames the detector acquires (0 = until stopped).
@@ -131,52 +135,67 @@ pub struct Validated {
 }
 
 impl Config {
-    /// Check the rules between settings, and between settings and this machine; the first
-    /// one broken is refused with its setting and value.
+    /// Check every rule for a run that writes its own files (`detflow acquire`): the run's
+    /// ([`Config::validate_run`]) and the writer's, with the files' directory and first name
+    /// checked against the disk. The first rule broken is refused with its setting and value.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let (d, w) = (&self.detector, &self.writer);
-        let frame_bytes = d.frame_bytes();
-        let ring_shm = self.ring.validate()?;
+        self.ring.validate()?;
+        d.validate()?;
         w.validate()?;
         let num_capture = w.capture.unwrap_or(d.frames);
         let mode = w.write_mode_for(d.frames, num_capture)?;
-        WriterSettings::check_capture_memory(mode, num_capture, frame_bytes)?;
+        WriterSettings::check_capture_memory(mode, num_capture, d.frame_bytes())?;
         let frames = frames_acquired(mode, d.frames, num_capture);
+        let mut run = self.plan(frames)?;
+        w.naming(mode)?;
+        run.capture = w.capture_settings(mode, num_capture, DataRoots::anywhere());
+        Ok(run)
+    }
+
+    /// Check the rules of a run whose frames go to a sink that is not its own (the daemon's
+    /// file plugin, which opens captures from [`WriterSettings::capture_settings`] when told):
+    /// the detector, the backend, the ring and the compressor pool; of the writer, only the
+    /// codec the pool encodes with is used. The detector acquires `detector.frames`.
+    pub fn validate_run(&self) -> Result<Validated, ConfigError> {
+        self.ring.validate()?;
+        self.detector.validate()?;
+        self.writer.check_workers()?;
+        let mut run = self.plan(self.detector.frames)?;
+        run.capture.codec = self.writer.codec;
+        Ok(run)
+    }
+
+    /// The run of `frames` frames, the sections' own rules checked: the ring against the
+    /// machine's memory, the backend's values.
+    fn plan(&self, frames: u64) -> Result<Validated, ConfigError> {
+        let (d, w) = (&self.detector, &self.writer);
+        let frame_bytes = d.frame_bytes();
         // The slots are allocated and touched before the run: refuse now a ring the machine
         // cannot hold (the engine checks again with the run's frame count and frame size).
         fit_ring(self.ring.slots, frame_bytes, frames, ring_memory_cap())?;
-        let naming = w.naming(mode)?;
         let num_images = u32::try_from(frames.max(1))
             .map_err(|_| bad("frames", d.frames, format!("at most {}", u32::MAX)))?;
         self.backend.validate()?;
-        let (width, height) = d.size.pair();
         Ok(Validated {
-            sensor: (width, height),
-            acquisition: AcquisitionConfig {
-                roi: Roi::full(width, height),
-                binning: Binning::default(),
-                pixel_type: d.dtype,
-                exposure: d.exposure.duration(),
-                period: d.period.duration(),
-                image_mode: if frames == 0 {
-                    ImageMode::Continuous
-                } else {
-                    ImageMode::Multiple
-                },
-                num_images,
-                trigger_mode: TriggerMode::Internal,
-            },
+            sensor: d.size.pair(),
+            acquisition: d.acquisition(frames, num_images),
             mode: d.mode,
+            params: d.params(),
             seed: d.seed,
             frames,
             ring_slots: self.ring.slots_for(frame_bytes),
             ring_policy: self.ring.policy,
-            ring_shm,
+            ring_shm: self.ring.shm_path(),
             workers: match w.workers {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
-            capture: capture_settings(w, mode, num_capture, naming),
+            capture: w.capture_settings(
+                w.write_mode,
+                w.capture.unwrap_or(0),
+                DataRoots::anywhere(),
+            ),
             backend: self.backend.clone(),
         })
     }
@@ -202,35 +221,6 @@ fn frames_acquired(mode: WriteMode, frames: u64, num_capture: u64) -> u64 {
         (WriteMode::Single, f, _) => f,
         (_, 0, c) | (_, c, 0) => c,
         (_, f, c) => f.min(c),
-    }
-}
-
-/// The writer's settings for the run's capture.
-fn capture_settings(
-    w: &WriterSettings,
-    mode: WriteMode,
-    num_capture: u64,
-    naming: FileNaming,
-) -> CaptureSettings {
-    CaptureSettings {
-        mode,
-        num_capture,
-        frames_per_file: w.frames_per_file,
-        lazy_open: w.lazy_open,
-        naming,
-        create_dirs: w.create_dirs,
-        temp_suffix: w.temp_suffix.clone(),
-        overwrite: w.overwrite,
-        codec: w.codec,
-        swmr: w.swmr,
-        flush_every: w.flush,
-        flush_interval: (!w.flush_interval.is_zero()).then(|| w.flush_interval.duration()),
-        store_attributes: w.attributes,
-        store_performance: w.performance,
-        refs: w.refs.as_deref().map(absolute),
-        ref_pattern: w.ref_pattern.clone(),
-        // `acquire` writes where it is told; the daemon sets its data roots.
-        roots: detflow_writer::DataRoots::anywhere(),
     }
 }
 

@@ -71,6 +71,11 @@ impl RingSettings {
         Ok(Some(p.clone()))
     }
 
+    /// The shared-memory file, if any (an empty path is none).
+    pub fn shm_path(&self) -> Option<PathBuf> {
+        self.shm.clone().filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// The slots asked for frames of `frame_bytes`: `slots`, or [`auto_slots`] for 0.
     pub fn slots_for(&self, frame_bytes: usize) -> usize {
         match self.slots {

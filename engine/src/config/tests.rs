@@ -1,5 +1,5 @@
 use super::*;
-use detflow_hal::PixelType;
+use detflow_hal::{ImageMode, PixelType};
 use detflow_writer::Codec;
 
 fn with(f: impl FnOnce(&mut Config)) -> Result<Validated, ConfigError> {
@@ -292,4 +292,76 @@ fn a_config_file_that_cannot_be_used_says_which_and_why() {
     assert!(e.to_string().starts_with("invalid config"), "{e}");
     let source = std::error::Error::source(&e).unwrap().to_string();
     assert!(source.contains("size = \"64\""), "{source}");
+}
+
+#[test]
+fn a_region_binning_and_picture_round_trip_and_shape_the_run() {
+    let mut c = Config::default();
+    c.detector.size = "64x48".parse().unwrap();
+    c.detector.roi = Some("8,4,32x16".parse().unwrap());
+    c.detector.binning = "2x4".parse().unwrap();
+    let mut picture = c.detector.picture();
+    picture.gain = 7.5;
+    picture.peak_num_x = 3;
+    c.detector.picture = Some(picture);
+    let text = toml::to_string(&c).unwrap();
+    assert!(
+        text.contains("roi = \"8,4,32x16\"")
+            && text.contains("binning = \"2x4\"")
+            && text.contains("[detector.picture]"),
+        "{text}"
+    );
+    assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    c.writer.path = dir.path().to_string_lossy().into_owned();
+    let v = c.validate().unwrap();
+    assert_eq!(v.acquisition.output_shape(), Ok((16, 4)));
+    assert_eq!((v.acquisition.roi.min_x, v.acquisition.roi.min_y), (8, 4));
+    assert_eq!((v.params.gain, v.params.peak_num_x), (7.5, 3));
+    assert_eq!(c.detector.frame_bytes(), 16 * 4 * 2);
+}
+
+#[test]
+fn a_bad_region_binning_or_picture_is_refused_naming_its_key() {
+    for (text, key) in [
+        ("[detector]\nroi = \"1,2\"\n", "roi"),
+        ("[detector]\nbinning = \"0x2\"\n", "binning"),
+        ("[detector]\nbinning = \"65x1\"\n", "binning"),
+    ] {
+        let e = toml::from_str::<Config>(text).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("expected"), "{text}: {e}");
+    }
+    let e = with(|c| {
+        c.detector.size = "64x48".parse().unwrap();
+        c.detector.roi = Some("40,0,32x16".parse().unwrap());
+    })
+    .unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("roi", "40,0,32x16"));
+    assert!(e.reason.contains("past the sensor of 64x48"), "{e}");
+    let e = with(|c| {
+        c.detector.roi = Some("0,0,8x8".parse().unwrap());
+        c.detector.binning = "16x1".parse().unwrap();
+    })
+    .unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("binning", "16x1"));
+    let e = with(|c| {
+        let mut p = c.detector.picture();
+        p.peak_width_x = 0;
+        c.detector.picture = Some(p);
+    })
+    .unwrap_err();
+    assert_eq!((e.setting, e.value.as_str()), ("peak_width_x", "0"));
+}
+
+#[test]
+fn a_run_into_another_sink_is_not_refused_over_the_writer_files() {
+    let mut c = Config::default();
+    c.writer.path = "/nonexistent/detflow".into();
+    c.writer.codec = Codec::Lz4;
+    c.detector.frames = 0;
+    assert_eq!(c.validate().unwrap_err().setting, "path");
+    let v = c.validate_run().unwrap();
+    assert_eq!((v.frames, v.capture.codec), (0, Codec::Lz4));
+    c.detector.roi = Some("0,0,2000x1".parse().unwrap());
+    assert_eq!(c.validate_run().unwrap_err().setting, "roi");
 }

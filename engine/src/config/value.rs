@@ -1,5 +1,5 @@
 //! The value types of settings that are more than a plain number or string: a duration in
-//! seconds and a frame size. Each checks its range in its constructor, parses from the text a
+//! seconds, a frame size, a region of interest and binning. Each checks its range in its constructor, parses from the text a
 //! flag or a TOML value gives (`FromStr`) and prints back to it (`Display`), so a value of the
 //! type is always usable. [`text`] (de)serializes the writer's and the HAL's string-valued types
 //! (`Codec`, `PixelType`, ...) the same way, through their own `FromStr` and `Display`.
@@ -173,6 +173,200 @@ impl fmt::Display for FrameSize {
     }
 }
 
+/// A region of interest `X,Y,WxH`: its first column and row and its size, in unbinned sensor
+/// pixels. A region is at least one pixel; whether it lies inside the sensor is checked
+/// against the sensor's size ([`Region::check_values`] value by value, as the daemon's MinX,
+/// SizeX, ... PVs are written one at a time; [`Region::check_within`] as a whole, before a run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region {
+    /// First column (0-based).
+    pub min_x: u32,
+    /// First row (0-based).
+    pub min_y: u32,
+    /// Columns, at least 1.
+    pub size_x: u32,
+    /// Rows, at least 1.
+    pub size_y: u32,
+}
+
+impl Region {
+    /// The whole of a sensor of `size`.
+    pub const fn full(size: FrameSize) -> Region {
+        Region {
+            min_x: 0,
+            min_y: 0,
+            size_x: size.width,
+            size_y: size.height,
+        }
+    }
+
+    /// Each value alone fits a sensor of `sensor`: a start inside it, a size from 1 to its side.
+    pub fn check_values(&self, sensor: FrameSize) -> Result<(), ValueError> {
+        let (w, h) = sensor.pair();
+        for (name, value, min, max) in [
+            ("x", self.min_x, 0, w - 1),
+            ("y", self.min_y, 0, h - 1),
+            ("width", self.size_x, 1, w),
+            ("height", self.size_y, 1, h),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(ValueError(format!(
+                    "{name} {value}: expected a whole number from {min} to {max} (the sensor \
+                     is {sensor})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The region lies inside a sensor of `sensor`.
+    pub fn check_within(&self, sensor: FrameSize) -> Result<(), ValueError> {
+        self.check_values(sensor)?;
+        let (w, h) = sensor.pair();
+        if self.min_x + self.size_x > w || self.min_y + self.size_y > h {
+            return Err(ValueError(format!(
+                "it reaches past the sensor of {sensor} (x + width at most {w}, y + height at \
+                 most {h})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Region {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let form = || ValueError("expected X,Y,WxH, for example 0,0,512x512".into());
+        let mut parts = s.split(',');
+        let (Some(x), Some(y), Some(size), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(form());
+        };
+        let (x, y) = (
+            x.trim().parse().map_err(|_| form())?,
+            y.trim().parse().map_err(|_| form())?,
+        );
+        let size: FrameSize = size.trim().parse().map_err(|_| form())?;
+        Ok(Region {
+            min_x: x,
+            min_y: y,
+            size_x: size.width,
+            size_y: size.height,
+        })
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        s.parse()
+    }
+}
+
+impl From<Region> for String {
+    fn from(r: Region) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{},{},{}x{}",
+            self.min_x, self.min_y, self.size_x, self.size_y
+        )
+    }
+}
+
+/// Binning `XxY`: x by y sensor pixels summed into one output pixel, each 1 to
+/// [`Binning::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Binning {
+    x: u32,
+    y: u32,
+}
+
+impl Default for Binning {
+    fn default() -> Self {
+        Binning { x: 1, y: 1 }
+    }
+}
+
+impl Binning {
+    /// The largest factor.
+    pub const MAX: u32 = 64;
+
+    /// `x` by `y`, refused when a factor is 0 or over [`Binning::MAX`].
+    pub fn new(x: u32, y: u32) -> Result<Self, ValueError> {
+        for (name, v) in [("x", x), ("y", y)] {
+            if !(1..=Self::MAX).contains(&v) {
+                return Err(ValueError(format!(
+                    "{name} {v}: expected a whole number from 1 to {}",
+                    Self::MAX
+                )));
+            }
+        }
+        Ok(Binning { x, y })
+    }
+
+    /// Horizontal factor.
+    pub const fn x(self) -> u32 {
+        self.x
+    }
+
+    /// Vertical factor.
+    pub const fn y(self) -> u32 {
+        self.y
+    }
+
+    /// The frame a `region` binned so gives, refused when a factor is larger than the
+    /// region's side (nothing would be left).
+    pub fn output(self, region: Region) -> Result<(u32, u32), ValueError> {
+        if self.x > region.size_x || self.y > region.size_y {
+            return Err(ValueError(format!(
+                "binning {self} leaves nothing of a {}x{} region",
+                region.size_x, region.size_y
+            )));
+        }
+        Ok((region.size_x / self.x, region.size_y / self.y))
+    }
+}
+
+impl FromStr for Binning {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let form = || ValueError("expected XxY, for example 2x2".into());
+        let (x, y) = s.split_once(['x', 'X']).ok_or_else(form)?;
+        Binning::new(
+            x.trim().parse().map_err(|_| form())?,
+            y.trim().parse().map_err(|_| form())?,
+        )
+    }
+}
+
+impl TryFrom<String> for Binning {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        s.parse()
+    }
+}
+
+impl From<Binning> for String {
+    fn from(b: Binning) -> String {
+        b.to_string()
+    }
+}
+
+impl fmt::Display for Binning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.x, self.y)
+    }
+}
+
 /// Parse `s` as a `T` for clap, with `T`'s own error text as the reason (for types whose
 /// error is not a `std::error::Error`, such as `PixelType`'s).
 pub fn parse<T: FromStr>(s: &str) -> Result<T, String>
@@ -248,6 +442,40 @@ mod tests {
             assert!(e.to_string().starts_with("expected seconds"), "{bad}: {e}");
         }
         assert_eq!(Seconds::new(0.5).unwrap().to_string(), "0.5");
+    }
+
+    #[test]
+    fn a_region_and_binning_read_back_and_are_checked_against_the_sensor() {
+        let sensor: FrameSize = "64x48".parse().unwrap();
+        let r: Region = "4,2,32x16".parse().unwrap();
+        assert_eq!((r.min_x, r.min_y, r.size_x, r.size_y), (4, 2, 32, 16));
+        assert_eq!(r.to_string(), "4,2,32x16");
+        assert!(r.check_within(sensor).is_ok());
+        for bad in ["4,2", "a,2,3x3", "1,2,3x3,4", "0,0,0x3"] {
+            assert!(bad.parse::<Region>().is_err(), "{bad}");
+        }
+        let past: Region = "40,0,32x16".parse().unwrap();
+        assert!(past.check_values(sensor).is_ok(), "each value alone fits");
+        assert!(
+            past.check_within(sensor)
+                .unwrap_err()
+                .to_string()
+                .contains("past")
+        );
+        let off: Region = "64,0,1x1".parse().unwrap();
+        assert!(
+            off.check_values(sensor)
+                .unwrap_err()
+                .to_string()
+                .contains("x 64")
+        );
+        let b: Binning = "2x4".parse().unwrap();
+        assert_eq!((b.x(), b.y(), b.to_string()), (2, 4, "2x4".to_owned()));
+        assert_eq!(b.output(r), Ok((16, 4)));
+        assert!(Binning::new(64, 1).unwrap().output(r).is_err());
+        for bad in ["0x1", "65x1", "2", "2by2"] {
+            assert!(bad.parse::<Binning>().is_err(), "{bad}");
+        }
     }
 
     #[test]

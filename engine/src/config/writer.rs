@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::ArgAction;
-use detflow_writer::{Codec, FileNaming, FileTemplate, RefPattern, WriteMode, WriterError};
+use detflow_writer::{
+    CaptureSettings, Codec, DataRoots, FileNaming, FileTemplate, RefPattern, WriteMode, WriterError,
+};
 use serde::{Deserialize, Serialize};
 
 use super::value::{Seconds, text};
@@ -176,16 +178,8 @@ impl WriterSettings {
                 "a file name cannot contain '/' or NUL",
             ));
         }
-        if self.workers > 256 {
-            return Err(bad(
-                "workers",
-                self.workers,
-                "expected 0 (one per core) to 256",
-            ));
-        }
-        if self.number < 0 {
-            return Err(bad("number", self.number, "file numbers start at 0"));
-        }
+        self.check_workers()?;
+        self.check_number()?;
         self.check_flushing()?;
         if self.temp_suffix.contains('/') {
             return Err(bad(
@@ -210,10 +204,73 @@ impl WriterSettings {
         Ok(())
     }
 
+    /// The first file number: 0 or more.
+    pub fn check_number(&self) -> Result<(), ConfigError> {
+        if self.number < 0 {
+            return Err(bad("number", self.number, "file numbers start at 0"));
+        }
+        Ok(())
+    }
+
+    /// The compressor pool's size: 0 (one per core) to 256.
+    pub fn check_workers(&self) -> Result<(), ConfigError> {
+        if self.workers > 256 {
+            return Err(bad(
+                "workers",
+                self.workers,
+                "expected 0 (one per core) to 256",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The capture these settings describe, of `num_capture` frames in `mode`, writing under
+    /// `roots`: what `detflow acquire` writes (after [`super::Config::validate`]), and what the
+    /// daemon's `Capture = 1` opens. The writer checks the directory and the first file again
+    /// as it opens them.
+    pub fn capture_settings(
+        &self,
+        mode: WriteMode,
+        num_capture: u64,
+        roots: DataRoots,
+    ) -> CaptureSettings {
+        CaptureSettings {
+            mode,
+            num_capture,
+            frames_per_file: self.frames_per_file,
+            lazy_open: self.lazy_open,
+            naming: self.file_naming(),
+            create_dirs: self.create_dirs,
+            temp_suffix: self.temp_suffix.clone(),
+            overwrite: self.overwrite,
+            codec: self.codec,
+            swmr: self.swmr,
+            flush_every: self.flush,
+            flush_interval: (!self.flush_interval.is_zero())
+                .then(|| self.flush_interval.duration()),
+            store_attributes: self.attributes,
+            store_performance: self.performance,
+            refs: self.refs.as_deref().map(super::absolute),
+            ref_pattern: self.ref_pattern.clone(),
+            roots,
+        }
+    }
+
+    /// The file naming: path, name, number, auto-increment, template.
+    fn file_naming(&self) -> FileNaming {
+        FileNaming {
+            path: self.path.clone(),
+            name: self.name.clone(),
+            number: self.number,
+            auto_increment: self.auto_increment,
+            template: self.template.clone(),
+        }
+    }
+
     /// A run that is never flushed before its file is closed loses every frame when the
     /// writer is killed: refuse that unless asked for by name (`no_flush`), and refuse
     /// `no_flush` with a flush setting that contradicts it.
-    fn check_flushing(&self) -> Result<(), ConfigError> {
+    pub fn check_flushing(&self) -> Result<(), ConfigError> {
         match (self.no_flush, self.flush, !self.flush_interval.is_zero()) {
             (false, 0, false) => Err(bad(
                 "flush-interval",
@@ -299,13 +356,7 @@ impl WriterSettings {
     /// then). A reference pattern names the files instead, checked by
     /// [`WriterSettings::write_mode_for`].
     pub fn naming(&self, mode: WriteMode) -> Result<FileNaming, ConfigError> {
-        let naming = FileNaming {
-            path: self.path.clone(),
-            name: self.name.clone(),
-            number: self.number,
-            auto_increment: self.auto_increment,
-            template: self.template.clone(),
-        };
+        let naming = self.file_naming();
         // strftime codes expanded as they will be at start.
         let expanded =
             detflow_writer::naming::expand_path_time(&self.path, std::time::SystemTime::now())
