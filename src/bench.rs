@@ -23,6 +23,90 @@ use detflow_engine::Acquisition;
 use detflow_engine::backend::cycle::FrameCycle;
 use detflow_engine::config::{Config, FrameSize};
 
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Codecs to run, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "none,deflate:1,lz4,bslz4,bszstd,zstd,blosc"
+    )]
+    codecs: String,
+    /// Pixel types to run, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "u16,u8")]
+    dtype: String,
+    /// Frame size.
+    #[arg(long, value_name = "WxH", default_value = "1024x1024")]
+    size: String,
+    /// Frames per run.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    frames: u64,
+    /// Directory for the files (each is removed after its run). [default: the temp dir]
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// Compression workers; 0: one per core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+    /// Print a JSON array, one object per run, instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Runs per codec and dtype (each beside its own raw-write measurement); the table shows
+    /// medians.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    repeat: usize,
+    /// A Python interpreter with h5py and hdf5plugin: also run the plain h5py writer
+    /// (benches/h5py_writer.py) on the same frames, side by side.
+    #[arg(long, value_name = "PYTHON")]
+    compare_h5py: Option<PathBuf>,
+}
+
+pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.path.clone().unwrap_or_else(std::env::temp_dir);
+    let mut plan = plan(
+        &args.codecs,
+        &args.dtype,
+        &args.size,
+        args.frames,
+        dir,
+        args.workers,
+    )?;
+    plan.compare_h5py.clone_from(&args.compare_h5py);
+    plan.repeat = args.repeat.max(1);
+    if !args.json {
+        println!(
+            "{} frames of {}x{} per run, {} workers, files in {}",
+            plan.frames,
+            plan.size.0,
+            plan.size.1,
+            if plan.workers == 0 {
+                "one per core".to_string()
+            } else {
+                plan.workers.to_string()
+            },
+            plan.dir.display()
+        );
+        println!("{}", header());
+    }
+    let rows = run(&plan, |row| {
+        if !args.json {
+            println!("{}", line(row));
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "raw fps: plain sequential write of the same bytes, same directory, closed; \
+             codec fps/t: the codec on one core in memory; of bound: fps / (workers x codec fps/t)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchPlan {
