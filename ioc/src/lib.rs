@@ -592,7 +592,7 @@ impl Ioc {
 fn seeded(mut config: Config, roots: &DataRoots) -> Config {
     let path = plugin::resolve(roots, &config.writer.path);
     config.writer.path = with_slash(&path.to_string_lossy());
-    config.detector.picture = Some(config.detector.picture());
+    config.detector.set_picture(config.detector.picture());
     config.writer.refs = None;
     config.writer.ref_pattern = None;
     config.writer.vds = None;

@@ -107,7 +107,7 @@ fn binning(c: &mut Config, value: &Value, x: bool) -> Result<(), String> {
 fn picture(c: &mut Config, edit: impl FnOnce(&mut SimPicture)) -> Result<(), String> {
     let mut p = c.detector.picture();
     edit(&mut p);
-    c.detector.picture = Some(p);
+    c.detector.set_picture(p);
     c.detector.params().validate().map_err(|e| e.to_string())
 }
 

@@ -47,11 +47,12 @@ pub struct DetectorSettings {
     /// Seed of the simulation's random numbers: equal seeds give equal frames.
     #[arg(long, value_name = "N")]
     pub seed: u64,
-    /// The simulated picture (simDetector Gain, Offset, Noise, Peak*); unset: a useful picture
-    /// for the mode, size and pixel type (`SimParams::demo`). TOML: `[detector.picture]`.
+    /// The simulated picture (simDetector Gain, Offset, Noise, Peak*), each key optional; a
+    /// key not given, or no table, takes the value of a useful picture for the mode, size and
+    /// pixel type (`SimParams::demo`). TOML: `[detector.picture]`.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub picture: Option<SimPicture>,
+    pub picture: Option<PictureKeys>,
 }
 
 impl Default for DetectorSettings {
@@ -107,19 +108,23 @@ impl DetectorSettings {
             .map_or(0, |(w, h)| w as usize * h as usize * self.dtype.size())
     }
 
-    /// The simulator's parameters: the picture given, or the demo picture.
+    /// The simulator's parameters: the picture's keys given, the demo picture's elsewhere.
     pub fn params(&self) -> SimParams {
         let demo = SimParams::demo(self.mode, self.size.pair(), self.dtype);
         match &self.picture {
-            Some(p) => p.apply(demo),
+            Some(keys) => keys.apply(demo),
             None => demo,
         }
     }
 
-    /// The picture the simulator draws, as the simDetector PVs show it.
+    /// The picture the simulator draws, every parameter, as the simDetector PVs show it.
     pub fn picture(&self) -> SimPicture {
-        self.picture
-            .unwrap_or_else(|| SimPicture::from(&self.params()))
+        SimPicture::from(&self.params())
+    }
+
+    /// Draw `picture`, every parameter given (the daemon's PVs set them all).
+    pub fn set_picture(&mut self, picture: SimPicture) {
+        self.picture = Some(PictureKeys::from(picture));
     }
 
     /// What the detector is configured with for a run of `frames` frames (0: until stopped).
@@ -160,68 +165,72 @@ pub fn picture_error(e: detflow_sim::SensorError) -> ConfigError {
     }
 }
 
-/// The simulated detector's picture, as simDetector's PVs set it (Gain, GainX/Y, Offset,
-/// Noise, PeakStart/Width/Num/Step X/Y, PeakVariation). The sines keep the demo's values.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct SimPicture {
-    pub gain: f64,
-    pub gain_x: f64,
-    pub gain_y: f64,
-    pub offset: f64,
-    pub noise: f64,
-    pub peak_start_x: i32,
-    pub peak_start_y: i32,
-    pub peak_width_x: u32,
-    pub peak_width_y: u32,
-    pub peak_num_x: u32,
-    pub peak_num_y: u32,
-    pub peak_step_x: i32,
-    pub peak_step_y: i32,
-    pub peak_variation: f64,
+/// The simulator's picture parameters, listed once: [`SimPicture`] (every one, as the PVs show
+/// them) and [`PictureKeys`] (those a TOML file gives).
+macro_rules! picture_keys {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// The simulated detector's picture, as simDetector's PVs set it (Gain, GainX/Y,
+        /// Offset, Noise, PeakStart/Width/Num/Step X/Y, PeakVariation). The sines keep the
+        /// demo's values.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        #[allow(missing_docs)]
+        pub struct SimPicture {
+            $(pub $field: $ty,)*
+        }
+
+        impl From<&SimParams> for SimPicture {
+            fn from(p: &SimParams) -> Self {
+                SimPicture {
+                    $($field: p.$field,)*
+                }
+            }
+        }
+
+        /// `[detector.picture]` as written: any of the simDetector parameters; a key not
+        /// given keeps the demo picture's value for the mode, size and pixel type.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        #[allow(missing_docs)]
+        pub struct PictureKeys {
+            $(
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl PictureKeys {
+            /// `base` with the keys given.
+            pub fn apply(&self, base: SimParams) -> SimParams {
+                SimParams {
+                    $($field: self.$field.unwrap_or(base.$field),)*
+                    ..base
+                }
+            }
+        }
+
+        impl From<SimPicture> for PictureKeys {
+            fn from(p: SimPicture) -> Self {
+                PictureKeys {
+                    $($field: Some(p.$field),)*
+                }
+            }
+        }
+    };
 }
 
-impl SimPicture {
-    /// `base` with this picture's values.
-    pub fn apply(&self, base: SimParams) -> SimParams {
-        SimParams {
-            gain: self.gain,
-            gain_x: self.gain_x,
-            gain_y: self.gain_y,
-            offset: self.offset,
-            noise: self.noise,
-            peak_start_x: self.peak_start_x,
-            peak_start_y: self.peak_start_y,
-            peak_width_x: self.peak_width_x,
-            peak_width_y: self.peak_width_y,
-            peak_num_x: self.peak_num_x,
-            peak_num_y: self.peak_num_y,
-            peak_step_x: self.peak_step_x,
-            peak_step_y: self.peak_step_y,
-            peak_variation: self.peak_variation,
-            ..base
-        }
-    }
-}
-
-impl From<&SimParams> for SimPicture {
-    fn from(p: &SimParams) -> Self {
-        SimPicture {
-            gain: p.gain,
-            gain_x: p.gain_x,
-            gain_y: p.gain_y,
-            offset: p.offset,
-            noise: p.noise,
-            peak_start_x: p.peak_start_x,
-            peak_start_y: p.peak_start_y,
-            peak_width_x: p.peak_width_x,
-            peak_width_y: p.peak_width_y,
-            peak_num_x: p.peak_num_x,
-            peak_num_y: p.peak_num_y,
-            peak_step_x: p.peak_step_x,
-            peak_step_y: p.peak_step_y,
-            peak_variation: p.peak_variation,
-        }
-    }
+picture_keys! {
+    gain: f64,
+    gain_x: f64,
+    gain_y: f64,
+    offset: f64,
+    noise: f64,
+    peak_start_x: i32,
+    peak_start_y: i32,
+    peak_width_x: u32,
+    peak_width_y: u32,
+    peak_num_x: u32,
+    peak_num_y: u32,
+    peak_step_x: i32,
+    peak_step_y: i32,
+    peak_variation: f64,
 }

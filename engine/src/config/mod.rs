@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use backend::{BackendConfig, BackendKeys, BackendKind};
-pub use detector::{DetectorSettings, SimPicture, picture_error};
+pub use detector::{DetectorSettings, PictureKeys, SimPicture, picture_error};
 pub use ring::{
     MAX_SLOTS, RING_MEMORY_FALLBACK, RING_MEMORY_SHARE, RingCap, RingSettings, auto_slots,
     fit_ring, mem_available, ring_memory_cap,

@@ -303,7 +303,7 @@ fn a_region_binning_and_picture_round_trip_and_shape_the_run() {
     let mut picture = c.detector.picture();
     picture.gain = 7.5;
     picture.peak_num_x = 3;
-    c.detector.picture = Some(picture);
+    c.detector.set_picture(picture);
     let text = toml::to_string(&c).unwrap();
     assert!(
         text.contains("roi = \"8,4,32x16\"")
@@ -347,7 +347,7 @@ fn a_bad_region_binning_or_picture_is_refused_naming_its_key() {
     let e = with(|c| {
         let mut p = c.detector.picture();
         p.peak_width_x = 0;
-        c.detector.picture = Some(p);
+        c.detector.set_picture(p);
     })
     .unwrap_err();
     assert_eq!((e.setting, e.value.as_str()), ("peak_width_x", "0"));
@@ -364,4 +364,33 @@ fn a_run_into_another_sink_is_not_refused_over_the_writer_files() {
     assert_eq!((v.frames, v.capture.codec), (0, Codec::Lz4));
     c.detector.roi = Some("0,0,2000x1".parse().unwrap());
     assert_eq!(c.validate_run().unwrap_err().setting, "roi");
+}
+
+#[test]
+fn a_picture_table_may_give_some_keys_and_the_rest_is_the_demo_picture() {
+    use detflow_sim::{SimMode, SimParams};
+    let c: Config =
+        toml::from_str("[detector]\nmode = \"sine\"\n\n[detector.picture]\ngain = 7.5\n").unwrap();
+    let demo = SimParams::demo(SimMode::Sine, (1024, 1024), PixelType::U16);
+    let p = c.detector.params();
+    assert_eq!(p.gain, 7.5);
+    assert_ne!(demo.gain, 7.5);
+    assert_eq!(
+        SimParams {
+            gain: demo.gain,
+            ..p.clone()
+        },
+        demo,
+        "every other parameter is the demo picture's"
+    );
+    // Written back, the table holds only the key given.
+    let text = toml::to_string(&c).unwrap();
+    assert!(
+        text.contains("gain = 7.5") && !text.contains("gain_x"),
+        "{text}"
+    );
+    assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+    // A misspelt key is refused, naming it.
+    let e = toml::from_str::<Config>("[detector.picture]\ngian = 1.0\n").unwrap_err();
+    assert!(e.to_string().contains("gian"), "{e}");
 }
