@@ -16,7 +16,7 @@
 //! writes is still there: a deleted file is a write error, not a silent success.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use detflow_hal::{FrameMeta, FrameShape, PixelType};
 use hdf5::{Dataset, Datatype, File, H5Type};
@@ -453,7 +453,7 @@ impl StreamWriter {
             builder.with_fapl(|p| p.libver_bounds(LibraryVersion::V110, LibraryVersion::V110));
         }
         // The lock made (or holds) the file: HDF5 truncates what is now ours alone.
-        let file = match builder.create(&open_path) {
+        let file = match create_past_readers(&builder, &open_path) {
             Ok(file) => file,
             Err(e) => {
                 if let Some(r) = reserve {
@@ -934,6 +934,30 @@ impl StreamWriter {
 /// Raw-chunk cache of each dataset: the per-frame datasets' current chunks (the image
 /// dataset is written with direct chunk writes, past the cache).
 const CHUNK_CACHE_BYTES: usize = 256 << 10;
+
+/// How long a file's creation waits for readers that hold HDF5's lock on it.
+const CREATE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// `H5Fcreate`, retried while a reader holds HDF5's lock on the path. The target lock has made
+/// the (empty) file before HDF5 creates it, and a reader that polls for the file (a live
+/// viewer waiting for it to appear) takes HDF5's shared lock for the length of each failed
+/// open; HDF5's create asks for an exclusive lock without waiting and fails with EAGAIN when it
+/// meets one. Another writer never gets here: the target lock refused it already. After
+/// [`CREATE_LOCK_WAIT`] the error is returned (a reader that keeps the file open).
+fn create_past_readers(builder: &hdf5::file::FileBuilder, path: &Path) -> hdf5::Result<File> {
+    let deadline = Instant::now() + CREATE_LOCK_WAIT;
+    loop {
+        match builder.create(path) {
+            // HDF5 says which lock call failed only in its message.
+            Err(e)
+                if e.to_string().contains("unable to lock file") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
 
 /// HDF5's metadata cache at a fixed 4 MiB: what one file's writer touches (the newest
 /// chunk-index blocks and the object headers) fits many times over.

@@ -220,3 +220,48 @@ fn per_frame_rows_are_written_in_batches_during_the_run() {
     w.close().unwrap();
     assert_eq!(frames_in(&path), n as usize);
 }
+
+#[test]
+fn a_reader_holding_the_new_files_lock_delays_its_creation_but_does_not_fail_it() {
+    // A live viewer polls for the file: each failed open of the empty file the target lock
+    // has made holds HDF5's shared lock for a moment. HDF5's create asks for an exclusive lock
+    // without waiting; it met such a lock 1 run in 8 of the suite and the capture failed.
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("watched.h5");
+    std::fs::write(&path, b"").unwrap();
+    let (held, release) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let (held_tx, held_rx) = held;
+    let (release_tx, release_rx) = release;
+    let reader = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: flock on a descriptor this thread owns, open for the whole call.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+            assert_eq!(rc, 0, "the reader takes the shared lock HDF5 takes");
+            held_tx.send(()).unwrap();
+            // Held until the writer has tried at least once (or the test gives up).
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(f);
+        })
+    };
+    held_rx.recv().unwrap();
+    let creating = {
+        let path = path.clone();
+        std::thread::spawn(move || writer(&path, true, ""))
+    };
+    release_tx.send(()).unwrap();
+    let mut w = creating
+        .join()
+        .unwrap()
+        .expect("the create waits for the reader's lock instead of failing");
+    reader.join().unwrap();
+    write(&mut w, 2);
+    assert_eq!(w.close().unwrap().frames, 2);
+    assert_eq!(frames_in(&path), 2);
+}
