@@ -147,9 +147,9 @@ impl Config {
         let mode = w.write_mode_for(d.frames, num_capture)?;
         WriterSettings::check_capture_memory(mode, num_capture, d.frame_bytes())?;
         let frames = frames_acquired(mode, d.frames, num_capture);
-        let mut run = self.plan(frames)?;
-        w.naming(mode)?;
-        run.capture = w.capture_settings(mode, num_capture, DataRoots::anywhere());
+        let capture = w.capture_settings(mode, num_capture, DataRoots::anywhere());
+        let run = self.plan(frames, capture)?;
+        w.check_first_file(mode)?;
         Ok(run)
     }
 
@@ -160,15 +160,17 @@ impl Config {
     pub fn validate_run(&self) -> Result<Validated, ConfigError> {
         self.ring.validate()?;
         self.detector.validate()?;
-        self.writer.check_workers()?;
-        let mut run = self.plan(self.detector.frames)?;
-        run.capture.codec = self.writer.codec;
-        Ok(run)
+        let w = &self.writer;
+        w.check_workers()?;
+        // The sink opens its captures itself; the pool encodes with the writer's codec.
+        let capture =
+            w.capture_settings(w.write_mode, w.capture.unwrap_or(0), DataRoots::anywhere());
+        self.plan(self.detector.frames, capture)
     }
 
-    /// The run of `frames` frames, the sections' own rules checked: the ring against the
-    /// machine's memory, the backend's values.
-    fn plan(&self, frames: u64) -> Result<Validated, ConfigError> {
+    /// The run of `frames` frames writing with `capture`, the sections' own rules checked: the
+    /// ring against the machine's memory, the backend's values.
+    fn plan(&self, frames: u64, capture: CaptureSettings) -> Result<Validated, ConfigError> {
         let (d, w) = (&self.detector, &self.writer);
         let frame_bytes = d.frame_bytes();
         // The slots are allocated and touched before the run: refuse now a ring the machine
@@ -191,11 +193,7 @@ impl Config {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
-            capture: w.capture_settings(
-                w.write_mode,
-                w.capture.unwrap_or(0),
-                DataRoots::anywhere(),
-            ),
+            capture,
             backend: self.backend.clone(),
         })
     }

@@ -350,19 +350,18 @@ impl WriterSettings {
         Ok(())
     }
 
-    /// The file naming, with its first file checked now: the directory exists (unless it is
-    /// to be created at start), the template builds a file name there, and no file of that
-    /// name exists unless overwriting (Capture mode writes only at the end, so it is checked
-    /// then). A reference pattern names the files instead, checked by
-    /// [`WriterSettings::write_mode_for`].
-    pub fn naming(&self, mode: WriteMode) -> Result<FileNaming, ConfigError> {
+    /// Check the first file now: the directory exists (unless it is to be created at start),
+    /// the template builds a file name there, and no file of that name exists unless
+    /// overwriting (Capture mode writes only at the end, so it is checked then). A reference
+    /// pattern names the files instead, checked by [`WriterSettings::write_mode_for`].
+    pub fn check_first_file(&self, mode: WriteMode) -> Result<(), ConfigError> {
         let naming = self.file_naming();
         // strftime codes expanded as they will be at start.
         let expanded =
             detflow_writer::naming::expand_path_time(&self.path, std::time::SystemTime::now())
                 .map_err(|e| bad("path", &self.path, e.reason))?;
         if self.ref_pattern.is_some() {
-            return Ok(naming);
+            return Ok(());
         }
         if self.create_dirs == 0 {
             let dir = if expanded.is_empty() { "." } else { &expanded };
@@ -400,7 +399,7 @@ impl WriterSettings {
                 ),
             ));
         }
-        Ok(naming)
+        Ok(())
     }
 }
 
