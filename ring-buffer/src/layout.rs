@@ -7,6 +7,7 @@
 //! cannot live in raw memory, so they are boxed beside a heap payload instead (shared memory is
 //! not modelled).
 
+#[cfg(loom)]
 use std::alloc::{self, Layout};
 use std::path::Path;
 #[cfg(not(loom))]
@@ -207,8 +208,12 @@ impl Geometry {
 
 /// Who owns the region's bytes.
 enum Backing {
-    /// `std::alloc` with this layout; freed on drop.
+    /// `std::alloc` with this layout; freed on drop (loom models only).
+    #[cfg(loom)]
     Heap(Layout),
+    /// A private anonymous mapping (huge pages where the kernel gives them); unmapped on drop.
+    #[cfg(not(loom))]
+    Anon(memmap2::MmapMut),
     /// A shared mapping of a file; unmapped on drop, the file is left in place.
     #[cfg(not(loom))]
     File {
@@ -239,6 +244,13 @@ impl Region {
         shm: Option<&Path>,
     ) -> Result<Self, RingError> {
         let (base, backing) = match shm {
+            #[cfg(not(loom))]
+            None => {
+                let mut map = map_anon(geometry.total)?;
+                let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at null");
+                (base, Backing::Anon(map))
+            }
+            #[cfg(loom)]
             None => {
                 let layout = Layout::from_size_align(geometry.total, SLOT_ALIGN).map_err(|_| {
                     RingError::TooLarge {
@@ -268,10 +280,10 @@ impl Region {
             #[cfg(loom)]
             Some(_) => unreachable!("shared memory is not modelled under loom"),
         };
-        // SAFETY: `base` points to `total` writable bytes owned by nobody else yet. Writing
+        // SAFETY: `base` points to `total` writable bytes owned by nobody else yet. Zeroing
         // them initialises the memory (a `&[u8]` over it is then valid, and the headers are
         // valid atomics, all zero) and faults every page in now rather than during the run.
-        unsafe { base.as_ptr().write_bytes(0, geometry.total) };
+        unsafe { fault_in_zeroed(base, geometry.total, &backing) };
         let region = Self {
             base,
             backing,
@@ -357,7 +369,10 @@ impl Region {
     /// The file this region maps, if it is shared memory.
     pub(crate) fn shm_path(&self) -> Option<&Path> {
         match &self.backing {
+            #[cfg(loom)]
             Backing::Heap(_) => None,
+            #[cfg(not(loom))]
+            Backing::Anon(_) => None,
             #[cfg(not(loom))]
             Backing::File { path, .. } => Some(path),
         }
@@ -394,10 +409,57 @@ impl Drop for Region {
         reason = "under loom there is no file backing"
     )]
     fn drop(&mut self) {
+        #[cfg(loom)]
         if let Backing::Heap(layout) = self.backing {
             // SAFETY: `base` was returned by `alloc` with exactly `layout` and is freed only
             // here. (A file mapping unmaps itself when `_map` drops.)
             unsafe { alloc::dealloc(self.base.as_ptr(), layout) };
+        }
+    }
+}
+
+/// A private anonymous mapping of `total` bytes, zero-filled by the kernel, asking for
+/// transparent huge pages: a 2 MiB page per fault instead of 512 small ones, both when the ring
+/// is faulted in at start (a 128 MiB ring: 64 faults, not 32768) and in the TLB while frames
+/// are copied in and compressed.
+#[cfg(not(loom))]
+fn map_anon(total: usize) -> Result<memmap2::MmapMut, RingError> {
+    let map = memmap2::MmapOptions::new()
+        .len(total)
+        .map_anon()
+        .map_err(|_| RingError::OutOfMemory { bytes: total })?;
+    // Only a hint: where THP is off ("never") the ring works the same on small pages.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
+}
+
+/// Make every page of the `total` bytes at `base` resident, and zero. An anonymous or fresh
+/// file mapping is already zero: the kernel faults it in (`MADV_POPULATE_WRITE`, Linux 5.14),
+/// or one write per page does where that is refused. A heap block is written in full.
+///
+/// # Safety
+///
+/// `base` points to `total` writable bytes that nobody else references yet.
+unsafe fn fault_in_zeroed(base: NonNull<u8>, total: usize, backing: &Backing) {
+    match backing {
+        #[cfg(loom)]
+        Backing::Heap(_) => {
+            // SAFETY: the caller's contract.
+            unsafe { base.as_ptr().write_bytes(0, total) }
+        }
+        #[cfg(not(loom))]
+        Backing::Anon(map) | Backing::File { _map: map, .. } => {
+            #[cfg(target_os = "linux")]
+            if map.advise(memmap2::Advice::PopulateWrite).is_ok() {
+                return;
+            }
+            let _ = map;
+            for offset in (0..total).step_by(4096) {
+                // SAFETY: offset < total, inside the caller's writable bytes; the page is
+                // zero already, so writing zero keeps its contents.
+                unsafe { base.as_ptr().add(offset).write_volatile(0) };
+            }
         }
     }
 }

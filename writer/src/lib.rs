@@ -41,6 +41,7 @@ pub mod naming;
 pub mod refs;
 pub mod roots;
 mod sink;
+mod space;
 pub mod stream;
 pub mod vds;
 

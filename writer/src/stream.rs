@@ -27,6 +27,7 @@ use crate::layout;
 use crate::lock::{SpaceReserve, TargetLock};
 use crate::roots::DataRoots;
 use crate::sink::{self, ChunkedSpec};
+use crate::space::FreeSpace;
 
 /// Per-frame rows (NDAttributes, performance) are written to the file at least this often:
 /// at most this many frames' rows are held in memory.
@@ -271,6 +272,8 @@ pub struct StreamWriter {
     lock: Option<TargetLock>,
     /// A write failed: the file is closed with what it has, without further additions.
     failed: bool,
+    /// What the disk can still take, checked before each frame.
+    space: FreeSpace,
     spec: StreamSpec,
     frames: u64,
     chunk_bytes: u64,
@@ -493,6 +496,12 @@ impl StreamWriter {
             reserve,
             lock,
             failed: false,
+            space: FreeSpace::new(
+                spec.path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            ),
             spec,
             frames: 0,
             chunk_bytes: 0,
@@ -683,33 +692,30 @@ impl StreamWriter {
                 got: chunk.len(),
             });
         }
-        let path = self.spec.open_path();
+        let spec = &self.spec;
         let ctx = |what: &'static str| {
-            let path = path.clone();
-            move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
+            move |source: hdf5::Error| WriterError::Hdf5 {
+                path: spec.open_path(),
+                what,
+                source,
+            }
         };
         if self.open.is_none() {
             return Err(WriterError::Closed);
         }
         // Refuse a frame the disk cannot take before HDF5 allocates anything for it, so the
         // file keeps exactly the frames written, and the reserve pays for closing it.
-        let dir = self
-            .spec
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if let Some(free) = free_bytes(dir) {
-            let needed = chunk.len() as u64 + DISK_MARGIN;
-            if free < needed {
-                self.failed = true;
-                self.release_reserve();
-                return Err(WriterError::DiskFull {
-                    path: self.spec.open_path(),
-                    free,
-                    needed,
-                });
+        let needed = chunk.len() as u64 + DISK_MARGIN;
+        if let Some(free) = self.space.short_of(needed) {
+            self.failed = true;
+            if let Some(r) = self.reserve.take() {
+                r.release();
             }
+            return Err(WriterError::DiskFull {
+                path: spec.open_path(),
+                free,
+                needed,
+            });
         }
         let Some(open) = self.open.as_mut() else {
             return Err(WriterError::Closed);
@@ -739,9 +745,12 @@ impl StreamWriter {
             }
         } else if let Err(e) = sink::write_chunk(&open.image, &[0, 0], chunk) {
             self.failed = true;
-            self.release_reserve();
+            if let Some(r) = self.reserve.take() {
+                r.release();
+            }
             return Err(ctx("write the frame chunk")(e));
         }
+        self.space.spent(chunk.len() as u64);
         self.frames += 1;
         self.chunk_bytes += chunk.len() as u64;
 
@@ -980,20 +989,6 @@ fn bounded_metadata_cache() -> hdf5::plist::file_access::MetadataCacheConfig {
 /// Free space a frame must leave on the disk beyond its own bytes (chunk index growth and
 /// the next attribute batch).
 const DISK_MARGIN: u64 = 1 << 20;
-
-/// Bytes available to this process on the file system holding `dir`, if it can be asked.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs is plain old data that statvfs() fills on success; c is NUL-terminated.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        st
-    };
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
 
 fn reserve_path(open_path: &Path) -> PathBuf {
     let name = open_path
