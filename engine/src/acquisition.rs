@@ -276,6 +276,7 @@ impl Launch {
                 frames_requested: self.frames,
                 frame_bytes: opened.shape.bytes() as u64,
                 codec: encoding.codec(),
+                workers,
             },
             events,
         ));

@@ -121,7 +121,7 @@ impl WorkerCodec {
 }
 
 /// What one worker is given.
-pub(crate) struct Worker {
+pub(crate) struct Worker<'a> {
     pub(crate) claimer: Claimer,
     pub(crate) encoding: Encoding,
     pub(crate) pixel_type: PixelType,
@@ -131,14 +131,23 @@ pub(crate) struct Worker {
     pub(crate) done: Sender<(u64, Encoded)>,
     /// False once the writer takes no more frames: the rest is not encoded.
     pub(crate) accepting: Arc<AtomicBool>,
+    /// The workers' CPU time, which this one adds to when it ends.
+    pub(crate) cpu_ns: &'a AtomicU64,
 }
 
-impl Worker {
+impl Worker<'_> {
+    /// [`encode_all`](Self::encode_all), then add this thread's CPU time to the workers'.
+    pub(crate) fn run(self) {
+        let cpu_ns = self.cpu_ns;
+        self.encode_all();
+        cpu_ns.fetch_add(crate::status::thread_cpu_ns(), Ordering::Release);
+    }
+
     /// Take a free buffer, claim the next frame, encode it in place into the buffer, release
     /// the slot, hand the chunk to the writer; until the ring is closed and drained. The
     /// buffer is taken before the claim, so the frame the writer waits for always has one
     /// (no deadlock with the reordering).
-    pub(crate) fn run(self) {
+    fn encode_all(self) {
         let mut codec = WorkerCodec::new(self.encoding.clone(), self.pixel_type);
         loop {
             let Ok(mut buf) = self.free.recv() else {

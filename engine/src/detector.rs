@@ -81,6 +81,11 @@ impl DetectorThread<'_> {
         }
         // Only move to Draining from Acquiring; a failed writer already said Failed.
         self.run.advance(State::Acquiring, State::Draining);
+        let cpu_ns = crate::status::thread_cpu_ns();
+        self.run
+            .counters
+            .cpu_ns_detector
+            .fetch_add(cpu_ns, Ordering::Release);
         // Dropping the producer (with self) closes the ring: the writer drains what is left.
     }
 

@@ -33,4 +33,4 @@ pub use event::{Observer, Progress, RunEnd, RunEvent, State};
 pub use sink::{
     CaptureEnd, Closed, Flushed, FrameSink, OwnedCapture, Push, SharedCapture, SinkReport,
 };
-pub use status::{Status, Summary};
+pub use status::{Status, Summary, ThreadCpu};

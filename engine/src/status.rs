@@ -101,12 +101,43 @@ pub struct Summary {
     pub value_refs: detflow_writer::RefLog,
     /// How many references there are in all.
     pub value_refs_total: u64,
+    /// The CPU time each of the run's threads used, and how many compressed.
+    pub threads: ThreadCpu,
     /// How the run ended (`None` while it runs).
     #[serde(skip)]
     pub end: Option<RunEnd>,
 }
 
-/// Counters shared by the run's threads and its handle. Each has exactly one writing thread.
+/// The CPU time (user + system) the run's threads used, each measured by the thread itself
+/// when it ends (`CLOCK_THREAD_CPUTIME_ID`): where a frame's cost goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ThreadCpu {
+    /// The detector thread: reading frames into ring slots.
+    pub detector_s: f64,
+    /// Every compression worker together.
+    pub compressors_s: f64,
+    /// The writer thread: HDF5 calls, the kernel's copy into the page cache, bookkeeping.
+    pub writer_s: f64,
+    /// Compression workers the run had (0: the writer wrote the ring slots themselves).
+    pub workers: usize,
+}
+
+/// The CPU time the calling thread has used so far, in nanoseconds (0 where it cannot be read).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    // SAFETY: timespec is plain old data that clock_gettime fills; the clock id is a constant
+    // every Linux kernel knows.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) != 0 {
+            return 0;
+        }
+        ts
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Counters shared by the run's threads and its handle. Each has exactly one writing thread
+/// (but `cpu_ns_compressors`, which every worker adds to once).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Written by the detector thread only.
@@ -133,6 +164,10 @@ pub(crate) struct Counters {
     pub(crate) write_failed: AtomicBool,
     /// Set by the handle to ask the writer thread for a flush; it clears it.
     pub(crate) flush_now: AtomicBool,
+    /// Each thread's CPU time, added when it ends (see [`ThreadCpu`]).
+    pub(crate) cpu_ns_detector: AtomicU64,
+    pub(crate) cpu_ns_compressors: AtomicU64,
+    pub(crate) cpu_ns_writer: AtomicU64,
 }
 
 /// What the run's threads and its handle share.
@@ -152,6 +187,7 @@ pub(crate) struct Run {
     frames_requested: u64,
     frame_bytes: u64,
     codec: Codec,
+    workers: usize,
     /// Threads of the run still running; the last one to end sends the end.
     alive: AtomicUsize,
     end: OnceLock<RunEnd>,
@@ -164,6 +200,8 @@ pub(crate) struct RunSetup {
     pub(crate) frames_requested: u64,
     pub(crate) frame_bytes: u64,
     pub(crate) codec: Codec,
+    /// Compression workers (0: zero copy).
+    pub(crate) workers: usize,
 }
 
 impl Run {
@@ -180,6 +218,7 @@ impl Run {
             frames_requested: setup.frames_requested,
             frame_bytes: setup.frame_bytes,
             codec: setup.codec,
+            workers: setup.workers,
             alive: AtomicUsize::new(0),
             end: OnceLock::new(),
         }
@@ -378,6 +417,18 @@ impl Run {
         self.end.get()
     }
 
+    /// The CPU time of the threads that ended so far.
+    fn thread_cpu(&self) -> ThreadCpu {
+        let c = &self.counters;
+        let s = |n: &AtomicU64| n.load(Ordering::Acquire) as f64 * 1e-9;
+        ThreadCpu {
+            detector_s: s(&c.cpu_ns_detector),
+            compressors_s: s(&c.cpu_ns_compressors),
+            writer_s: s(&c.cpu_ns_writer),
+            workers: self.workers,
+        }
+    }
+
     /// The status with what the end knows (final once every thread ended).
     pub(crate) fn summary(&self) -> Summary {
         let status = self.status();
@@ -397,6 +448,7 @@ impl Run {
             error,
             value_refs_total: value_refs.len(),
             value_refs,
+            threads: self.thread_cpu(),
             end: self.end().cloned(),
             status,
         }

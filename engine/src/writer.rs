@@ -110,6 +110,7 @@ impl<'a> Writer<'a> {
                     free: free_rx.clone(),
                     done: done_tx.clone(),
                     accepting: self.accepting.clone(),
+                    cpu_ns: &self.run.counters.cpu_ns_compressors,
                 };
                 std::thread::Builder::new()
                     .name(format!("detflow-compress-{i}"))
@@ -243,6 +244,11 @@ impl<'a> Writer<'a> {
         if let Err(e) = self.sink.finish(&report) {
             self.run.record(e);
         }
+        let cpu_ns = crate::status::thread_cpu_ns();
+        self.run
+            .counters
+            .cpu_ns_writer
+            .fetch_add(cpu_ns, Ordering::Release);
         self.run.writer_finished();
     }
 }

@@ -65,6 +65,36 @@ fn a_run_writes_every_frame_and_counts_add_up() {
 }
 
 #[test]
+fn the_summary_says_where_the_cpu_went_thread_by_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.detector.size = "256x256".parse().unwrap();
+    c.detector.frames = 40;
+    c.writer.codec = "deflate:6".parse().unwrap();
+    c.writer.workers = 2;
+    let mut run = Acquisition::builder(c.clone()).start().unwrap();
+    assert!(matches!(run.wait(), RunEnd::Complete));
+    let t = run.summary().threads;
+    assert_eq!(t.workers, 2);
+    // Each thread did work: the sim draws every frame, deflate encodes it, HDF5 writes it.
+    assert!(
+        t.detector_s > 0.0 && t.compressors_s > 0.0 && t.writer_s > 0.0,
+        "{t:?}"
+    );
+    // Deflate at level 6 on every frame costs the compressors more than the writer's share.
+    assert!(t.compressors_s > t.writer_s, "{t:?}");
+
+    // Zero copy: no compressor ran, and none was counted.
+    c.writer.codec = detflow_writer::Codec::None;
+    c.writer.number = 2;
+    let mut run = Acquisition::builder(c).start().unwrap();
+    assert!(matches!(run.wait(), RunEnd::Complete));
+    let t = run.summary().threads;
+    assert_eq!((t.workers, t.compressors_s), (0, 0.0), "{t:?}");
+    assert!(t.writer_s > 0.0, "{t:?}");
+}
+
+#[test]
 fn period_paces_the_detector() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
