@@ -32,7 +32,7 @@ pub use ring::{
 };
 pub use serve::{MAX_PREVIEW_RATE, ServeSettings};
 pub use value::{Binning, FrameSize, Region, Seconds, ValueError, parse, text};
-pub use writer::WriterSettings;
+pub use writer::{WriterSettings, default_workers};
 
 /// The checked backend the engine opens: [`BackendConfig`] after [`BackendConfig::validate`].
 pub type BackendSpec = BackendConfig;
@@ -190,7 +190,11 @@ impl Config {
             ring_policy: self.ring.policy,
             ring_shm: self.ring.shm_path(),
             workers: match w.workers {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                0 => default_workers(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    w.codec,
+                    frame_bytes,
+                ),
                 n => n,
             },
             capture,

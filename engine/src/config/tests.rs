@@ -394,3 +394,24 @@ fn a_picture_table_may_give_some_keys_and_the_rest_is_the_demo_picture() {
     let e = toml::from_str::<Config>("[detector.picture]\ngian = 1.0\n").unwrap_err();
     assert!(e.to_string().contains("gian"), "{e}");
 }
+
+#[test]
+fn the_default_worker_count_follows_cores_codec_and_frame_size() {
+    use super::default_workers;
+    let mib2 = 1024 * 1024 * 2;
+    let bslz4: Codec = "bslz4".parse().unwrap();
+    let deflate: Codec = "deflate:1".parse().unwrap();
+    // Two cores: every codec keeps both busy (the bench's scaling curve on this machine).
+    for codec in [bslz4, deflate, Codec::Lz4, "zstd".parse().unwrap()] {
+        assert_eq!(default_workers(2, codec, mib2), 2, "{codec}");
+    }
+    assert_eq!(default_workers(1, bslz4, mib2), 1);
+    // Many cores: a slow codec takes them all, a fast one leaves some to the detector and
+    // writer; small frames lean on the writer's per-frame cost.
+    assert_eq!(default_workers(16, deflate, mib2), 16);
+    let fast = default_workers(16, bslz4, mib2);
+    assert!((10..16).contains(&fast), "{fast}");
+    assert!(default_workers(16, bslz4, 64 * 64 * 2) < fast);
+    // A pool for `none` runs only where the codec may change later: one per core.
+    assert_eq!(default_workers(4, Codec::None, mib2), 4);
+}

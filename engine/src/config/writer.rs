@@ -53,7 +53,8 @@ pub struct WriterSettings {
     #[arg(long, value_name = "CODEC")]
     #[serde(with = "text")]
     pub codec: Codec,
-    /// Compression worker threads, up to 256; 0: one per core.
+    /// Compression worker threads, up to 256; 0: as many as this machine's cores can keep
+    /// busy with this codec and frame size (`default_workers`: one per core on 2 cores).
     #[arg(long, value_name = "N")]
     pub workers: usize,
     /// File write mode (FileWriteMode): single (a file per frame), capture (buffer, then
@@ -212,13 +213,13 @@ impl WriterSettings {
         Ok(())
     }
 
-    /// The compressor pool's size: 0 (one per core) to 256.
+    /// The compressor pool's size: 0 (chosen by [`default_workers`]) to 256.
     pub fn check_workers(&self) -> Result<(), ConfigError> {
         if self.workers > 256 {
             return Err(bad(
                 "workers",
                 self.workers,
-                "expected 0 (one per core) to 256",
+                "expected 0 (automatic) to 256",
             ));
         }
         Ok(())
@@ -436,4 +437,34 @@ fn check_output_file(setting: &'static str, path: &Path) -> Result<(), ConfigErr
         return Err(bad(setting, shown, "is a directory"));
     }
     Ok(())
+}
+
+/// The compression workers a run gets when `workers = 0`: the share of the cores the codec
+/// keeps busy. A frame costs the codec's time, on a worker, and the rest of the pipeline's (the
+/// detector's copy-in, the writer's HDF5 call and the kernel's copy to the page cache) on other
+/// threads; with every core busy, workers = cores x codec / (codec + rest), rounded up, and at
+/// least one. The costs are per byte, measured with `detflow bench` on 1024x1024 u16 frames
+/// (Intel Sapphire Rapids, 2 cores; see the README's Performance section), plus a fixed cost
+/// per frame that makes small frames lean on the writer. On 2 cores every codec gets 2 workers
+/// (the bench's scaling curve: 1 worker is slower for every codec); on 16 cores bslz4 gets 12.
+pub fn default_workers(cores: usize, codec: Codec, frame_bytes: usize) -> usize {
+    // Nanoseconds per frame byte on one core, in memory.
+    let codec_ns_per_byte = match codec {
+        // No pool runs for `none` (the writer writes the ring slots), unless the codec may
+        // change while the run goes on (the daemon's file plugin): then one per core, for
+        // whichever codec comes.
+        Codec::None => return cores.max(1),
+        Codec::BitshuffleLz4 => 0.66,
+        Codec::Blosc { .. } => 1.2,
+        Codec::Lz4 => 1.8,
+        Codec::BitshuffleZstd { .. } => 2.1,
+        Codec::Deflate { .. } | Codec::Zstd { .. } => 5.0,
+    };
+    // The rest of the pipeline: per byte (copy-in, page cache) and per frame (HDF5, hand-offs).
+    let (rest_ns_per_byte, rest_ns_per_frame) = (0.29, 20_000.0);
+    let b = frame_bytes as f64;
+    let encode = codec_ns_per_byte * b;
+    let rest = rest_ns_per_byte * b + rest_ns_per_frame;
+    let share = encode / (encode + rest);
+    ((cores as f64 * share).ceil() as usize).clamp(1, cores.max(1))
 }
