@@ -17,8 +17,8 @@ pub const MAX_SLOTS: usize = 65_536;
 #[serde(default, deny_unknown_fields)]
 pub struct RingSettings {
     /// Frame slots in the ring between detector and writer (1 to 65536); 0 sizes it
-    /// automatically: 64 slots, fewer for frames over 8 MiB, never more than the frames asked
-    /// for, within a quarter of the available memory.
+    /// automatically: 32 MiB of slots, 8 to 64 of them, never more than the frames asked for,
+    /// within a quarter of the available memory.
     #[arg(long = "ring-slots", value_name = "N")]
     pub slots: usize,
     /// When the writer falls behind: block (the detector waits; frames the detector itself
@@ -85,15 +85,25 @@ impl RingSettings {
     }
 }
 
-/// The ring size used when none is given: 64 slots (enough that detector and writer rarely
-/// wait on each other on a loaded machine), fewer for large frames so the ring stays within
-/// 512 MiB, and never fewer than 4.
+/// The ring size used when none is given: as many slots as fit in [`AUTO_RING_BYTES`], 8 to
+/// 64 of them; for frames over 32 MiB fewer than 8 (at least 4) so the ring stays within
+/// 256 MiB. For 1024x1024 u16 frames that is 16 slots, which with the compressors' chunk
+/// buffers holds about as many frames as areaDetector's file plugin queue (20). A larger ring
+/// absorbs longer stalls of the writer, but every slot is faulted in before the first frame,
+/// which costs time at each start (about 0.15 ms per MiB here, with huge pages), and cache
+/// while it runs.
 pub fn auto_slots(frame_bytes: usize) -> usize {
-    (512usize << 20)
-        .checked_div(frame_bytes.max(1))
-        .unwrap_or(64)
-        .clamp(4, 64)
+    let f = frame_bytes.max(1);
+    (AUTO_RING_BYTES / f)
+        .clamp(8, 64)
+        .min((AUTO_RING_MAX_BYTES / f).max(4))
 }
+
+/// The memory an automatically sized ring aims at.
+pub const AUTO_RING_BYTES: usize = 32 << 20;
+
+/// The most memory an automatically sized ring of 8 slots or more takes.
+const AUTO_RING_MAX_BYTES: usize = 256 << 20;
 
 /// The ring may take at most `1 / RING_MEMORY_SHARE` of the memory the kernel reports as
 /// available (MemAvailable): every slot is allocated and touched before the run, so a larger
@@ -215,9 +225,12 @@ mod tests {
 
     #[test]
     fn automatic_sizes_shrink_for_large_frames() {
+        assert_eq!(auto_slots(256 * 256 * 2), 64);
+        assert_eq!(auto_slots(1024 * 1024 * 2), 16);
+        assert_eq!(auto_slots(2048 * 2048 * 2), 8);
+        assert_eq!(auto_slots(4096 * 4096 * 2), 8);
+        assert_eq!(auto_slots(4096 * 4096 * 4), 4);
         assert_eq!(auto_slots(4096 * 4096 * 8), 4);
-        assert_eq!(auto_slots(2048 * 2048 * 2), 64);
-        assert_eq!(auto_slots(4096 * 4096 * 2), 16);
     }
 
     #[test]
