@@ -73,7 +73,7 @@ fn defaults_are_valid() {
     assert_eq!(v.capture.codec, Codec::None);
     assert_eq!(v.capture.mode, WriteMode::Stream);
     assert_eq!(v.capture.num_capture, 100);
-    assert_eq!(v.ring_slots, 64);
+    assert_eq!(v.ring_slots, 16, "32 MiB of 2 MiB slots");
     assert!(matches!(v.backend, BackendSpec::Sim { fifo_depth: 16, .. }));
 }
 
