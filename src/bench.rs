@@ -24,6 +24,7 @@ use detflow_engine::backend::cycle::FrameCycle;
 use detflow_engine::config::{Config, FrameSize};
 
 mod cpu;
+mod plot;
 
 pub use cpu::CpuBreakdown;
 use cpu::CpuSampler;
@@ -71,6 +72,18 @@ pub(crate) struct BenchArgs {
     /// the frame rate of each count (the scaling curve; `--repeat` runs each).
     #[arg(long)]
     scaling: bool,
+    /// Draw the results into this PNG file: per codec, our frame rate beside the compression
+    /// bound, the raw write and the h5py writer.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Size of the `--plot` image, in pixels.
+    #[arg(
+        long,
+        value_name = "WxH",
+        default_value = "1200x700",
+        requires = "plot"
+    )]
+    plot_size: String,
 }
 
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +99,11 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     plan.compare_h5py.clone_from(&args.compare_h5py);
     plan.repeat = args.repeat.max(1);
     plan.scaling = args.scaling;
+    // A plot that cannot be written is refused before any run.
+    let plot = match &args.plot {
+        Some(path) => Some(plot::Target::check(path, &args.plot_size)?),
+        None => None,
+    };
     if !args.json {
         println!(
             "{} frames of {}x{} per run, {}, files in {}",
@@ -122,6 +140,12 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 plan.size.0 as usize * plan.size.1 as usize * plan.dtypes[0].size()
             )
         );
+    }
+    if let Some(plot) = plot {
+        plot.draw(&plan, &rows)?;
+        if !args.json {
+            println!("plot: {}", plot.path().display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

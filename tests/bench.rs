@@ -1,13 +1,28 @@
 //! `detflow bench`: the JSON rows keep their fields and gain the per-thread CPU breakdown, the
-//! cold codec figure and the scaling curve.
+//! cold codec figure and the scaling curve; `--plot` draws a PNG of the requested size, and a
+//! plot that cannot be written is refused before any run.
 
 mod common;
 
 use common::run;
 
+/// The PNG signature, and width and height from the IHDR chunk that must follow it.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "the file starts with the PNG signature"
+    );
+    assert_eq!(&bytes[12..16], b"IHDR", "the first chunk is IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
+    assert_eq!(be(&bytes[8..12]), 13, "IHDR holds 13 bytes");
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
 #[test]
 fn json_rows_carry_the_cpu_breakdown_the_cold_codec_rate_and_the_scaling_curve() {
     let dir = tempfile::tempdir().expect("a temp dir");
+    let png = dir.path().join("bench.png");
     let out = run(&[
         "bench",
         "--codecs",
@@ -26,6 +41,10 @@ fn json_rows_carry_the_cpu_breakdown_the_cold_codec_rate_and_the_scaling_curve()
         "--json",
         "--path",
         dir.path().to_str().expect("a UTF-8 path"),
+        "--plot",
+        png.to_str().expect("a UTF-8 path"),
+        "--plot-size",
+        "640x400",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
@@ -76,6 +95,8 @@ fn json_rows_carry_the_cpu_breakdown_the_cold_codec_rate_and_the_scaling_curve()
             assert!(scaling.iter().all(|p| p["fps"].as_f64().unwrap() > 0.0));
         }
     }
+    let bytes = std::fs::read(&png).expect("the PNG was written");
+    assert_eq!(png_size(&bytes), (640, 400));
 }
 
 #[test]
@@ -117,4 +138,53 @@ fn the_table_shows_the_cpu_line_and_the_default_worker_count() {
     ] {
         assert!(cpu.contains(part), "{part} missing: {cpu}");
     }
+}
+
+#[test]
+fn a_plot_that_cannot_be_written_is_refused_before_any_run() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let missing = dir.path().join("no/such/dir/b.png");
+    let not_png = dir.path().join("b.txt");
+    for (plot, why) in [
+        (missing.to_str().unwrap(), "cannot write it"),
+        (not_png.to_str().unwrap(), "must end in .png"),
+    ] {
+        let out = run(&[
+            "bench",
+            "--codecs",
+            "none",
+            "--dtype",
+            "u8",
+            "--size",
+            "64x64",
+            "--frames",
+            "10",
+            "--path",
+            dir.path().to_str().unwrap(),
+            "--plot",
+            plot,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("--plot {plot}")), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing ran: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!not_png.exists(), "no file left behind");
+    }
+    let out = run(&["bench", "--plot-size", "1200x700"]);
+    assert_eq!(out.status.code(), Some(2), "--plot-size needs --plot");
+    let out = run(&[
+        "bench",
+        "--plot",
+        dir.path().join("b.png").to_str().unwrap(),
+        "--plot-size",
+        "12x7",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid --plot-size \"12x7\""), "{stderr}");
 }
