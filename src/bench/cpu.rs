@@ -355,10 +355,11 @@ mod tests {
         let worker = std::thread::Builder::new()
             .name("detflow-writer".into())
             .spawn(|| {
-                // Busy for 60 ms of its own CPU time.
+                // Busy for 150 ms of its own CPU time: seen alive by many samples, however
+                // loaded the machine.
                 let t = cpu_time_of_this_thread();
                 let mut x = 0u64;
-                while cpu_time_of_this_thread() - t < Duration::from_millis(60) {
+                while cpu_time_of_this_thread() - t < Duration::from_millis(150) {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
                 x
@@ -366,9 +367,9 @@ mod tests {
             .expect("a thread starts");
         worker.join().expect("the thread ends");
         let cpu = sampler.finish(10, wall.elapsed().as_secs_f64());
-        // 60 ms over 10 frames, give or take the tail other test threads may share.
+        // 150 ms over 10 frames, give or take the tail other test threads may share.
         assert!(
-            (4.5..10.0).contains(&cpu.writer_ms),
+            (12.0..25.0).contains(&cpu.writer_ms),
             "writer ms per frame: {cpu:?}"
         );
         assert_eq!(cpu.detector_ms, 0.0);
