@@ -23,6 +23,12 @@ use detflow_engine::Acquisition;
 use detflow_engine::backend::cycle::FrameCycle;
 use detflow_engine::config::{Config, FrameSize};
 
+mod cpu;
+mod plot;
+
+pub use cpu::CpuBreakdown;
+use cpu::CpuSampler;
+
 use std::process::ExitCode;
 
 use clap::Args;
@@ -48,10 +54,10 @@ pub(crate) struct BenchArgs {
     /// Directory for the files (each is removed after its run). [default: the temp dir]
     #[arg(long, value_name = "DIR")]
     path: Option<PathBuf>,
-    /// Compression workers; 0: one per core.
+    /// Compression workers; 0: the engine's default for each codec (the table says which).
     #[arg(long, value_name = "N", default_value_t = 0)]
     workers: usize,
-    /// Print a JSON array, one object per run, instead of the table.
+    /// Print a JSON array, one object per row, instead of the table.
     #[arg(long)]
     json: bool,
     /// Runs per codec and dtype (each beside its own raw-write measurement); the table shows
@@ -62,6 +68,22 @@ pub(crate) struct BenchArgs {
     /// (benches/h5py_writer.py) on the same frames, side by side.
     #[arg(long, value_name = "PYTHON")]
     compare_h5py: Option<PathBuf>,
+    /// Also run each codec with 1, 2, ... up to one compression worker per core, and print
+    /// the frame rate of each count (the scaling curve; `--repeat` runs each).
+    #[arg(long)]
+    scaling: bool,
+    /// Draw the results into this PNG file: per codec, our frame rate beside the compression
+    /// bound, the raw write and the h5py writer.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Size of the `--plot` image, in pixels.
+    #[arg(
+        long,
+        value_name = "WxH",
+        default_value = "1200x700",
+        requires = "plot"
+    )]
+    plot_size: String,
 }
 
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -76,16 +98,22 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     )?;
     plan.compare_h5py.clone_from(&args.compare_h5py);
     plan.repeat = args.repeat.max(1);
+    plan.scaling = args.scaling;
+    // A plot that cannot be written is refused before any run.
+    let plot = match &args.plot {
+        Some(path) => Some(plot::Target::check(path, &args.plot_size)?),
+        None => None,
+    };
     if !args.json {
         println!(
-            "{} frames of {}x{} per run, {} workers, files in {}",
+            "{} frames of {}x{} per run, {}, files in {}",
             plan.frames,
             plan.size.0,
             plan.size.1,
             if plan.workers == 0 {
-                "one per core".to_string()
+                "workers: the engine's default (each row says how many)".to_string()
             } else {
-                plan.workers.to_string()
+                format!("{} workers", plan.workers)
             },
             plan.dir.display()
         );
@@ -94,6 +122,10 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let rows = run(&plan, |row| {
         if !args.json {
             println!("{}", line(row));
+            println!("{}", cpu_line(row));
+            if let Some(points) = &row.scaling {
+                println!("{}", scaling_line(points));
+            }
         }
     })?;
     if args.json {
@@ -101,8 +133,19 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "raw fps: plain sequential write of the same bytes, same directory, closed; \
-             codec fps/t: the codec on one core in memory; of bound: fps / (workers x codec fps/t)"
+             codec fps/t: the codec on one core in memory, frames in cache (cold: {} distinct \
+             frames, as many as the ring has slots); of bound: fps / (workers x codec fps/t); \
+             cpu: ms of CPU per frame by thread, busy: CPU time / wall time",
+            detflow_engine::config::auto_slots(
+                plan.size.0 as usize * plan.size.1 as usize * plan.dtypes[0].size()
+            )
         );
+    }
+    if let Some(plot) = plot {
+        plot.draw(&plan, &rows)?;
+        if !args.json {
+            println!("plot: {}", plot.path().display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -127,6 +170,8 @@ pub struct BenchPlan {
     /// Runs per (codec, dtype), each with its own raw-write measurement; the table shows
     /// medians.
     pub repeat: usize,
+    /// Also run each codec with 1..=cores workers (the scaling curve).
+    pub scaling: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -232,6 +277,25 @@ pub struct BenchRow {
     pub h5py_fps: Option<f64>,
     /// `fps / h5py_fps`.
     pub vs_h5py: Option<f64>,
+    /// The codec on one core over as many distinct frames as the ring has slots, which do
+    /// not fit the caches, frames per second. The bound keeps using the in-cache figure.
+    pub codec_fps_1thread_cold: f64,
+    /// CPU time per frame of each pipeline thread, and each one's busy share of the wall time
+    /// (medians of the runs).
+    pub cpu: CpuBreakdown,
+    /// With `--scaling`: frames per second for 1..=cores compression workers (empty for
+    /// `none`, which runs none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Vec<ScalePoint>>,
+}
+
+/// One point of the workers scaling curve.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ScalePoint {
+    /// Compression workers.
+    pub workers: usize,
+    /// Frames per second, file closed (median of the runs).
+    pub fps: f64,
 }
 
 fn cpu_seconds() -> f64 {
@@ -328,141 +392,152 @@ fn raw_write_rate(dir: &Path, source: &[Vec<u8>], frames: u64) -> anyhow::Result
     Ok(rate)
 }
 
-/// Run every (codec, dtype) pair of the plan.
-pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Result<Vec<BenchRow>> {
-    let workers = if plan.workers == 0 {
-        cores()
-    } else {
-        plan.workers
-    };
-    let mut rows = Vec::new();
-    for &pixel_type in &plan.dtypes {
-        // Distinct frames (noise and peak heights vary), enough that compressors see variety.
+/// What every run of one pixel type shares: the frames, and the h5py writer's rates on them.
+struct DtypeSetup {
+    pixel_type: PixelType,
+    shape: FrameShape,
+    info: SensorInfo,
+    /// Distinct frames (noise and peak heights vary), enough that compressors see variety:
+    /// the pipeline cycles through them, and the in-cache codec figure too.
+    samples: Vec<Vec<u8>>,
+    /// As many distinct buffers as the pipeline's ring has slots: the raw write and the cold
+    /// codec figure read them in turn, so they come from memory as the ring's do.
+    ring_sized: Vec<Vec<u8>>,
+    /// The h5py writer's frames per second, by filter.
+    h5py: Vec<(String, f64)>,
+}
+
+impl DtypeSetup {
+    fn prepare(plan: &BenchPlan, pixel_type: PixelType) -> anyhow::Result<DtypeSetup> {
         let samples = sample_frames(plan.size, pixel_type, 16)?;
-        // As many distinct buffers as the pipeline's ring has slots, for the raw write.
         let ring_slots = detflow_engine::config::auto_slots(samples[0].len());
-        let raw_source: Vec<Vec<u8>> = (0..ring_slots)
+        let ring_sized = (0..ring_slots)
             .map(|k| samples[k % samples.len()].clone())
             .collect();
         let h5py = match &plan.compare_h5py {
             None => Vec::new(),
-            Some(python) => {
-                // The same frames the pipeline writes: a detflow file, uncompressed.
-                let mut cfg = Config::default();
-                cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
-                cfg.detector.dtype = pixel_type;
-                cfg.detector.frames = plan.frames.min(64);
-                cfg.writer.path = plan.dir.to_string_lossy().into_owned();
-                cfg.writer.name = format!(".bench_source_{}", pixel_type);
-                cfg.writer.overwrite = true;
-                let mut source = Acquisition::builder(cfg).start()?;
-                source.wait();
-                let source = source.summary().status;
-                let filters: Vec<&str> = plan
-                    .codecs
-                    .iter()
-                    .filter_map(|c| c.parse::<Codec>().ok().and_then(h5py_filter))
-                    .collect();
-                let rates = h5py_rates(python, &source.files[0], &plan.dir, plan.frames, &filters);
-                let _ = std::fs::remove_file(&source.files[0]);
-                rates?
-            }
+            Some(python) => h5py_on_source(plan, pixel_type, python)?,
         };
-        for codec_name in &plan.codecs {
-            let codec: Codec = codec_name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut cfg = Config::default();
-            cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
-            cfg.detector.dtype = pixel_type;
-            cfg.detector.frames = plan.frames;
-            cfg.writer.path = plan.dir.to_string_lossy().into_owned();
-            cfg.writer.name = format!("bench_{}_{}", pixel_type, codec_name.replace(':', "_"));
-            cfg.writer.codec = codec;
-            cfg.writer.overwrite = true;
-            cfg.writer.auto_increment = false;
-            cfg.writer.workers = plan.workers;
-            cfg.validate()?;
-            // Frames made beforehand and cycled, as a detector hands over finished frames:
-            // the pipeline is measured, not the simulator's arithmetic.
-            let shape = FrameShape {
+        Ok(DtypeSetup {
+            pixel_type,
+            shape: FrameShape {
                 width: plan.size.0,
                 height: plan.size.1,
                 pixel_type,
                 color_mode: ColorMode::Mono,
-            };
-            let info = SensorInfo {
+            },
+            info: SensorInfo {
                 manufacturer: heapless::String::try_from("detflow").unwrap_or_default(),
                 model: heapless::String::try_from("bench frame cycle").unwrap_or_default(),
                 max_width: plan.size.0,
                 max_height: plan.size.1,
                 pixel_types: heapless::Vec::from_slice(&[pixel_type]).unwrap_or_default(),
-            };
-            let mut runs = Vec::new();
-            let mut raws = Vec::new();
-            let mut last = None;
-            let mut cpu_share = Vec::new();
-            for _ in 0..plan.repeat.max(1) {
-                // The raw-write limit, measured just before and just after each run (the
-                // better of the two counts: the disk is shared and its speed swings).
-                settle(&plan.dir);
-                let raw_before = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
-                settle(&plan.dir);
-                let detector = Box::new(FrameCycle::new(samples.clone(), shape, info.clone()));
-                let cpu0 = cpu_seconds();
-                let wall = Instant::now();
-                let mut run = Acquisition::builder(cfg.clone())
-                    .backend(detector)
-                    .start()?;
-                run.wait();
-                let summary = run.summary();
-                let wall = wall.elapsed().as_secs_f64();
-                let cpu = cpu_seconds() - cpu0;
-                if let Some(e) = &summary.error {
-                    anyhow::bail!("{codec_name} {pixel_type}: {e}");
-                }
-                for f in &summary.status.files {
-                    let _ = std::fs::remove_file(f);
-                }
-                settle(&plan.dir);
-                let raw_after = raw_write_rate(&plan.dir, &raw_source, plan.frames)?;
-                runs.push(summary.status.frames_written as f64 / wall);
-                raws.push(raw_before.max(raw_after));
-                cpu_share.push(cpu / (wall * cores() as f64));
-                last = Some((summary, wall));
-            }
-            let (summary, _) = last.expect("at least one run");
-            let summary = summary.status;
-            let fps = median(runs.clone());
-            let raw_write_fps = median(raws);
-            let codec_fps_1thread = codec_rate(codec, pixel_type, &samples);
-            let row = BenchRow {
-                codec: codec.to_string(),
-                dtype: pixel_type.name().into(),
-                frames: summary.frames_written,
-                dropped: summary.frames_dropped,
-                fps,
-                fps_runs: runs,
-                mb_per_s: fps * shape.bytes() as f64 / 1e6,
-                ratio: if summary.compressed_bytes > 0 {
-                    summary.raw_bytes as f64 / summary.compressed_bytes as f64
-                } else {
-                    0.0
-                },
-                cpu_utilisation: median(cpu_share),
-                raw_write_fps,
-                codec_fps_1thread,
-                workers,
-                of_raw_write: fps / raw_write_fps,
-                of_compression_bound: fps / (workers as f64 * codec_fps_1thread),
-                h5py_fps: None,
-                vs_h5py: None,
-            };
-            let mut row = row;
-            if let Some(filter) = h5py_filter(codec) {
-                if let Some((_, rate)) = h5py.iter().find(|(f, _)| f == filter) {
-                    row.h5py_fps = Some(*rate);
-                    row.vs_h5py = Some(fps / rate);
-                }
-            }
+            },
+            samples,
+            ring_sized,
+            h5py,
+        })
+    }
+}
+
+/// The h5py writer's rates on the frames the pipeline writes (a detflow file, uncompressed).
+fn h5py_on_source(
+    plan: &BenchPlan,
+    pixel_type: PixelType,
+    python: &Path,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut cfg = Config::default();
+    cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
+    cfg.detector.dtype = pixel_type;
+    cfg.detector.frames = plan.frames.min(64);
+    cfg.writer.path = plan.dir.to_string_lossy().into_owned();
+    cfg.writer.name = format!(".bench_source_{}", pixel_type);
+    cfg.writer.overwrite = true;
+    let mut source = Acquisition::builder(cfg).start()?;
+    source.wait();
+    let source = source.summary().status;
+    let filters: Vec<&str> = plan
+        .codecs
+        .iter()
+        .filter_map(|c| c.parse::<Codec>().ok().and_then(h5py_filter))
+        .collect();
+    let rates = h5py_rates(python, &source.files[0], &plan.dir, plan.frames, &filters);
+    let _ = std::fs::remove_file(&source.files[0]);
+    rates
+}
+
+/// The settings of one pipeline run of `codec_name` with `workers` (0: the engine's default).
+fn bench_config(
+    plan: &BenchPlan,
+    pixel_type: PixelType,
+    codec_name: &str,
+    workers: usize,
+) -> anyhow::Result<Config> {
+    let mut cfg = Config::default();
+    cfg.detector.size = FrameSize::new(plan.size.0, plan.size.1)?;
+    cfg.detector.dtype = pixel_type;
+    cfg.detector.frames = plan.frames;
+    cfg.writer.path = plan.dir.to_string_lossy().into_owned();
+    cfg.writer.name = format!("bench_{}_{}", pixel_type, codec_name.replace(':', "_"));
+    cfg.writer.codec = codec_name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.writer.overwrite = true;
+    cfg.writer.auto_increment = false;
+    cfg.writer.workers = workers;
+    Ok(cfg)
+}
+
+/// One pipeline run's figures.
+struct RunFigures {
+    fps: f64,
+    /// Process CPU time / (wall time x cores).
+    cpu_share: f64,
+    cpu: CpuBreakdown,
+    status: detflow_engine::Status,
+}
+
+/// One acquisition of `cfg` from frames made beforehand and cycled, as a detector hands over
+/// finished frames: the pipeline is measured, not the simulator's arithmetic. The files are
+/// removed after.
+fn pipeline_run(setup: &DtypeSetup, cfg: &Config) -> anyhow::Result<RunFigures> {
+    let detector = Box::new(FrameCycle::new(
+        setup.samples.clone(),
+        setup.shape,
+        setup.info.clone(),
+    ));
+    let sampler = CpuSampler::start().context("cannot start the CPU sampler")?;
+    let cpu0 = cpu_seconds();
+    let wall = Instant::now();
+    let mut run = Acquisition::builder(cfg.clone())
+        .backend(detector)
+        .observer(sampler.observer(cfg.detector.frames))
+        .start()?;
+    run.wait();
+    let summary = run.summary();
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
+    let written = summary.status.frames_written;
+    let cpu = sampler.finish(written, wall);
+    for f in &summary.status.files {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Some(e) = &summary.error {
+        anyhow::bail!("{} {}: {e}", cfg.writer.codec, setup.pixel_type);
+    }
+    Ok(RunFigures {
+        fps: written as f64 / wall,
+        cpu_share: cpu_s / (wall * cores() as f64),
+        cpu,
+        status: summary.status,
+    })
+}
+
+/// Run every (codec, dtype) pair of the plan.
+pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for &pixel_type in &plan.dtypes {
+        let setup = DtypeSetup::prepare(plan, pixel_type)?;
+        for codec_name in &plan.codecs {
+            let row = measure_codec(plan, &setup, codec_name)?;
             progress(&row);
             rows.push(row);
         }
@@ -470,8 +545,110 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&BenchRow)) -> anyhow::Res
     Ok(rows)
 }
 
-/// The plan from the command line's strings (one run each, no h5py comparison: set
-/// [`BenchPlan::repeat`] and [`BenchPlan::compare_h5py`] after).
+/// The row of one codec: `plan.repeat` runs, each beside its own raw-write measurement; the
+/// codec alone on one thread, in cache and cold; the scaling curve if asked.
+fn measure_codec(
+    plan: &BenchPlan,
+    setup: &DtypeSetup,
+    codec_name: &str,
+) -> anyhow::Result<BenchRow> {
+    let codec: Codec = codec_name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = bench_config(plan, setup.pixel_type, codec_name, plan.workers)?;
+    // The count the engine runs with: the one asked for, or its default for these settings.
+    let workers = cfg.validate()?.workers;
+    let mut runs = Vec::new();
+    for _ in 0..plan.repeat.max(1) {
+        // The raw-write limit, measured just before and just after each run (the better of
+        // the two counts: the disk is shared and its speed swings).
+        settle(&plan.dir);
+        let raw_before = raw_write_rate(&plan.dir, &setup.ring_sized, plan.frames)?;
+        settle(&plan.dir);
+        let run = pipeline_run(setup, &cfg)?;
+        settle(&plan.dir);
+        let raw_after = raw_write_rate(&plan.dir, &setup.ring_sized, plan.frames)?;
+        runs.push((run, raw_before.max(raw_after)));
+    }
+    let fps_runs: Vec<f64> = runs.iter().map(|(r, _)| r.fps).collect();
+    let fps = median(fps_runs.clone());
+    let raw_write_fps = median(runs.iter().map(|(_, raw)| *raw).collect());
+    let cpu = CpuBreakdown::median(&runs.iter().map(|(r, _)| r.cpu.clone()).collect::<Vec<_>>());
+    let cpu_utilisation = median(runs.iter().map(|(r, _)| r.cpu_share).collect());
+    let status = &runs.last().expect("at least one run").0.status;
+    let codec_fps_1thread = codec_rate(codec, setup.pixel_type, &setup.samples);
+    let codec_fps_1thread_cold = codec_rate(codec, setup.pixel_type, &setup.ring_sized);
+    let scaling = if plan.scaling {
+        Some(scaling_curve(plan, setup, codec_name)?)
+    } else {
+        None
+    };
+    let h5py_fps = h5py_filter(codec)
+        .and_then(|filter| setup.h5py.iter().find(|(f, _)| f == filter))
+        .map(|(_, rate)| *rate);
+    Ok(BenchRow {
+        codec: codec.to_string(),
+        dtype: setup.pixel_type.name().into(),
+        frames: status.frames_written,
+        dropped: status.frames_dropped,
+        fps,
+        fps_runs,
+        mb_per_s: fps * setup.shape.bytes() as f64 / 1e6,
+        ratio: if status.compressed_bytes > 0 {
+            status.raw_bytes as f64 / status.compressed_bytes as f64
+        } else {
+            0.0
+        },
+        cpu_utilisation,
+        raw_write_fps,
+        codec_fps_1thread,
+        workers,
+        of_raw_write: fps / raw_write_fps,
+        of_compression_bound: fps / (workers as f64 * codec_fps_1thread),
+        h5py_fps,
+        vs_h5py: h5py_fps.map(|rate| fps / rate),
+        codec_fps_1thread_cold,
+        cpu,
+        scaling,
+    })
+}
+
+/// Frames per second with 1..=cores compression workers (median of `plan.repeat` runs each,
+/// the worker counts taking turns); empty for `none`, which runs no compressors.
+fn scaling_curve(
+    plan: &BenchPlan,
+    setup: &DtypeSetup,
+    codec_name: &str,
+) -> anyhow::Result<Vec<ScalePoint>> {
+    let counts: Vec<usize> = (1..=cores()).collect();
+    let configs = counts
+        .iter()
+        .map(|&w| bench_config(plan, setup.pixel_type, codec_name, w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if configs
+        .first()
+        .is_some_and(|c| c.writer.codec == Codec::None)
+    {
+        return Ok(Vec::new());
+    }
+    let mut fps = vec![Vec::new(); counts.len()];
+    for _ in 0..plan.repeat.max(1) {
+        for (k, cfg) in configs.iter().enumerate() {
+            settle(&plan.dir);
+            fps[k].push(pipeline_run(setup, cfg)?.fps);
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .zip(fps)
+        .map(|(workers, runs)| ScalePoint {
+            workers,
+            fps: median(runs),
+        })
+        .collect())
+}
+
+/// The plan from the command line's strings (one run each, no h5py comparison, no scaling
+/// curve: set [`BenchPlan::repeat`], [`BenchPlan::compare_h5py`] and [`BenchPlan::scaling`]
+/// after).
 pub fn plan(
     codecs: &str,
     dtypes: &str,
@@ -514,13 +691,14 @@ pub fn plan(
         workers,
         compare_h5py: None,
         repeat: 1,
+        scaling: false,
     })
 }
 
 /// The table header line.
 pub fn header() -> String {
     format!(
-        "{:<16} {:>5} {:>6} {:>8} {:>8} {:>6} {:>5} {:>4} | {:>9} {:>7} | {:>11} {:>8} | {:>8} {:>6}",
+        "{:<16} {:>5} {:>6} {:>8} {:>8} {:>6} {:>5} {:>4} | {:>9} {:>7} | {:>11} {:>6} {:>8} | {:>8} {:>6}",
         "codec",
         "dtype",
         "frames",
@@ -532,6 +710,7 @@ pub fn header() -> String {
         "raw fps",
         "of raw",
         "codec fps/t",
+        "cold",
         "of bound",
         "h5py fps",
         "x h5py"
@@ -541,7 +720,7 @@ pub fn header() -> String {
 /// One table line.
 pub fn line(r: &BenchRow) -> String {
     format!(
-        "{:<16} {:>5} {:>6} {:>8.1} {:>8.1} {:>6.2} {:>4.0}% {:>4} | {:>9.1} {:>6.0}% | {:>11.1} {:>7.0}% | {:>8} {:>6}",
+        "{:<16} {:>5} {:>6} {:>8.1} {:>8.1} {:>6.2} {:>4.0}% {:>4} | {:>9.1} {:>6.0}% | {:>11.1} {:>6.0} {:>7.0}% | {:>8} {:>6}",
         r.codec,
         r.dtype,
         r.frames,
@@ -553,8 +732,52 @@ pub fn line(r: &BenchRow) -> String {
         r.raw_write_fps,
         100.0 * r.of_raw_write,
         r.codec_fps_1thread,
+        r.codec_fps_1thread_cold,
         100.0 * r.of_compression_bound,
         r.h5py_fps.map_or("-".into(), |v| format!("{v:.1}")),
         r.vs_h5py.map_or("-".into(), |v| format!("{v:.2}")),
     )
+}
+
+/// The second line of a row: where the CPU went, per frame and per thread.
+pub fn cpu_line(r: &BenchRow) -> String {
+    let c = &r.cpu;
+    let pct = |v: f64| format!("{:.0}%", 100.0 * v);
+    let compressors = if c.compressors_busy.is_empty() {
+        "-".to_string()
+    } else {
+        c.compressors_busy
+            .iter()
+            .map(|&b| pct(b))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "  {} workers | cpu ms/frame: detector {:.3}, compressors {:.3}, writer {:.3}, other {:.3} | busy: detector {}, compressors {}, writer {}",
+        if r.codec == "none" {
+            "zero copy, no".to_string()
+        } else {
+            r.workers.to_string()
+        },
+        c.detector_ms,
+        c.compressors_ms,
+        c.writer_ms,
+        c.other_ms,
+        pct(c.detector_busy),
+        compressors,
+        pct(c.writer_busy),
+    )
+}
+
+/// The scaling curve of a row, on a line of its own.
+pub fn scaling_line(points: &[ScalePoint]) -> String {
+    if points.is_empty() {
+        return "  scaling: none (no compressors)".into();
+    }
+    let base = points[0].fps;
+    let each: Vec<String> = points
+        .iter()
+        .map(|p| format!("{} -> {:.1} fps (x{:.2})", p.workers, p.fps, p.fps / base))
+        .collect();
+    format!("  scaling, workers: {}", each.join(", "))
 }

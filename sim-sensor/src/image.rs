@@ -2,6 +2,8 @@
 //! frames. Everything that does not change from frame to frame is computed once per reset at
 //! output resolution (ROI extracted, binned); a frame is then a shifted copy of the background
 //! plus the precomputed signal, with only the ramp step, peak heights and sines redone.
+//! Frames are written as typed pixels straight into the caller's buffer, row by row with each
+//! row's peaks added while it is in cache; a background that fits in bytes is read as bytes.
 //!
 //! # Model (ADSimDetector §4.3/§4.4, as implemented here)
 //!
@@ -90,6 +92,9 @@ pub(crate) struct Plan<T> {
     seed: u64,
     /// Binned background, empty when offset and noise are 0.
     background: Vec<T>,
+    /// The background as bytes, when `T` is a wider integer and every value fits in 0..=255
+    /// (the usual noise): a frame then reads half or less of the memory. Else empty.
+    background_bytes: Vec<u8>,
     /// Binned signal that is the same in every frame, empty when there is none.
     signal: Vec<T>,
     /// LinearRamp: what frame `k` adds to every output pixel, per `k`.
@@ -98,6 +103,8 @@ pub(crate) struct Plan<T> {
     peaks: Option<VariedPeaks>,
     /// Sines, recomputed every frame.
     sine: Option<SinePlan>,
+    /// A frame's pixels, for a caller buffer not aligned for `T` (empty until one comes).
+    scratch: Vec<T>,
 }
 
 /// A peak template binned for one sub-bin phase, at output resolution.
@@ -106,6 +113,42 @@ struct Patch {
     width: usize,
     /// Row-major sums of the template's pixel values (as `T`, then as f64) per output pixel.
     values: Vec<f64>,
+    /// Per row, the columns `lo..hi` outside which every value is 0 (the template's ±4 sigma
+    /// corners truncate to 0 in integer types): adding those changes no integer pixel.
+    spans: Vec<(usize, usize)>,
+    /// The largest `|value|`, to know when a scaled value stays within `i32`.
+    max_abs: f64,
+    /// No value is negative (nor NaN).
+    non_negative: bool,
+}
+
+impl Patch {
+    fn new(width: usize, values: Vec<f64>) -> Patch {
+        let spans = values
+            .chunks_exact(width)
+            .map(|row| {
+                let lo = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+                let hi = row.iter().rposition(|&v| v != 0.0).map_or(0, |i| i + 1);
+                (lo, hi.max(lo))
+            })
+            .collect();
+        // NaN (never from an integer template) makes max_abs NaN: no fast path then.
+        let max_abs = values.iter().fold(0.0f64, |m, v| {
+            if v.is_nan() || v.abs() > m {
+                v.abs()
+            } else {
+                m
+            }
+        });
+        let non_negative = values.iter().all(|&v| v >= 0.0);
+        Patch {
+            width,
+            values,
+            spans,
+            max_abs,
+            non_negative,
+        }
+    }
 }
 
 /// One visible peak: which patch, and the part of it inside the output frame.
@@ -130,6 +173,10 @@ struct VariedPeaks {
     patches: Vec<Patch>,
     placements: Vec<Placement>,
     variation: f64,
+    /// Per output row, the placements crossing it: (index, patch row - placement's first).
+    rows: Vec<Vec<(usize, usize)>>,
+    /// Each placement's height factor in the frame being rendered (scratch).
+    factors: Vec<f64>,
 }
 
 #[derive(Debug)]
@@ -161,10 +208,12 @@ impl<T: Pixel> Plan<T> {
             readout,
             seed,
             background: Vec::new(),
+            background_bytes: Vec::new(),
             signal: Vec::new(),
             ramp_step: None,
             peaks: None,
             sine: None,
+            scratch: Vec::new(),
         };
         if params.offset != 0.0 || params.noise != 0.0 {
             let key = rng::derive(seed, BACKGROUND);
@@ -173,6 +222,14 @@ impl<T: Pixel> Plan<T> {
                 let u = rng::unit(rng::at(key, i as u64 * w + j as u64));
                 T::from_f64(params.offset + params.noise * u)
             });
+        }
+        if T::ZERO_ADDS_NOTHING && T::SIZE > 1 {
+            let bytes: Option<Vec<u8>> = plan
+                .background
+                .iter()
+                .map(|v| u8::try_from(v.to_f64() as i64).ok())
+                .collect();
+            plan.background_bytes = bytes.unwrap_or_default();
         }
         match params.mode {
             SimMode::LinearRamp => plan.build_ramp(params),
@@ -241,7 +298,7 @@ impl<T: Pixel> Plan<T> {
                             values[row * pw + (phase.0 + l) / r.bin_x] += template[k * tw + l];
                         }
                     }
-                    patches.push(Patch { width: pw, values });
+                    patches.push(Patch::new(pw, values));
                     patches.len() - 1
                 });
                 placements.push(Placement {
@@ -271,10 +328,18 @@ impl<T: Pixel> Plan<T> {
             }
             self.signal = signal;
         } else {
+            let mut rows = vec![Vec::new(); r.height];
+            for (i, pl) in placements.iter().enumerate() {
+                for dy in 0..pl.height {
+                    rows[pl.y + dy].push((i, dy));
+                }
+            }
             self.peaks = Some(VariedPeaks {
+                factors: vec![0.0; placements.len()],
                 patches,
                 placements,
                 variation: p.peak_variation,
+                rows,
             });
         }
     }
@@ -299,8 +364,23 @@ impl<T: Pixel> Plan<T> {
     /// Writes frame `k` (frames since the reset) into `dst`, exactly `pixels() * T::SIZE`
     /// bytes.
     pub(crate) fn render(&mut self, k: u64, dst: &mut [u8]) {
+        debug_assert_eq!(dst.len(), self.readout.pixels() * T::SIZE);
+        match bytemuck::try_cast_slice_mut::<u8, T>(dst) {
+            Ok(pixels) => self.render_pixels(k, pixels),
+            Err(_) => {
+                // Not aligned for T: render aside, then copy the bytes.
+                let mut pixels = std::mem::take(&mut self.scratch);
+                pixels.resize(self.readout.pixels(), T::default());
+                self.render_pixels(k, &mut pixels);
+                dst.copy_from_slice(bytemuck::cast_slice(&pixels));
+                self.scratch = pixels;
+            }
+        }
+    }
+
+    /// Frame `k` into `dst`, one pixel per element.
+    fn render_pixels(&mut self, k: u64, dst: &mut [T]) {
         let r = self.readout;
-        debug_assert_eq!(dst.len(), r.pixels() * T::SIZE);
         let frame_key = rng::derive(rng::derive(self.seed, FRAMES), k);
         let shift = if self.background.is_empty() {
             0
@@ -308,20 +388,29 @@ impl<T: Pixel> Plan<T> {
             let bits = rng::at(rng::derive(frame_key, SHIFT), 0);
             rng::below(bits, r.pixels() as u64) as usize
         };
-        let add = self.ramp_step.map_or(T::default(), |s| s.wmul(k));
-        fill_base(dst, &self.background, shift, &self.signal, add);
-
-        if let Some(peaks) = &self.peaks {
-            let key = rng::derive(frame_key, PEAK_HEIGHTS);
-            for pl in &peaks.placements {
-                let u = rng::unit(rng::at(key, pl.grid_index));
-                let factor = 1.0 + peaks.variation / 100.0 * (u - 0.5);
-                let patch = &peaks.patches[pl.patch];
-                for dy in 0..pl.height {
-                    let src = &patch.values[(pl.row + dy) * patch.width + pl.col..][..pl.width];
-                    let start = ((pl.y + dy) * r.width + pl.x) * T::SIZE;
-                    let row = &mut dst[start..start + pl.width * T::SIZE];
-                    scale_add::<T>(row, src, factor);
+        let base = Base {
+            background: &self.background,
+            bytes: &self.background_bytes,
+            shift,
+            signal: &self.signal,
+            add: self.ramp_step.map_or(T::default(), |s| s.wmul(k)),
+        };
+        match &mut self.peaks {
+            None => base.fill(dst, 0),
+            Some(peaks) => {
+                let key = rng::derive(frame_key, PEAK_HEIGHTS);
+                for (f, pl) in peaks.factors.iter_mut().zip(&peaks.placements) {
+                    let u = rng::unit(rng::at(key, pl.grid_index));
+                    *f = 1.0 + peaks.variation / 100.0 * (u - 0.5);
+                }
+                // Row by row, so that the peaks are added while the row is in cache.
+                for (y, row) in dst.chunks_exact_mut(r.width).enumerate() {
+                    base.fill(row, y * r.width);
+                    for &(i, dy) in &peaks.rows[y] {
+                        let pl = &peaks.placements[i];
+                        let patch = &peaks.patches[pl.patch];
+                        add_peak_row(row, pl, dy, patch, peaks.factors[i]);
+                    }
                 }
             }
         }
@@ -342,72 +431,158 @@ impl<T: Pixel> Plan<T> {
 
 /// `dst[i][j] += sum over the bin of T(gain * (Y[i] + X[j]))`.
 #[inline]
-fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, dst: &mut [u8]) {
-    let row_bytes = r.width * T::SIZE;
-    for (oi, row) in dst.chunks_exact_mut(row_bytes).enumerate() {
+fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, dst: &mut [T]) {
+    for (oi, row) in dst.chunks_exact_mut(r.width).enumerate() {
         let ys = &s.y[oi * r.bin_y..][..r.bin_y];
         if r.bin_x == 1 && r.bin_y == 1 {
             let y = ys[0];
-            for (d, &x) in row.chunks_exact_mut(T::SIZE).zip(&s.x) {
-                T::load(d).wadd(T::from_f64(s.gain * (y + x))).store(d);
+            for (d, &x) in row.iter_mut().zip(&s.x) {
+                *d = d.wadd(T::from_f64(s.gain * (y + x)));
             }
             continue;
         }
-        for (d, xs) in row.chunks_exact_mut(T::SIZE).zip(s.x.chunks_exact(r.bin_x)) {
-            let mut acc = T::load(d);
+        for (d, xs) in row.iter_mut().zip(s.x.chunks_exact(r.bin_x)) {
+            let mut acc = *d;
             for &y in ys {
                 for &x in xs {
                     acc = acc.wadd(T::from_f64(s.gain * (y + x)));
                 }
             }
-            acc.store(d);
+            *d = acc;
         }
     }
 }
 
 /// The part of every frame that streams through memory once:
 /// `dst[p] = background[(p + shift) % n] + signal[p] + add`, with empty planes left out.
-fn fill_base<T: Pixel>(dst: &mut [u8], background: &[T], shift: usize, signal: &[T], add: T) {
-    let n = dst.len() / T::SIZE;
-    if background.is_empty() {
-        if signal.is_empty() {
-            dst.chunks_exact_mut(T::SIZE).for_each(|d| add.store(d));
-        } else {
-            sum2(dst, signal, add);
+struct Base<'a, T> {
+    background: &'a [T],
+    /// The background as bytes, or empty.
+    bytes: &'a [u8],
+    shift: usize,
+    signal: &'a [T],
+    add: T,
+}
+
+impl<T: Pixel> Base<'_, T> {
+    /// Pixels `p0..p0 + dst.len()` of the frame into `dst`.
+    fn fill(&self, dst: &mut [T], p0: usize) {
+        let len = dst.len();
+        if self.background.is_empty() {
+            match self.signal {
+                [] => dst.fill(self.add),
+                signal => sum2(dst, &signal[p0..p0 + len], self.add),
+            }
+            return;
         }
+        // The shifted background wraps around at most once within the span.
+        let n = self.background.len();
+        let q = (p0 + self.shift) % n;
+        let first = len.min(n - q);
+        let (head, tail) = dst.split_at_mut(first);
+        self.part(head, q, p0);
+        self.part(tail, 0, p0 + first);
+    }
+
+    /// `dst` from the background at `q`, the signal at `p`.
+    fn part(&self, dst: &mut [T], q: usize, p: usize) {
+        let len = dst.len();
+        match self.signal {
+            [] if !self.bytes.is_empty() && self.add == T::default() => {
+                // Integers only (the bytes exist for them): adding zero is nothing.
+                for (d, &b) in dst.iter_mut().zip(&self.bytes[q..q + len]) {
+                    *d = T::from_i64(i64::from(b));
+                }
+            }
+            [] => sum2(dst, &self.background[q..q + len], self.add),
+            signal => sum3(
+                dst,
+                &self.background[q..q + len],
+                &signal[p..p + len],
+                self.add,
+            ),
+        }
+    }
+}
+
+#[inline]
+fn sum2<T: Pixel>(dst: &mut [T], a: &[T], add: T) {
+    if T::ZERO_ADDS_NOTHING && add == T::default() {
+        dst.copy_from_slice(a);
         return;
     }
-    let (head, tail) = dst.split_at_mut((n - shift) * T::SIZE);
-    let (bg_head, bg_tail) = (&background[shift..], &background[..shift]);
-    if signal.is_empty() {
-        sum2(head, bg_head, add);
-        sum2(tail, bg_tail, add);
+    for (d, &x) in dst.iter_mut().zip(a) {
+        *d = x.wadd(add);
+    }
+}
+
+#[inline]
+fn sum3<T: Pixel>(dst: &mut [T], a: &[T], b: &[T], add: T) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x.wadd(y).wadd(add);
+    }
+}
+
+/// Row `dy` of one peak of height `factor`: `row[x] += T(factor * value)` over its visible
+/// part. For integer pixels, the columns where the patch is 0 are left out, and within
+/// `i32` the conversion takes a path that vectorises: the same values.
+fn add_peak_row<T: Pixel>(row: &mut [T], pl: &Placement, dy: usize, patch: &Patch, factor: f64) {
+    let prow = pl.row + dy;
+    let (mut lo, mut hi) = (pl.col, pl.col + pl.width);
+    if T::ZERO_ADDS_NOTHING {
+        let (zlo, zhi) = patch.spans[prow];
+        (lo, hi) = (lo.max(zlo), hi.min(zhi));
+        if lo >= hi {
+            return;
+        }
+    }
+    let src = &patch.values[prow * patch.width + lo..prow * patch.width + hi];
+    let start = pl.x + (lo - pl.col);
+    let dst = &mut row[start..start + src.len()];
+    // False for NaN or infinite factors or values: they take the general path.
+    let small = factor.abs() * patch.max_abs < 2_147_483_647.0;
+    if small && T::ZERO_ADDS_NOTHING && patch.non_negative && factor >= 0.0 {
+        // The usual case: every product in 0..2^31, truncation is the floor.
+        scale_add(dst, src, factor, |v| T::from_i64(floor_small(v)));
+    } else if small && T::ZERO_ADDS_NOTHING {
+        // |factor * v| <= |factor| * max_abs < 2^31 for every v of the patch (rounding is
+        // monotonic), both finite, as `small` says.
+        scale_add(dst, src, factor, |v| T::from_i64(trunc_small(v)));
     } else {
-        let (sig_head, sig_tail) = signal.split_at(n - shift);
-        sum3(head, bg_head, sig_head, add);
-        sum3(tail, bg_tail, sig_tail, add);
+        scale_add(dst, src, factor, T::from_f64);
     }
 }
 
-#[inline]
-fn sum2<T: Pixel>(dst: &mut [u8], a: &[T], add: T) {
-    for (d, &x) in dst.chunks_exact_mut(T::SIZE).zip(a) {
-        x.wadd(add).store(d);
-    }
+/// `x` truncated toward zero, for finite `|x| < 2^51`: the same integer as `x as i64`, by
+/// f64 additions, a comparison and a bit cast, which vectorise where the saturating
+/// conversion does not.
+#[inline(always)]
+fn trunc_small(x: f64) -> i64 {
+    // 2^52: a + 2^52 has a unit last place, so the sum is a rounded to an integer, exactly.
+    const UNIT: f64 = 4_503_599_627_370_496.0;
+    let a = x.abs();
+    let nearest = (a + UNIT) - UNIT;
+    let floor = if nearest > a { nearest - 1.0 } else { nearest };
+    // floor + 2^52 is exact; its bits count up by one per integer from those of 2^52.
+    let n = (floor + UNIT).to_bits() as i64 - UNIT.to_bits() as i64;
+    if x < 0.0 { -n } else { n }
 }
 
-#[inline]
-fn sum3<T: Pixel>(dst: &mut [u8], a: &[T], b: &[T], add: T) {
-    for ((d, &x), &y) in dst.chunks_exact_mut(T::SIZE).zip(a).zip(b) {
-        x.wadd(y).wadd(add).store(d);
-    }
+/// `x` rounded down, for finite `0 <= x < 2^51`: [`trunc_small`] without the signs.
+#[inline(always)]
+fn floor_small(x: f64) -> i64 {
+    const UNIT: f64 = 4_503_599_627_370_496.0;
+    // The bits of x + 2^52 are those of 2^52 plus x rounded to the nearest integer.
+    let sum = x + UNIT;
+    let rounded_up = i64::from(sum - UNIT > x);
+    sum.to_bits() as i64 - UNIT.to_bits() as i64 - rounded_up
 }
 
-/// `dst[p] += T(factor * src[p])`.
-#[inline]
-fn scale_add<T: Pixel>(dst: &mut [u8], src: &[f64], factor: f64) {
-    for (d, &v) in dst.chunks_exact_mut(T::SIZE).zip(src) {
-        T::load(d).wadd(T::from_f64(factor * v)).store(d);
+/// `dst[p] += convert(factor * src[p])`.
+#[inline(always)]
+fn scale_add<T: Pixel>(dst: &mut [T], src: &[f64], factor: f64, convert: impl Fn(f64) -> T) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = d.wadd(convert(factor * v));
     }
 }
 
@@ -481,7 +656,10 @@ mod tests {
         let mut plan = Plan::<T>::build(p, r, seed);
         let mut bytes = vec![0u8; r.pixels() * T::SIZE];
         plan.render(k, &mut bytes);
-        bytes.chunks_exact(T::SIZE).map(T::load).collect()
+        bytes
+            .chunks_exact(T::SIZE)
+            .map(bytemuck::pod_read_unaligned)
+            .collect()
     }
 
     #[test]
@@ -822,6 +1000,141 @@ mod tests {
             ..p
         };
         assert_eq!(frame::<u16>(&q, r, 11, 4), frame::<u16>(&q, r, 12, 4));
+    }
+
+    /// Frame `k` computed pixel by pixel from the plan's parts, the slow way: every patch
+    /// value scaled and converted in full, the background indexed modulo the frame.
+    fn reference<T: Pixel>(plan: &Plan<T>, k: u64) -> Vec<T> {
+        let r = plan.readout;
+        let n = r.pixels();
+        let frame_key = rng::derive(rng::derive(plan.seed, FRAMES), k);
+        let shift = if plan.background.is_empty() {
+            0
+        } else {
+            rng::below(rng::at(rng::derive(frame_key, SHIFT), 0), n as u64) as usize
+        };
+        let add = plan.ramp_step.map_or(T::default(), |s| s.wmul(k));
+        let mut out: Vec<T> = (0..n)
+            .map(|p| {
+                let mut v = add;
+                if !plan.background.is_empty() {
+                    v = plan.background[(p + shift) % n].wadd(v);
+                }
+                if !plan.signal.is_empty() {
+                    v = v.wadd(plan.signal[p]);
+                }
+                v
+            })
+            .collect();
+        if let Some(peaks) = &plan.peaks {
+            let key = rng::derive(frame_key, PEAK_HEIGHTS);
+            for pl in &peaks.placements {
+                let u = rng::unit(rng::at(key, pl.grid_index));
+                let factor = 1.0 + peaks.variation / 100.0 * (u - 0.5);
+                let patch = &peaks.patches[pl.patch];
+                for dy in 0..pl.height {
+                    for dx in 0..pl.width {
+                        let v = patch.values[(pl.row + dy) * patch.width + pl.col + dx];
+                        let o = &mut out[(pl.y + dy) * r.width + pl.x + dx];
+                        *o = o.wadd(T::from_f64(factor * v));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn renders_as_the_reference<T: Pixel>(p: &SimParams, r: Readout) {
+        let mut plan = Plan::<T>::build(p, r, 21);
+        let bytes = r.pixels() * T::SIZE;
+        // One buffer aligned for T, one not (a byte further on).
+        let mut aligned = vec![T::default(); r.pixels()];
+        let mut unaligned = vec![0u8; bytes + 1];
+        for k in [0, 1, 5] {
+            let want = reference(&plan, k);
+            plan.render(k, bytemuck::cast_slice_mut(&mut aligned));
+            let same = |got: &[T]| {
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| bytemuck::bytes_of(a) == bytemuck::bytes_of(b))
+            };
+            assert!(same(&aligned), "{:?} {} frame {k}", p.mode, T::SIZE);
+            plan.render(k, &mut unaligned[1..]);
+            let got: Vec<T> = unaligned[1..]
+                .chunks_exact(T::SIZE)
+                .map(bytemuck::pod_read_unaligned)
+                .collect();
+            assert!(same(&got), "{:?} {} frame {k}, unaligned", p.mode, T::SIZE);
+        }
+    }
+
+    #[test]
+    fn the_fast_truncation_is_the_saturating_one_within_range() {
+        let mut cases = vec![0.0, -0.0, 0.5, 0.999_999, 1.0, 2.5, 3.5, -2.5, 1e9 + 0.5];
+        cases.extend([2_147_483_647.9, -2_147_483_648.9, 4.503_599_627_370_495e15]);
+        let mut x = 0.123_f64;
+        for _ in 0..10_000 {
+            x = (x * 7919.123).rem_euclid(3e9) - 1.5e9;
+            cases.push(x);
+        }
+        for v in cases {
+            assert_eq!(trunc_small(v), v as i64, "{v}");
+            if v >= 0.0 {
+                assert_eq!(floor_small(v), v as i64, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_the_pixel_by_pixel_model_in_every_type_aligned_or_not() {
+        let varied = SimParams {
+            mode: SimMode::Peaks,
+            gain: 3000.0,
+            noise: 40.0,
+            peak_variation: 30.0,
+            peak_start_x: -3,
+            peak_start_y: 9,
+            peak_num_x: 5,
+            peak_num_y: 4,
+            peak_step_x: 31,
+            peak_step_y: 27,
+            peak_width_x: 3,
+            peak_width_y: 4,
+            ..SimParams::default()
+        };
+        // Heights beyond i32: the general conversion.
+        let huge = SimParams {
+            gain: 6e9,
+            offset: -7.0,
+            ..varied.clone()
+        };
+        let sensor = full(120, 90);
+        let binned = Readout {
+            min_x: 7,
+            min_y: 3,
+            bin_x: 3,
+            bin_y: 2,
+            width: 33,
+            height: 40,
+            ..sensor
+        };
+        // Sines are computed per frame the one way (sine_follows_the_counters checks them).
+        let mut cases: Vec<SimParams> = noiseless_modes()
+            .into_iter()
+            .filter(|p| p.mode != SimMode::Sine)
+            .collect();
+        cases.extend([varied, huge]);
+        for p in &cases {
+            for r in [sensor, binned] {
+                renders_as_the_reference::<u8>(p, r);
+                renders_as_the_reference::<i16>(p, r);
+                renders_as_the_reference::<u16>(p, r);
+                renders_as_the_reference::<u32>(p, r);
+                renders_as_the_reference::<i32>(p, r);
+                renders_as_the_reference::<f32>(p, r);
+                renders_as_the_reference::<f64>(p, r);
+            }
+        }
     }
 
     #[test]

@@ -1,15 +1,25 @@
 //! Arithmetic on the eight pixel types with areaDetector's semantics: integer sums wrap
 //! modulo 2^bits, a real value becomes an integer pixel by truncation toward zero and then
-//! wrapping. Pixels are stored in the caller's buffer as native-endian bytes.
+//! wrapping. Pixels are stored in the caller's buffer as native-endian bytes (`bytemuck::Pod`:
+//! a frame buffer is viewed as pixels when it is aligned for them).
 
 /// One pixel type of the simulation.
 pub(crate) trait Pixel:
-    Copy + Default + PartialEq + core::fmt::Debug + Send + Sync + 'static
+    Copy + Default + PartialEq + core::fmt::Debug + Send + Sync + bytemuck::Pod + 'static
 {
     /// Bytes per pixel.
     const SIZE: usize;
 
-    /// A real value as this pixel type. Integer types truncate toward zero, then wrap modulo
+    /// True for the integer types: adding `T(0.0)` (or zero) changes no pixel, so the frame
+    /// generator may skip it. (For floats `-0.0 + 0.0` is `+0.0`: nothing is skipped.)
+    const ZERO_ADDS_NOTHING: bool;
+
+    /// An integer as this pixel type: integers keep the low bits (wrapping), floats round.
+    fn from_i64(v: i64) -> Self;
+
+    /// A real value as this pixel type.
+    ///
+    /// Integer types truncate toward zero, then wrap modulo
     /// 2^bits (NaN gives 0, magnitudes beyond 2^63 saturate first); floats round.
     fn from_f64(v: f64) -> Self;
 
@@ -21,18 +31,13 @@ pub(crate) trait Pixel:
 
     /// Product with a count, wrapping for integers.
     fn wmul(self, n: u64) -> Self;
-
-    /// Writes the native-endian bytes into `dst` (`dst.len() == SIZE`).
-    fn store(self, dst: &mut [u8]);
-
-    /// Reads native-endian bytes (`src.len() == SIZE`).
-    fn load(src: &[u8]) -> Self;
 }
 
 macro_rules! int_pixel {
     ($($t:ty),*) => {$(
         impl Pixel for $t {
             const SIZE: usize = core::mem::size_of::<$t>();
+            const ZERO_ADDS_NOTHING: bool = true;
 
             #[inline]
             fn from_f64(v: f64) -> Self {
@@ -40,6 +45,10 @@ macro_rules! int_pixel {
                 v as i64 as $t
             }
 
+            #[inline]
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
 
             #[inline]
             fn to_f64(self) -> f64 {
@@ -56,18 +65,6 @@ macro_rules! int_pixel {
                 // Products modulo 2^64 reduce to the same value modulo 2^bits.
                 (self as i64).wrapping_mul(n as i64) as $t
             }
-
-            #[inline]
-            fn store(self, dst: &mut [u8]) {
-                dst.copy_from_slice(&self.to_ne_bytes());
-            }
-
-            #[inline]
-            fn load(src: &[u8]) -> Self {
-                let mut b = [0; core::mem::size_of::<$t>()];
-                b.copy_from_slice(src);
-                <$t>::from_ne_bytes(b)
-            }
         }
     )*};
 }
@@ -76,12 +73,17 @@ macro_rules! float_pixel {
     ($($t:ty),*) => {$(
         impl Pixel for $t {
             const SIZE: usize = core::mem::size_of::<$t>();
+            const ZERO_ADDS_NOTHING: bool = false;
 
             #[inline]
             fn from_f64(v: f64) -> Self {
                 v as $t
             }
 
+            #[inline]
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
 
             #[inline]
             fn to_f64(self) -> f64 {
@@ -96,18 +98,6 @@ macro_rules! float_pixel {
             #[inline]
             fn wmul(self, n: u64) -> Self {
                 self * n as $t
-            }
-
-            #[inline]
-            fn store(self, dst: &mut [u8]) {
-                dst.copy_from_slice(&self.to_ne_bytes());
-            }
-
-            #[inline]
-            fn load(src: &[u8]) -> Self {
-                let mut b = [0; core::mem::size_of::<$t>()];
-                b.copy_from_slice(src);
-                <$t>::from_ne_bytes(b)
             }
         }
     )*};
@@ -134,13 +124,19 @@ mod tests {
     }
 
     #[test]
-    fn store_and_load_are_native_endian() {
-        let mut b = [0u8; 4];
-        0x0102_0304u32.store(&mut b);
-        assert_eq!(b, 0x0102_0304u32.to_ne_bytes());
-        assert_eq!(u32::load(&b), 0x0102_0304);
-        let mut b = [0u8; 8];
-        (-2.5f64).store(&mut b);
-        assert_eq!(f64::load(&b), -2.5);
+    fn integers_keep_their_low_bits() {
+        assert_eq!(u16::from_i64(65_537), 1);
+        assert_eq!(u8::from_i64(-1), 255);
+        assert_eq!(i8::from_i64(130), -126);
+        assert_eq!(f32::from_i64(-3), -3.0);
+    }
+
+    #[test]
+    fn pixels_are_native_endian_bytes() {
+        assert_eq!(
+            bytemuck::bytes_of(&0x0102_0304u32),
+            0x0102_0304u32.to_ne_bytes()
+        );
+        assert_eq!(bytemuck::bytes_of(&-2.5f64), (-2.5f64).to_ne_bytes());
     }
 }
