@@ -27,7 +27,6 @@ mod cpu;
 mod plot;
 
 pub use cpu::CpuBreakdown;
-use cpu::CpuSampler;
 
 use std::process::ExitCode;
 
@@ -492,6 +491,8 @@ struct RunFigures {
     /// Process CPU time / (wall time x cores).
     cpu_share: f64,
     cpu: CpuBreakdown,
+    /// Compression workers the run had (0: zero copy).
+    workers: usize,
     status: detflow_engine::Status,
 }
 
@@ -504,19 +505,17 @@ fn pipeline_run(setup: &DtypeSetup, cfg: &Config) -> anyhow::Result<RunFigures> 
         setup.shape,
         setup.info.clone(),
     ));
-    let sampler = CpuSampler::start().context("cannot start the CPU sampler")?;
     let cpu0 = cpu_seconds();
     let wall = Instant::now();
     let mut run = Acquisition::builder(cfg.clone())
         .backend(detector)
-        .observer(sampler.observer(cfg.detector.frames))
         .start()?;
     run.wait();
     let summary = run.summary();
     let wall = wall.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
     let written = summary.status.frames_written;
-    let cpu = sampler.finish(written, wall);
+    let cpu = CpuBreakdown::of(&summary.threads, cpu_s, written, wall);
     for f in &summary.status.files {
         let _ = std::fs::remove_file(f);
     }
@@ -527,6 +526,7 @@ fn pipeline_run(setup: &DtypeSetup, cfg: &Config) -> anyhow::Result<RunFigures> 
         fps: written as f64 / wall,
         cpu_share: cpu_s / (wall * cores() as f64),
         cpu,
+        workers: summary.threads.workers,
         status: summary.status,
     })
 }
@@ -554,8 +554,6 @@ fn measure_codec(
 ) -> anyhow::Result<BenchRow> {
     let codec: Codec = codec_name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = bench_config(plan, setup.pixel_type, codec_name, plan.workers)?;
-    // The count the engine runs with: the one asked for, or its default for these settings.
-    let workers = cfg.validate()?.workers;
     let mut runs = Vec::new();
     for _ in 0..plan.repeat.max(1) {
         // The raw-write limit, measured just before and just after each run (the better of
@@ -573,7 +571,11 @@ fn measure_codec(
     let raw_write_fps = median(runs.iter().map(|(_, raw)| *raw).collect());
     let cpu = CpuBreakdown::median(&runs.iter().map(|(r, _)| r.cpu.clone()).collect::<Vec<_>>());
     let cpu_utilisation = median(runs.iter().map(|(r, _)| r.cpu_share).collect());
-    let status = &runs.last().expect("at least one run").0.status;
+    let last = &runs.last().expect("at least one run").0;
+    let status = &last.status;
+    // The count the engine ran with: the one asked for, or its default for these settings
+    // (0: zero copy, the writer wrote the slots).
+    let workers = last.workers;
     let codec_fps_1thread = codec_rate(codec, setup.pixel_type, &setup.samples);
     let codec_fps_1thread_cold = codec_rate(codec, setup.pixel_type, &setup.ring_sized);
     let scaling = if plan.scaling {
@@ -602,7 +604,7 @@ fn measure_codec(
         codec_fps_1thread,
         workers,
         of_raw_write: fps / raw_write_fps,
-        of_compression_bound: fps / (workers as f64 * codec_fps_1thread),
+        of_compression_bound: fps / (workers.max(1) as f64 * codec_fps_1thread),
         h5py_fps,
         vs_h5py: h5py_fps.map(|rate| fps / rate),
         codec_fps_1thread_cold,
@@ -743,28 +745,21 @@ pub fn line(r: &BenchRow) -> String {
 pub fn cpu_line(r: &BenchRow) -> String {
     let c = &r.cpu;
     let pct = |v: f64| format!("{:.0}%", 100.0 * v);
-    let compressors = if c.compressors_busy.is_empty() {
-        "-".to_string()
+    let (workers, compressors) = if r.workers == 0 {
+        ("zero copy, no".to_string(), "-".to_string())
     } else {
-        c.compressors_busy
-            .iter()
-            .map(|&b| pct(b))
-            .collect::<Vec<_>>()
-            .join(" ")
+        (
+            r.workers.to_string(),
+            format!("{} each", pct(c.compressors_busy)),
+        )
     };
     format!(
-        "  {} workers | cpu ms/frame: detector {:.3}, compressors {:.3}, writer {:.3}, other {:.3} | busy: detector {}, compressors {}, writer {}",
-        if r.codec == "none" {
-            "zero copy, no".to_string()
-        } else {
-            r.workers.to_string()
-        },
+        "  {workers} workers | cpu ms/frame: detector {:.3}, compressors {:.3}, writer {:.3}, other {:.3} | busy: detector {}, compressors {compressors}, writer {}",
         c.detector_ms,
         c.compressors_ms,
         c.writer_ms,
         c.other_ms,
         pct(c.detector_busy),
-        compressors,
         pct(c.writer_busy),
     )
 }

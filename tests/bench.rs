@@ -76,16 +76,16 @@ fn json_rows_carry_the_cpu_breakdown_the_cold_codec_rate_and_the_scaling_curve()
         }
         // The detector thread copied every frame into the ring: it used some CPU.
         assert!(cpu["detector_ms"].as_f64().unwrap() > 0.0, "{cpu}");
-        let busy = cpu["compressors_busy"].as_array().expect("a list");
+        let busy = cpu["compressors_busy"].as_f64().expect("a share");
         let scaling = row["scaling"].as_array().expect("--scaling gives a list");
         if row["codec"] == "none" {
             // Zero copy: the writer writes the slots; no compressor ran.
-            assert!(busy.is_empty(), "{cpu}");
+            assert_eq!((busy, row["workers"].as_u64()), (0.0, Some(0)), "{row}");
             assert_eq!(cpu["compressors_ms"], 0.0);
             assert!(scaling.is_empty(), "{row}");
         } else {
-            let workers = row["workers"].as_u64().expect("a count") as usize;
-            assert_eq!(busy.len(), workers, "one busy share per worker: {cpu}");
+            assert!(row["workers"].as_u64().expect("a count") >= 1, "{row}");
+            assert!(busy > 0.0 && busy <= 1.0, "{cpu}");
             assert!(cpu["compressors_ms"].as_f64().unwrap() > 0.0, "{cpu}");
             let counts: Vec<u64> = scaling
                 .iter()

@@ -316,12 +316,15 @@ impl Launch {
     }
 }
 
+/// Start the run's `name` thread, called `detflow-det` or `detflow-writer`: the kernel keeps
+/// 15 bytes of a thread's name, which `top -H` and `perf --sort comm` show.
 fn spawn(
     name: &'static str,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, StartError> {
+    let short = if name == "detector" { "det" } else { name };
     std::thread::Builder::new()
-        .name(format!("detflow-{name}"))
+        .name(format!("detflow-{short}"))
         .spawn(f)
         .map_err(|source| StartError::Thread { name, source })
 }

@@ -113,7 +113,7 @@ impl<'a> Writer<'a> {
                     cpu_ns: &self.run.counters.cpu_ns_compressors,
                 };
                 std::thread::Builder::new()
-                    .name(format!("detflow-compress-{i}"))
+                    .name(format!("detflow-comp-{i}"))
                     .spawn_scoped(scope, move || worker.run())
                     .expect("a compression thread starts");
             }
