@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 use detflow_hal::PixelType;
-use detflow_ring::{Claimer, NextError, SlotMeta};
+use detflow_ring::{Claim, Claimer, NextError, SlotMeta};
 use detflow_writer::{Codec, Compressor};
 
 use crate::POLL;
@@ -78,11 +78,38 @@ impl Encoding {
 #[derive(Debug)]
 pub(crate) struct Encoded {
     pub(crate) meta: SlotMeta,
-    /// The encoded chunk, or `None` when the frame was not encoded because nothing more is
-    /// being written (the writer counts it as dropped).
-    pub(crate) chunk: Option<Vec<u8>>,
+    /// The frame as the writer writes it, or `None` when it was not encoded because nothing
+    /// more is being written (the writer counts it as dropped).
+    pub(crate) chunk: Option<Chunk>,
     /// The codec of `chunk`.
     pub(crate) codec: Codec,
+    /// A chunk buffer to hand back to the pool's free list (empty when `chunk` holds it).
+    pub(crate) spare: Option<Vec<u8>>,
+}
+
+/// An encoded frame: a chunk buffer, or, for [`Codec::None`], the ring slot itself, held
+/// until the writer has written it (no copy).
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    Encoded(Vec<u8>),
+    Slot(Claim),
+}
+
+impl Chunk {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Encoded(buf) => buf,
+            Chunk::Slot(claim) => claim.bytes(),
+        }
+    }
+
+    /// The chunk buffer, for the free list (a slot is released instead).
+    pub(crate) fn into_buffer(self) -> Option<Vec<u8>> {
+        match self {
+            Chunk::Encoded(buf) => Some(buf),
+            Chunk::Slot(_) => None,
+        }
+    }
 }
 
 /// The codec and compressor one worker encodes with, renewed when the encoding changes.
@@ -160,18 +187,22 @@ impl Worker<'_> {
             let used = compressor.codec();
             // Relaxed: a hint; a frame encoded after the writer stopped accepting is dropped
             // there.
-            let chunk = if self.accepting.load(Ordering::Relaxed) {
-                compressor.compress(claim.bytes(), &mut buf);
-                Some(buf)
+            let (chunk, spare) = if !self.accepting.load(Ordering::Relaxed) {
+                (None, Some(buf))
+            } else if used == Codec::None {
+                // The slot is the chunk: the writer releases it once written.
+                (Some(Chunk::Slot(claim)), Some(buf))
             } else {
-                None
+                compressor.compress(claim.bytes(), &mut buf);
+                // The slot is free as soon as its bytes are encoded.
+                drop(claim);
+                (Some(Chunk::Encoded(buf)), None)
             };
-            // The slot is free as soon as its bytes are encoded.
-            drop(claim);
             let encoded = Encoded {
                 meta,
                 chunk,
                 codec: used,
+                spare,
             };
             if self.done.send((seq, encoded)).is_err() {
                 return;

@@ -19,7 +19,7 @@ use detflow_ring::{Claimer, NextError, Reorder, SlotMeta};
 use detflow_writer::Codec;
 
 use crate::POLL;
-use crate::compress::{Encoded, Encoding, Worker};
+use crate::compress::{Chunk, Encoded, Encoding, Worker};
 use crate::error::RunError;
 use crate::event::{Observer, PROGRESS_PER_S, Progress, RunEvent};
 use crate::sink::{FrameSink, Push, SinkReport};
@@ -144,9 +144,11 @@ impl<'a> Writer<'a> {
                     });
                     order.push(seq, item);
                     while let Some((_, item)) = order.pop() {
-                        let chunk = item.chunk.as_deref().map(|c| (c, item.codec));
+                        let chunk = item.chunk.as_ref().map(|c| (c.bytes(), item.codec));
                         self.write(&item.meta, chunk);
-                        let mut buf = item.chunk.unwrap_or_default();
+                        // A slot is released here; a chunk buffer goes back to the free list.
+                        let buffer = item.chunk.and_then(Chunk::into_buffer).or(item.spare);
+                        let mut buf = buffer.unwrap_or_default();
                         buf.clear();
                         // The workers may all have ended; then the buffer is not needed.
                         let _ = free.send(buf);

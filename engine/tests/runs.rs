@@ -240,3 +240,51 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     assert!(acquiring, "the detector runs on without a capture");
     assert!(!plugin.is_open());
 }
+
+/// The daemon's plugin with `none` hands the writer the ring slots themselves (no copy through
+/// a chunk buffer): its file holds the very frames a plain run of the same seed writes.
+#[test]
+fn a_shared_capture_without_compression_writes_the_slots_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.detector.frames = 12;
+    c.ring.slots = 3;
+    c.writer.workers = 2;
+    let mut plain = Acquisition::builder(c.clone()).start().unwrap();
+    assert!(matches!(plain.wait(), RunEnd::Complete));
+    let plain = plain.summary().status.files[0].clone();
+
+    c.writer.number = 2;
+    let v = c.validate().unwrap();
+    let shape = detflow_hal::FrameShape {
+        width: 64,
+        height: 48,
+        pixel_type: v.acquisition.pixel_type,
+        color_mode: detflow_hal::ColorMode::Mono,
+    };
+    let session = detflow_writer::CaptureSession::start(
+        v.capture.clone(),
+        detflow_engine::acquisition::geometry(&v.acquisition, shape),
+    )
+    .unwrap();
+    let plugin = Arc::new(SharedCapture::new(true));
+    plugin.open(session).unwrap();
+    let mut shared = Acquisition::builder(c).sink(plugin).start().unwrap();
+    assert!(matches!(shared.wait(), RunEnd::Complete));
+    let summary = shared.summary();
+    assert_eq!(
+        summary.threads.workers, 2,
+        "the plugin's frames go through the pool"
+    );
+    assert_eq!(summary.status.frames_written, 12);
+    let read = |p: &std::path::Path| {
+        hdf5::File::open(p)
+            .unwrap()
+            .dataset("/entry/data/data")
+            .unwrap()
+            .read_raw::<u16>()
+            .unwrap()
+    };
+    let shared_file = dir.path().join("detflow_0002.h5");
+    assert_eq!(read(&shared_file), read(&plain));
+}
