@@ -9,7 +9,8 @@
 //! finished; the ring's allocation before is left out). Two paths:
 //! - `zero_copy`: codec `none` fixed for the run, the writer claims the slots itself;
 //! - `pool_none`: the same codec through the compressor pool (one worker), as a sink whose
-//!   codec may change (the daemon's) gets it: claim, copy into a chunk buffer, reorder.
+//!   codec may change (the daemon's) gets it: a worker claims the slot and hands it over,
+//!   the writer puts it back in order.
 //!
 //! Small frames (256 x 256) make the fixed cost per frame dominate; 1024 x 1024 adds the
 //! memory traffic of 2 MiB frames.
