@@ -363,23 +363,40 @@ impl<T: Pixel> Plan<T> {
 
     /// Writes frame `k` (frames since the reset) into `dst`, exactly `pixels() * T::SIZE`
     /// bytes.
+    #[cfg(test)]
     pub(crate) fn render(&mut self, k: u64, dst: &mut [u8]) {
+        self.render_bands(k, dst, &mut |_, _| {});
+    }
+
+    /// [`render`](Self::render), calling `on_band(offset, bytes)` with each band of rows
+    /// (about [`BAND_BYTES`]) as soon as it is final, in order, while it is in cache.
+    pub(crate) fn render_bands(
+        &mut self,
+        k: u64,
+        dst: &mut [u8],
+        on_band: &mut dyn FnMut(usize, &mut [u8]),
+    ) {
         debug_assert_eq!(dst.len(), self.readout.pixels() * T::SIZE);
         match bytemuck::try_cast_slice_mut::<u8, T>(dst) {
-            Ok(pixels) => self.render_pixels(k, pixels),
+            Ok(pixels) => self.render_pixels(k, pixels, &mut |p0, band| {
+                on_band(p0 * T::SIZE, bytemuck::cast_slice_mut(band));
+            }),
             Err(_) => {
                 // Not aligned for T: render aside, then copy the bytes.
                 let mut pixels = std::mem::take(&mut self.scratch);
                 pixels.resize(self.readout.pixels(), T::default());
-                self.render_pixels(k, &mut pixels);
+                self.render_pixels(k, &mut pixels, &mut |_, _| {});
                 dst.copy_from_slice(bytemuck::cast_slice(&pixels));
                 self.scratch = pixels;
+                on_band(0, dst);
             }
         }
     }
 
-    /// Frame `k` into `dst`, one pixel per element.
-    fn render_pixels(&mut self, k: u64, dst: &mut [T]) {
+    /// Frame `k` into `dst`, one pixel per element, band by band: each band of rows gets its
+    /// background, peaks and sines while it is in cache, then goes to `on_band` with the index
+    /// of its first pixel.
+    fn render_pixels(&mut self, k: u64, dst: &mut [T], on_band: &mut dyn FnMut(usize, &mut [T])) {
         let r = self.readout;
         let frame_key = rng::derive(rng::derive(self.seed, FRAMES), k);
         let shift = if self.background.is_empty() {
@@ -388,33 +405,13 @@ impl<T: Pixel> Plan<T> {
             let bits = rng::at(rng::derive(frame_key, SHIFT), 0);
             rng::below(bits, r.pixels() as u64) as usize
         };
-        let base = Base {
-            background: &self.background,
-            bytes: &self.background_bytes,
-            shift,
-            signal: &self.signal,
-            add: self.ramp_step.map_or(T::default(), |s| s.wmul(k)),
-        };
-        match &mut self.peaks {
-            None => base.fill(dst, 0),
-            Some(peaks) => {
-                let key = rng::derive(frame_key, PEAK_HEIGHTS);
-                for (f, pl) in peaks.factors.iter_mut().zip(&peaks.placements) {
-                    let u = rng::unit(rng::at(key, pl.grid_index));
-                    *f = 1.0 + peaks.variation / 100.0 * (u - 0.5);
-                }
-                // Row by row, so that the peaks are added while the row is in cache.
-                for (y, row) in dst.chunks_exact_mut(r.width).enumerate() {
-                    base.fill(row, y * r.width);
-                    for &(i, dy) in &peaks.rows[y] {
-                        let pl = &peaks.placements[i];
-                        let patch = &peaks.patches[pl.patch];
-                        add_peak_row(row, pl, dy, patch, peaks.factors[i]);
-                    }
-                }
+        if let Some(peaks) = &mut self.peaks {
+            let key = rng::derive(frame_key, PEAK_HEIGHTS);
+            for (f, pl) in peaks.factors.iter_mut().zip(&peaks.placements) {
+                let u = rng::unit(rng::at(key, pl.grid_index));
+                *f = 1.0 + peaks.variation / 100.0 * (u - 0.5);
             }
         }
-
         if let Some(s) = &mut self.sine {
             for (n, x) in s.x.iter_mut().enumerate() {
                 let counter = k.wrapping_mul(s.sensor_width) + (r.min_x + n) as u64;
@@ -424,15 +421,48 @@ impl<T: Pixel> Plan<T> {
                 let counter = k.wrapping_mul(s.sensor_height) + (r.min_y + n) as u64;
                 *y = combine(&s.y_waves, counter as f64 * s.y_time_scale);
             }
-            add_sines::<T>(s, r, dst);
+        }
+        let base = Base {
+            background: &self.background,
+            bytes: &self.background_bytes,
+            shift,
+            signal: &self.signal,
+            add: self.ramp_step.map_or(T::default(), |s| s.wmul(k)),
+        };
+        let band_rows = (BAND_BYTES / (r.width * T::SIZE).max(1)).max(1);
+        for (b, band) in dst.chunks_mut(band_rows * r.width).enumerate() {
+            let y0 = b * band_rows;
+            match &self.peaks {
+                None => base.fill(band, y0 * r.width),
+                Some(peaks) => {
+                    // Row by row, so that the peaks are added while the row is in L1.
+                    for (dy, row) in band.chunks_exact_mut(r.width).enumerate() {
+                        let y = y0 + dy;
+                        base.fill(row, y * r.width);
+                        for &(i, since_first) in &peaks.rows[y] {
+                            let pl = &peaks.placements[i];
+                            let patch = &peaks.patches[pl.patch];
+                            add_peak_row(row, pl, since_first, patch, peaks.factors[i]);
+                        }
+                    }
+                }
+            }
+            if let Some(s) = &self.sine {
+                add_sines::<T>(s, r, y0, band);
+            }
+            on_band(y0 * r.width, band);
         }
     }
 }
 
-/// `dst[i][j] += sum over the bin of T(gain * (Y[i] + X[j]))`.
+/// Bytes of a band of rows the frame is rendered in: well within L1, so that a band's
+/// peaks, sines and checksums find it there.
+const BAND_BYTES: usize = 16 * 1024;
+
+/// `dst[i][j] += sum over the bin of T(gain * (Y[i] + X[j]))`, for the rows from `y0` on.
 #[inline]
-fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, dst: &mut [T]) {
-    for (oi, row) in dst.chunks_exact_mut(r.width).enumerate() {
+fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, y0: usize, dst: &mut [T]) {
+    for (oi, row) in (y0..).zip(dst.chunks_exact_mut(r.width)) {
         let ys = &s.y[oi * r.bin_y..][..r.bin_y];
         if r.bin_x == 1 && r.bin_y == 1 {
             let y = ys[0];
@@ -619,17 +649,23 @@ impl AnyPlan {
         }
     }
 
-    /// Writes frame `k` into `dst` (exactly one frame of bytes).
-    pub(crate) fn render(&mut self, k: u64, dst: &mut [u8]) {
+    /// Writes frame `k` into `dst` (exactly one frame of bytes), handing each band of rows
+    /// to `on_band(offset, bytes)` as soon as it is final.
+    pub(crate) fn render_bands(
+        &mut self,
+        k: u64,
+        dst: &mut [u8],
+        on_band: &mut dyn FnMut(usize, &mut [u8]),
+    ) {
         match self {
-            AnyPlan::U8(p) => p.render(k, dst),
-            AnyPlan::I8(p) => p.render(k, dst),
-            AnyPlan::U16(p) => p.render(k, dst),
-            AnyPlan::I16(p) => p.render(k, dst),
-            AnyPlan::U32(p) => p.render(k, dst),
-            AnyPlan::I32(p) => p.render(k, dst),
-            AnyPlan::F32(p) => p.render(k, dst),
-            AnyPlan::F64(p) => p.render(k, dst),
+            AnyPlan::U8(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I8(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::U16(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I16(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::U32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::F32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::F64(p) => p.render_bands(k, dst, on_band),
         }
     }
 }
