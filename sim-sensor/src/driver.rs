@@ -44,7 +44,7 @@ use embedded_hal::i2c::{Error as _, I2c};
 
 use crate::error::SensorError;
 use crate::params::{SimParams, SineOperation};
-use crate::port::{DataPort, frame_checksum};
+use crate::port::{DataPort, FrameChecksum};
 use crate::regs::{self, Register};
 
 /// Extra attempts of a control-plane transaction after a bus error.
@@ -568,12 +568,17 @@ impl<I2C: I2c, PORT: DataPort> FrameSource for SensorDriver<I2C, PORT> {
                 message,
             });
         }
-        let footer = self.port.transfer(&mut buf[..needed]).map_err(port_error)?;
+        // Each block is checked as it lands, while it is in cache.
+        let mut check = FrameChecksum::new();
+        let footer = self
+            .port
+            .transfer_blocks(&mut buf[..needed], &mut |block| check.update(block))
+            .map_err(port_error)?;
         if let Some(run) = self.run.as_mut() {
             run.accounted = number;
             run.over = self.limit.is_some_and(|n| number >= n);
         }
-        let found = frame_checksum(&buf[..needed]);
+        let found = check.finish();
         if found != footer.checksum {
             return Err(SensorError::Corrupted {
                 frame: number,

@@ -19,7 +19,7 @@ use embedded_hal::i2c::{self, NoAcknowledgeSource, Operation, SevenBitAddress};
 
 use crate::image::{AnyPlan, Readout};
 use crate::params::{SimMode, SimParams, Sine, SineOperation};
-use crate::port::{DataPort, FrameFooter, FrameHeader, frame_checksum};
+use crate::port::{DataPort, FrameChecksum, FrameFooter, FrameHeader};
 use crate::regs::{self, Access, Format, MAP, Reset, addr};
 use crate::rng;
 
@@ -867,6 +867,16 @@ impl DataPort for SimPort {
     }
 
     fn transfer(&mut self, buf: &mut [u8]) -> Result<FrameFooter, SimPortError> {
+        self.transfer_blocks(buf, &mut |_| {})
+    }
+
+    /// Renders the frame a band of rows at a time; each band is checksummed, damaged if the
+    /// frame is to be corrupted there, and handed on while it is in cache.
+    fn transfer_blocks(
+        &mut self,
+        buf: &mut [u8],
+        on_block: &mut dyn FnMut(&[u8]),
+    ) -> Result<FrameFooter, SimPortError> {
         let mut fw = self.chip.lock();
         fw.tick(Instant::now());
         let Some(e) = fw.fifo.front().copied() else {
@@ -885,13 +895,22 @@ impl DataPort for SimPort {
         }
         fw.fifo.pop_front();
         let dst = &mut buf[..needed];
-        fw.plan().render(e.k, dst);
-        let checksum = frame_checksum(dst);
-        if e.corrupt && !dst.is_empty() {
+        let corrupt_at = (e.corrupt && !dst.is_empty())
+            .then(|| (e.k as usize).wrapping_mul(2_654_435_761) % dst.len());
+        let mut checksum = FrameChecksum::new();
+        fw.plan().render_bands(e.k, dst, &mut |offset, band| {
+            checksum.update(band);
             // Damaged on the link after the detector computed its checksum.
-            let i = (e.k as usize).wrapping_mul(2_654_435_761) % dst.len();
-            dst[i] ^= 0x10;
-        }
-        Ok(FrameFooter { checksum })
+            if let Some(i) = corrupt_at
+                .and_then(|i| i.checked_sub(offset))
+                .filter(|&i| i < band.len())
+            {
+                band[i] ^= 0x10;
+            }
+            on_block(band);
+        });
+        Ok(FrameFooter {
+            checksum: checksum.finish(),
+        })
     }
 }

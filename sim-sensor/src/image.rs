@@ -105,6 +105,9 @@ pub(crate) struct Plan<T> {
     sine: Option<SinePlan>,
     /// A frame's pixels, for a caller buffer not aligned for `T` (empty until one comes).
     scratch: Vec<T>,
+    /// Varied peaks: each placement's converted rows in the frame being rendered, one per
+    /// distinct patch row, at [`VariedPeaks::cache_at`] (scratch).
+    peak_rows: Vec<T>,
 }
 
 /// A peak template binned for one sub-bin phase, at output resolution.
@@ -120,6 +123,13 @@ struct Patch {
     max_abs: f64,
     /// No value is negative (nor NaN).
     non_negative: bool,
+    /// Per row, the first row with the same values (itself if none): a peak's row is then
+    /// converted once per frame and its copies added (a Gaussian is symmetric).
+    first_same: Vec<usize>,
+    /// Per row, the index of its distinct row (rows with the same values share one).
+    distinct: Vec<usize>,
+    /// Distinct rows.
+    distinct_rows: usize,
 }
 
 impl Patch {
@@ -141,12 +151,24 @@ impl Patch {
             }
         });
         let non_negative = values.iter().all(|&v| v >= 0.0);
+        let mut seen: HashMap<Vec<u64>, (usize, usize)> = HashMap::new();
+        let (mut first_same, mut distinct) = (Vec::new(), Vec::new());
+        for (r, row) in values.chunks_exact(width).enumerate() {
+            let next = seen.len();
+            let bits = row.iter().map(|v| v.to_bits()).collect();
+            let &mut (first, index) = seen.entry(bits).or_insert((r, next));
+            first_same.push(first);
+            distinct.push(index);
+        }
         Patch {
             width,
             values,
             spans,
             max_abs,
             non_negative,
+            first_same,
+            distinct,
+            distinct_rows: seen.len(),
         }
     }
 }
@@ -177,6 +199,9 @@ struct VariedPeaks {
     rows: Vec<Vec<(usize, usize)>>,
     /// Each placement's height factor in the frame being rendered (scratch).
     factors: Vec<f64>,
+    /// Where each placement's converted rows start in [`Plan::peak_rows`]; the last entry is
+    /// the length.
+    cache_at: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -214,6 +239,7 @@ impl<T: Pixel> Plan<T> {
             peaks: None,
             sine: None,
             scratch: Vec::new(),
+            peak_rows: Vec::new(),
         };
         if params.offset != 0.0 || params.noise != 0.0 {
             let key = rng::derive(seed, BACKGROUND);
@@ -334,7 +360,14 @@ impl<T: Pixel> Plan<T> {
                     rows[pl.y + dy].push((i, dy));
                 }
             }
+            let mut cache_at = vec![0];
+            for pl in &placements {
+                let patch = &patches[pl.patch];
+                cache_at.push(cache_at[cache_at.len() - 1] + patch.distinct_rows * patch.width);
+            }
+            self.peak_rows = vec![T::default(); cache_at[cache_at.len() - 1]];
             self.peaks = Some(VariedPeaks {
+                cache_at,
                 factors: vec![0.0; placements.len()],
                 patches,
                 placements,
@@ -363,23 +396,40 @@ impl<T: Pixel> Plan<T> {
 
     /// Writes frame `k` (frames since the reset) into `dst`, exactly `pixels() * T::SIZE`
     /// bytes.
+    #[cfg(test)]
     pub(crate) fn render(&mut self, k: u64, dst: &mut [u8]) {
+        self.render_bands(k, dst, &mut |_, _| {});
+    }
+
+    /// [`render`](Self::render), calling `on_band(offset, bytes)` with each band of rows
+    /// (about [`BAND_BYTES`]) as soon as it is final, in order, while it is in cache.
+    pub(crate) fn render_bands(
+        &mut self,
+        k: u64,
+        dst: &mut [u8],
+        on_band: &mut dyn FnMut(usize, &mut [u8]),
+    ) {
         debug_assert_eq!(dst.len(), self.readout.pixels() * T::SIZE);
         match bytemuck::try_cast_slice_mut::<u8, T>(dst) {
-            Ok(pixels) => self.render_pixels(k, pixels),
+            Ok(pixels) => self.render_pixels(k, pixels, &mut |p0, band| {
+                on_band(p0 * T::SIZE, bytemuck::cast_slice_mut(band));
+            }),
             Err(_) => {
                 // Not aligned for T: render aside, then copy the bytes.
                 let mut pixels = std::mem::take(&mut self.scratch);
                 pixels.resize(self.readout.pixels(), T::default());
-                self.render_pixels(k, &mut pixels);
+                self.render_pixels(k, &mut pixels, &mut |_, _| {});
                 dst.copy_from_slice(bytemuck::cast_slice(&pixels));
                 self.scratch = pixels;
+                on_band(0, dst);
             }
         }
     }
 
-    /// Frame `k` into `dst`, one pixel per element.
-    fn render_pixels(&mut self, k: u64, dst: &mut [T]) {
+    /// Frame `k` into `dst`, one pixel per element, band by band: each band of rows gets its
+    /// background, peaks and sines while it is in cache, then goes to `on_band` with the index
+    /// of its first pixel.
+    fn render_pixels(&mut self, k: u64, dst: &mut [T], on_band: &mut dyn FnMut(usize, &mut [T])) {
         let r = self.readout;
         let frame_key = rng::derive(rng::derive(self.seed, FRAMES), k);
         let shift = if self.background.is_empty() {
@@ -388,33 +438,13 @@ impl<T: Pixel> Plan<T> {
             let bits = rng::at(rng::derive(frame_key, SHIFT), 0);
             rng::below(bits, r.pixels() as u64) as usize
         };
-        let base = Base {
-            background: &self.background,
-            bytes: &self.background_bytes,
-            shift,
-            signal: &self.signal,
-            add: self.ramp_step.map_or(T::default(), |s| s.wmul(k)),
-        };
-        match &mut self.peaks {
-            None => base.fill(dst, 0),
-            Some(peaks) => {
-                let key = rng::derive(frame_key, PEAK_HEIGHTS);
-                for (f, pl) in peaks.factors.iter_mut().zip(&peaks.placements) {
-                    let u = rng::unit(rng::at(key, pl.grid_index));
-                    *f = 1.0 + peaks.variation / 100.0 * (u - 0.5);
-                }
-                // Row by row, so that the peaks are added while the row is in cache.
-                for (y, row) in dst.chunks_exact_mut(r.width).enumerate() {
-                    base.fill(row, y * r.width);
-                    for &(i, dy) in &peaks.rows[y] {
-                        let pl = &peaks.placements[i];
-                        let patch = &peaks.patches[pl.patch];
-                        add_peak_row(row, pl, dy, patch, peaks.factors[i]);
-                    }
-                }
+        if let Some(peaks) = &mut self.peaks {
+            let key = rng::derive(frame_key, PEAK_HEIGHTS);
+            for (f, pl) in peaks.factors.iter_mut().zip(&peaks.placements) {
+                let u = rng::unit(rng::at(key, pl.grid_index));
+                *f = 1.0 + peaks.variation / 100.0 * (u - 0.5);
             }
         }
-
         if let Some(s) = &mut self.sine {
             for (n, x) in s.x.iter_mut().enumerate() {
                 let counter = k.wrapping_mul(s.sensor_width) + (r.min_x + n) as u64;
@@ -424,15 +454,50 @@ impl<T: Pixel> Plan<T> {
                 let counter = k.wrapping_mul(s.sensor_height) + (r.min_y + n) as u64;
                 *y = combine(&s.y_waves, counter as f64 * s.y_time_scale);
             }
-            add_sines::<T>(s, r, dst);
+        }
+        let base = Base {
+            background: &self.background,
+            bytes: &self.background_bytes,
+            shift,
+            signal: &self.signal,
+            add: self.ramp_step.map_or(T::default(), |s| s.wmul(k)),
+        };
+        let band_rows = (BAND_BYTES / (r.width * T::SIZE).max(1)).max(1);
+        for (b, band) in dst.chunks_mut(band_rows * r.width).enumerate() {
+            let y0 = b * band_rows;
+            match &self.peaks {
+                None => base.fill(band, y0 * r.width),
+                Some(peaks) => {
+                    // Row by row, so that the peaks are added while the row is in L1.
+                    for (dy, row) in band.chunks_exact_mut(r.width).enumerate() {
+                        let y = y0 + dy;
+                        base.fill(row, y * r.width);
+                        for &(i, since_first) in &peaks.rows[y] {
+                            let pl = &peaks.placements[i];
+                            let patch = &peaks.patches[pl.patch];
+                            let cache =
+                                &mut self.peak_rows[peaks.cache_at[i]..peaks.cache_at[i + 1]];
+                            add_peak_row(row, pl, since_first, patch, peaks.factors[i], cache);
+                        }
+                    }
+                }
+            }
+            if let Some(s) = &self.sine {
+                add_sines::<T>(s, r, y0, band);
+            }
+            on_band(y0 * r.width, band);
         }
     }
 }
 
-/// `dst[i][j] += sum over the bin of T(gain * (Y[i] + X[j]))`.
+/// Bytes of a band of rows the frame is rendered in: well within L1, so that a band's
+/// peaks, sines and checksums find it there.
+const BAND_BYTES: usize = 16 * 1024;
+
+/// `dst[i][j] += sum over the bin of T(gain * (Y[i] + X[j]))`, for the rows from `y0` on.
 #[inline]
-fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, dst: &mut [T]) {
-    for (oi, row) in dst.chunks_exact_mut(r.width).enumerate() {
+fn add_sines<T: Pixel>(s: &SinePlan, r: Readout, y0: usize, dst: &mut [T]) {
+    for (oi, row) in (y0..).zip(dst.chunks_exact_mut(r.width)) {
         let ys = &s.y[oi * r.bin_y..][..r.bin_y];
         if r.bin_x == 1 && r.bin_y == 1 {
             let y = ys[0];
@@ -525,8 +590,17 @@ fn sum3<T: Pixel>(dst: &mut [T], a: &[T], b: &[T], add: T) {
 
 /// Row `dy` of one peak of height `factor`: `row[x] += T(factor * value)` over its visible
 /// part. For integer pixels, the columns where the patch is 0 are left out, and within
-/// `i32` the conversion takes a path that vectorises: the same values.
-fn add_peak_row<T: Pixel>(row: &mut [T], pl: &Placement, dy: usize, patch: &Patch, factor: f64) {
+/// `i32` the conversion takes a path that vectorises: the same values. The converted row is
+/// kept in `cache` (the placement's distinct rows); a later row with the same values, once
+/// its first is visible and so converted in this frame, adds the kept row instead.
+fn add_peak_row<T: Pixel>(
+    row: &mut [T],
+    pl: &Placement,
+    dy: usize,
+    patch: &Patch,
+    factor: f64,
+    cache: &mut [T],
+) {
     let prow = pl.row + dy;
     let (mut lo, mut hi) = (pl.col, pl.col + pl.width);
     if T::ZERO_ADDS_NOTHING {
@@ -536,20 +610,28 @@ fn add_peak_row<T: Pixel>(row: &mut [T], pl: &Placement, dy: usize, patch: &Patc
             return;
         }
     }
-    let src = &patch.values[prow * patch.width + lo..prow * patch.width + hi];
     let start = pl.x + (lo - pl.col);
-    let dst = &mut row[start..start + src.len()];
+    let dst = &mut row[start..start + (hi - lo)];
+    let kept = &mut cache[patch.distinct[prow] * patch.width..][lo..hi];
+    let first = patch.first_same[prow];
+    if first != prow && first >= pl.row {
+        for (d, &k) in dst.iter_mut().zip(kept.iter()) {
+            *d = d.wadd(k);
+        }
+        return;
+    }
+    let src = &patch.values[prow * patch.width + lo..prow * patch.width + hi];
     // False for NaN or infinite factors or values: they take the general path.
     let small = factor.abs() * patch.max_abs < 2_147_483_647.0;
     if small && T::ZERO_ADDS_NOTHING && patch.non_negative && factor >= 0.0 {
         // The usual case: every product in 0..2^31, truncation is the floor.
-        scale_add(dst, src, factor, |v| T::from_i64(floor_small(v)));
+        scale_add(dst, kept, src, factor, |v| T::from_i64(floor_small(v)));
     } else if small && T::ZERO_ADDS_NOTHING {
         // |factor * v| <= |factor| * max_abs < 2^31 for every v of the patch (rounding is
         // monotonic), both finite, as `small` says.
-        scale_add(dst, src, factor, |v| T::from_i64(trunc_small(v)));
+        scale_add(dst, kept, src, factor, |v| T::from_i64(trunc_small(v)));
     } else {
-        scale_add(dst, src, factor, T::from_f64);
+        scale_add(dst, kept, src, factor, T::from_f64);
     }
 }
 
@@ -578,11 +660,19 @@ fn floor_small(x: f64) -> i64 {
     sum.to_bits() as i64 - UNIT.to_bits() as i64 - rounded_up
 }
 
-/// `dst[p] += convert(factor * src[p])`.
+/// `dst[p] += convert(factor * src[p])`, keeping each converted value in `kept[p]`.
 #[inline(always)]
-fn scale_add<T: Pixel>(dst: &mut [T], src: &[f64], factor: f64, convert: impl Fn(f64) -> T) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = d.wadd(convert(factor * v));
+fn scale_add<T: Pixel>(
+    dst: &mut [T],
+    kept: &mut [T],
+    src: &[f64],
+    factor: f64,
+    convert: impl Fn(f64) -> T,
+) {
+    for ((d, k), &v) in dst.iter_mut().zip(kept.iter_mut()).zip(src) {
+        let t = convert(factor * v);
+        *k = t;
+        *d = d.wadd(t);
     }
 }
 
@@ -619,17 +709,23 @@ impl AnyPlan {
         }
     }
 
-    /// Writes frame `k` into `dst` (exactly one frame of bytes).
-    pub(crate) fn render(&mut self, k: u64, dst: &mut [u8]) {
+    /// Writes frame `k` into `dst` (exactly one frame of bytes), handing each band of rows
+    /// to `on_band(offset, bytes)` as soon as it is final.
+    pub(crate) fn render_bands(
+        &mut self,
+        k: u64,
+        dst: &mut [u8],
+        on_band: &mut dyn FnMut(usize, &mut [u8]),
+    ) {
         match self {
-            AnyPlan::U8(p) => p.render(k, dst),
-            AnyPlan::I8(p) => p.render(k, dst),
-            AnyPlan::U16(p) => p.render(k, dst),
-            AnyPlan::I16(p) => p.render(k, dst),
-            AnyPlan::U32(p) => p.render(k, dst),
-            AnyPlan::I32(p) => p.render(k, dst),
-            AnyPlan::F32(p) => p.render(k, dst),
-            AnyPlan::F64(p) => p.render(k, dst),
+            AnyPlan::U8(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I8(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::U16(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I16(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::U32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::I32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::F32(p) => p.render_bands(k, dst, on_band),
+            AnyPlan::F64(p) => p.render_bands(k, dst, on_band),
         }
     }
 }

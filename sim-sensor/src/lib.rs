@@ -66,5 +66,5 @@ pub use firmware::{
     SimPort, SimPortError,
 };
 pub use params::{SimMode, SimParams, Sine, SineOperation, UnknownSimMode};
-pub use port::{DataPort, FrameFooter, FrameHeader, frame_checksum};
+pub use port::{DataPort, FrameChecksum, FrameFooter, FrameHeader, frame_checksum};
 pub use settings::SimOptionsError;

@@ -298,3 +298,36 @@ fn the_temperature_drifts_up_while_streaming() {
     det.stop().unwrap();
     assert!(t1 > t0 + 5, "{t0} -> {t1}");
 }
+
+#[test]
+fn frames_of_many_bands_are_checked_whole_and_corruption_anywhere_is_found() {
+    // 512 x 256 u16: 256 KiB, rendered and checked in many bands; the byte each corrupted
+    // frame damages moves with the frame index, across the bands.
+    let mut det = SimDetector::new(SimConfig {
+        max_width: 512,
+        max_height: 256,
+        seed: 7,
+        params: SimParams::demo(SimMode::Peaks, (512, 256), detflow_hal::PixelType::U16),
+    })
+    .unwrap();
+    let config = AcquisitionConfig {
+        roi: Roi::full(512, 256),
+        ..run(12, Duration::ZERO)
+    };
+    det.configure(&config).unwrap();
+    det.start().unwrap();
+    let (ids, errors) = drain(&mut det);
+    assert_eq!(
+        ids,
+        (1..=12).collect::<Vec<_>>(),
+        "clean frames pass the check"
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+
+    det.configure(&config).unwrap();
+    det.chip().inject(Fault::Corrupt, 12);
+    det.start().unwrap();
+    let (ids, errors) = drain(&mut det);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert_eq!(errors, [ErrorKind::Corrupted; 12]);
+}
