@@ -35,8 +35,8 @@ pub fn bound(len: usize) -> usize {
     len + len / 255 + 16
 }
 
-/// Bytes past the compressed end that [`encode`] may write: literals are copied 8 bytes at a
-/// time, like liblz4's wild copy.
+/// Bytes past the compressed end that [`encode`] may write: the end of a literal run is
+/// copied 8 bytes at a time, like liblz4's wild copy.
 const SLACK: usize = 16;
 
 /// A compressor of small blocks with its reused 16 KiB hash table (zeroed for each block,
@@ -125,7 +125,7 @@ impl Src<'_> {
     /// The byte at `i`.
     #[inline(always)]
     fn at(self, i: usize) -> u8 {
-        assert!(i < self.0.len() || cfg!(not(debug_assertions)));
+        debug_assert!(i < self.0.len());
         // SAFETY: callers read below a position that is itself in the block.
         unsafe { *self.0.get_unchecked(i) }
     }
@@ -133,7 +133,7 @@ impl Src<'_> {
     /// Native-endian 4 bytes at `i`, as liblz4 hashes and compares them.
     #[inline(always)]
     fn r32(self, i: usize) -> u32 {
-        assert!(i + 4 <= self.0.len() || cfg!(not(debug_assertions)));
+        debug_assert!(i + 4 <= self.0.len());
         // SAFETY: every caller reads at a position below `mflimit_plus_one` = len - 11, or
         // at a match position before such a one, so i + 4 <= len; read_unaligned has no
         // alignment requirement.
@@ -143,7 +143,7 @@ impl Src<'_> {
     /// Little-endian 8 bytes at `i`.
     #[inline(always)]
     fn r64(self, i: usize) -> u64 {
-        assert!(i + 8 <= self.0.len() || cfg!(not(debug_assertions)));
+        debug_assert!(i + 8 <= self.0.len());
         // SAFETY: callers read below the match limit (len - 5) minus 8, or at match positions
         // before such a one, so i + 8 <= len.
         u64::from_le(unsafe { self.0.as_ptr().add(i).cast::<u64>().read_unaligned() })
@@ -160,7 +160,7 @@ struct Dst {
 impl Dst {
     #[inline(always)]
     fn put(&mut self, at: usize, byte: u8) {
-        assert!(at < self.cap || cfg!(not(debug_assertions)));
+        debug_assert!(at < self.cap);
         // SAFETY: at < bound + SLACK <= the capacity behind ptr (see the type).
         unsafe { self.ptr.add(at).write(byte) };
     }
@@ -168,7 +168,7 @@ impl Dst {
     /// Add `byte` to the token at `at`, already written.
     #[inline(always)]
     fn add(&mut self, at: usize, byte: u8) {
-        assert!(at < self.cap || cfg!(not(debug_assertions)));
+        debug_assert!(at < self.cap);
         // SAFETY: as for put; the byte at was written (a token) before.
         unsafe { *self.ptr.add(at) += byte };
     }
@@ -190,8 +190,8 @@ impl Dst {
     /// read up to 7 past `to`, which must be at least 8 bytes before the block's end.
     #[inline(always)]
     fn wild_copy(&mut self, at: usize, src: Src, from: usize, to: usize) {
-        assert!(at + (to - from) + SLACK <= self.cap || cfg!(not(debug_assertions)));
-        assert!(to + 8 <= src.0.len() || cfg!(not(debug_assertions)));
+        debug_assert!(at + (to - from) + SLACK <= self.cap);
+        debug_assert!(to + 8 <= src.0.len());
         let mut k = 0;
         // Long literal runs (noise bit-planes) 32 bytes at a time, within the run.
         while from + k + 32 <= to {
