@@ -3,9 +3,9 @@
 //!
 //! For a block of `n` elements (`n` a multiple of 8) of `elem_size` bytes, the output holds
 //! `8 * elem_size` bit-rows of `n / 8` bytes: row `8 * b + k` holds bit `k` of byte `b` of every
-//! element, element `j` at bit `j % 8` of byte `j / 8`. The [`Kernel`] picks AVX2 or SSE2 code
-//! at run time on x86-64 and falls back to portable scalar code elsewhere; all kernels give the
-//! same bytes. [`bitshuffle`] applies the transform block by block exactly as the HDF5 filter
+//! element, element `j` at bit `j % 8` of byte `j / 8`. The [`Kernel`] picks AVX-512 with GFNI,
+//! AVX2 or SSE2 code at run time on x86-64 and falls back to portable scalar code elsewhere; all
+//! kernels give the same bytes. [`bitshuffle`] applies the transform block by block exactly as the HDF5 filter
 //! 32008 does, which is what the `bslz4`/`bszstd` chunks compress.
 
 /// Elements per block are a multiple of this (`BSHUF_BLOCKED_MULT`).
@@ -29,7 +29,7 @@ pub fn default_block_size(elem_size: usize) -> usize {
 /// # Panics
 ///
 /// If `block_size` is zero or not a multiple of 8.
-pub fn blocks(n_elems: usize, block_size: usize) -> impl Iterator<Item = (usize, usize)> {
+pub fn blocks(n_elems: usize, block_size: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
     assert!(
         block_size > 0 && block_size.is_multiple_of(BLOCKED_MULT),
         "bitshuffle block size {block_size} is not a positive multiple of 8"
@@ -52,11 +52,16 @@ enum Isa {
     Sse2,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(all(target_arch = "x86_64", rustc_1_89))]
+    Avx512Gfni,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs (AVX2, then SSE2, then scalar).
+    /// The fastest kernel this CPU runs (AVX-512 with GFNI, AVX2, SSE2, then scalar).
     pub fn best() -> Kernel {
+        if let Some(k) = Kernel::avx512_gfni() {
+            return k;
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = Kernel::avx2() {
             return k;
@@ -91,7 +96,31 @@ impl Kernel {
         None
     }
 
-    /// `"scalar"`, `"sse2"` or `"avx2"`.
+    /// AVX-512 (F, BW, VBMI) with GFNI (64 elements per step: one `vgf2p8affineqb` does the
+    /// 8x8 bit transposes of 64 elements' bytes), if this CPU has them and the crate was
+    /// built by Rust 1.89 or later.
+    pub fn avx512_gfni() -> Option<Kernel> {
+        #[cfg(all(target_arch = "x86_64", rustc_1_89))]
+        if avx512::detected() {
+            return Some(Kernel(Isa::Avx512Gfni));
+        }
+        None
+    }
+
+    /// Every kernel this CPU runs, the scalar one first.
+    pub fn available() -> Vec<Kernel> {
+        [
+            Some(Kernel::scalar()),
+            Kernel::sse2(),
+            Kernel::avx2(),
+            Kernel::avx512_gfni(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// `"scalar"`, `"sse2"`, `"avx2"` or `"avx512-gfni"`.
     pub fn name(&self) -> &'static str {
         match self.0 {
             Isa::Scalar => "scalar",
@@ -99,6 +128,8 @@ impl Kernel {
             Isa::Sse2 => "sse2",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => "avx2",
+            #[cfg(all(target_arch = "x86_64", rustc_1_89))]
+            Isa::Avx512Gfni => "avx512-gfni",
         }
     }
 
@@ -129,7 +160,14 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a Kernel with Isa::Avx2 is only made after AVX2 was detected; the
             // lengths were checked above.
-            Isa::Avx2 => unsafe { x86::trans_avx2(input, output, elem_size) },
+            Isa::Avx2 => unsafe { x86::trans_avx2(input, output, elem_size, 0) },
+            #[cfg(all(target_arch = "x86_64", rustc_1_89))]
+            // SAFETY: a Kernel with Isa::Avx512Gfni is only made after AVX-512 F/BW/VBMI and
+            // GFNI were detected, which implies AVX2; the lengths were checked above.
+            Isa::Avx512Gfni => unsafe {
+                let done = avx512::trans(input, output, elem_size);
+                x86::trans_avx2(input, output, elem_size, done)
+            },
         };
         trans_scalar(input, output, elem_size, done, groups);
     }
@@ -286,32 +324,37 @@ mod x86 {
         }
     }
 
-    /// As [`trans_sse2`], with AVX2.
+    /// As [`trans_sse2`], with AVX2, from group `from` on (the groups before it are done).
     ///
     /// # Safety
     ///
     /// The CPU must support AVX2 (which implies SSE2). Lengths as for [`trans_sse2`].
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn trans_avx2(input: &[u8], output: &mut [u8], elem_size: usize) -> usize {
+    pub(super) unsafe fn trans_avx2(
+        input: &[u8],
+        output: &mut [u8],
+        elem_size: usize,
+        from: usize,
+    ) -> usize {
         match elem_size {
             // Up to 3 groups remain after the 32-element steps: one SSE2 step may fit.
             1 => {
-                let done = avx2::<1>(input, output);
+                let done = avx2::<1>(input, output, from);
                 sse2::<1>(input, output, done)
             }
             2 => {
-                let done = avx2::<2>(input, output);
+                let done = avx2::<2>(input, output, from);
                 sse2::<2>(input, output, done)
             }
             4 => {
-                let done = avx2::<4>(input, output);
+                let done = avx2::<4>(input, output, from);
                 sse2::<4>(input, output, done)
             }
             8 => {
-                let done = avx2::<8>(input, output);
+                let done = avx2::<8>(input, output, from);
                 sse2::<8>(input, output, done)
             }
-            _ => 0,
+            _ => from,
         }
     }
 
@@ -390,17 +433,18 @@ mod x86 {
         )
     }
 
-    /// AVX2 steps from group 0; returns the groups done.
+    /// AVX2 steps from group `from` on; returns the groups done.
     #[target_feature(enable = "avx2")]
-    fn avx2<const ES: usize>(input: &[u8], output: &mut [u8]) -> usize {
+    fn avx2<const ES: usize>(input: &[u8], output: &mut [u8], from: usize) -> usize {
         const V: usize = 32;
         let n = input.len() / ES;
         let row = n / 8;
-        let steps = n / V;
-        for s in 0..steps {
+        let steps = (n - 8 * from) / V;
+        for step in 0..steps {
+            let s_elem = 8 * from + step * V;
             let mut v = [_mm256_setzero_si256(); ES];
             for (i, x) in v.iter_mut().enumerate() {
-                let src = &input[s * V * ES + 32 * i..][..32];
+                let src = &input[s_elem * ES + 32 * i..][..32];
                 // SAFETY: src is 32 readable bytes; loadu has no alignment requirement.
                 *x = unsafe { _mm256_loadu_si256(src.as_ptr().cast()) };
             }
@@ -422,13 +466,287 @@ mod x86 {
                 let mut x = x;
                 for k in (0..8).rev() {
                     let bits = _mm256_movemask_epi8(x) as u32;
-                    let at = (8 * b + k) * row + s * (V / 8);
+                    let at = (8 * b + k) * row + s_elem / 8;
                     output[at..at + 4].copy_from_slice(&bits.to_le_bytes());
                     x = _mm256_slli_epi16::<1>(x);
                 }
             }
         }
-        steps * (V / 8)
+        from + steps * (V / 8)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", rustc_1_89))]
+#[allow(
+    clippy::incompatible_msrv,
+    reason = "compiled only by Rust 1.89 and later (build.rs sets rustc_1_89), where these \
+              intrinsics are stable"
+)]
+mod avx512 {
+    //! The AVX-512 + GFNI kernel. A step takes 64 elements (8 groups of 8). Byte permutations
+    //! (`vpermb`, `vpermt2b`) gather byte `b` of every element into one vector whose 64-bit
+    //! lane `g` holds group `g`, element `j` at byte `7 - j`. With that lane as its matrix,
+    //! `vgf2p8affineqb` against the constant whose byte `k` is `1 << k` puts in byte `k` bit
+    //! `k` of each of the lane's bytes: the group's byte of bit-row `8 * b + k`. A last `vpermb`
+    //! turns the 8x8 bytes around so that lane `k` holds row `k` of the 8 groups, and a
+    //! one-lane masked store writes it.
+
+    use std::arch::x86_64::*;
+
+    /// Byte `k` of each lane is `1 << k`: the affine's output byte `k` takes bit `k` of every
+    /// byte of the matrix lane (bit `i` from byte `7 - i`).
+    const BIT_ROWS: i64 = 0x8040_2010_0804_0201_u64 as i64;
+
+    /// Within one vector: group `g`'s element `j` (byte `8g + j`) to byte `8g + 7 - j`.
+    const GATHER_1: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            t[i] = (8 * (i / 8) + 7 - i % 8) as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// From two vectors of 2-byte elements (64 elements), byte `b` of each, as above.
+    const GATHER_2: [[u8; 64]; 2] = {
+        let mut t = [[0u8; 64]; 2];
+        let mut b = 0;
+        while b < 2 {
+            let mut i = 0;
+            while i < 64 {
+                t[b][i] = ((8 * (i / 8) + 7 - i % 8) * 2 + b) as u8;
+                i += 1;
+            }
+            b += 1;
+        }
+        t
+    };
+
+    /// From two vectors of 4-byte elements (32 elements): 128-bit lane `l` holds byte
+    /// `2q + l / 2` of elements `16 * (l % 2)..` (two groups), for `q` 0 and 1.
+    const GATHER_4: [[u8; 64]; 2] = {
+        let mut t = [[0u8; 64]; 2];
+        let mut q = 0;
+        while q < 2 {
+            let mut i = 0;
+            while i < 64 {
+                let (l, r) = (i / 16, i % 16);
+                let elem = 16 * (l % 2) + 8 * (r / 8) + 7 - r % 8;
+                t[q][i] = (elem * 4 + 2 * q + l / 2) as u8;
+                i += 1;
+            }
+            q += 1;
+        }
+        t
+    };
+
+    /// From two vectors of 8-byte elements (two groups): 128-bit lane `l` holds byte `4q + l`
+    /// of both groups, for `q` 0 and 1.
+    const GATHER_8: [[u8; 64]; 2] = {
+        let mut t = [[0u8; 64]; 2];
+        let mut q = 0;
+        while q < 2 {
+            let mut i = 0;
+            while i < 64 {
+                let (l, r) = (i / 16, i % 16);
+                let elem = 8 * (r / 8) + 7 - r % 8;
+                t[q][i] = (elem * 8 + 4 * q + l) as u8;
+                i += 1;
+            }
+            q += 1;
+        }
+        t
+    };
+
+    /// The three levels of a byte transpose of 8 affine outputs (steps `s`, byte `8g + k`
+    /// holding row `k` of group `g`) into 8 vectors of rows (byte `8s + g`), two sources at
+    /// a time. Level 1 takes steps `2i, 2i + 1` to half `h` of the rows (byte
+    /// `16kk + 8ss + g`, row `4h + kk`); level 2 takes two of those to a quarter `q` of a
+    /// half (byte `32kq + 8s4 + g`, row `4h + 2q + kq`, step `4j + s4`); level 3 to one row.
+    const TREE: [[[u8; 64]; 2]; 3] = {
+        let mut t = [[[0u8; 64]; 2]; 3];
+        let mut half = 0;
+        while half < 2 {
+            let mut i = 0;
+            while i < 64 {
+                let g = i % 8;
+                let (kk, ss) = (i / 16, (i / 8) % 2);
+                t[0][half][i] = (ss * 64 + 8 * g + 4 * half + kk) as u8;
+                let (kq, s4) = (i / 32, (i / 8) % 4);
+                t[1][half][i] = ((s4 / 2) * 64 + 16 * (2 * half + kq) + 8 * (s4 % 2) + g) as u8;
+                let s = i / 8;
+                t[2][half][i] = ((s / 4) * 64 + 32 * half + 8 * (s % 4) + g) as u8;
+                i += 1;
+            }
+            half += 1;
+        }
+        t
+    };
+
+    /// Destination byte `8k + g` from byte `8g + k`: an 8x8 byte transpose.
+    const ROWS: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            t[i] = (8 * (i % 8) + i / 8) as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// Whether this CPU runs the kernel.
+    pub(super) fn detected() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("gfni")
+    }
+
+    /// Run the steps for `elem_size` 1, 2, 4 or 8; returns how many 8-element groups were
+    /// done (the caller finishes the rest with another kernel).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F, BW, VBMI and GFNI ([`detected`]). (Every access is
+    /// within a checked slice; for a correct result `input.len() == output.len()`, a multiple
+    /// of `8 * elem_size`.)
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,gfni")]
+    pub(super) unsafe fn trans(input: &[u8], output: &mut [u8], elem_size: usize) -> usize {
+        match elem_size {
+            1 => steps::<1>(input, output, [&GATHER_1, &GATHER_1]),
+            2 => steps::<2>(input, output, [&GATHER_2[0], &GATHER_2[1]]),
+            4 => steps::<4>(input, output, [&GATHER_4[0], &GATHER_4[1]]),
+            8 => steps::<8>(input, output, [&GATHER_8[0], &GATHER_8[1]]),
+            _ => 0,
+        }
+    }
+
+    /// 64 bytes from the start of `bytes`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(bytes: &[u8]) -> __m512i {
+        let bytes = &bytes[..64];
+        // SAFETY: bytes is 64 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
+    }
+
+    /// Byte `b` of the 64 elements at the start of `src`, for each `b`, as lanes of groups.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn gather<const ES: usize>(src: &[u8], idx: [__m512i; 2]) -> [__m512i; ES] {
+        let mut x = [_mm512_setzero_si512(); ES];
+        match ES {
+            1 => x[0] = _mm512_permutexvar_epi8(idx[0], load(src)),
+            2 => {
+                let (a, b) = (load(src), load(&src[64..]));
+                x[0] = _mm512_permutex2var_epi8(a, idx[0], b);
+                x[1] = _mm512_permutex2var_epi8(a, idx[1], b);
+            }
+            4 => {
+                let v: [__m512i; 4] = std::array::from_fn(|i| load(&src[64 * i..]));
+                for q in 0..2 {
+                    let t0 = _mm512_permutex2var_epi8(v[0], idx[q], v[1]);
+                    let t1 = _mm512_permutex2var_epi8(v[2], idx[q], v[3]);
+                    // Lanes 0-1 of each: byte 2q; lanes 2-3: byte 2q + 1.
+                    x[2 * q] = _mm512_shuffle_i64x2::<0x44>(t0, t1);
+                    x[2 * q + 1] = _mm512_shuffle_i64x2::<0xEE>(t0, t1);
+                }
+            }
+            8 => {
+                let v: [__m512i; 8] = std::array::from_fn(|i| load(&src[64 * i..]));
+                for q in 0..2 {
+                    let t: [__m512i; 4] = std::array::from_fn(|p| {
+                        _mm512_permutex2var_epi8(v[2 * p], idx[q], v[2 * p + 1])
+                    });
+                    // A 4x4 transpose of 128-bit lanes: lane l of every t[p] into x[4q + l].
+                    let u0 = _mm512_shuffle_i64x2::<0x44>(t[0], t[1]);
+                    let u1 = _mm512_shuffle_i64x2::<0xEE>(t[0], t[1]);
+                    let u2 = _mm512_shuffle_i64x2::<0x44>(t[2], t[3]);
+                    let u3 = _mm512_shuffle_i64x2::<0xEE>(t[2], t[3]);
+                    x[4 * q] = _mm512_shuffle_i64x2::<0x88>(u0, u2);
+                    x[4 * q + 1] = _mm512_shuffle_i64x2::<0xDD>(u0, u2);
+                    x[4 * q + 2] = _mm512_shuffle_i64x2::<0x88>(u1, u3);
+                    x[4 * q + 3] = _mm512_shuffle_i64x2::<0xDD>(u1, u3);
+                }
+            }
+            _ => unreachable!("the AVX-512 kernel takes elements of 1, 2, 4 or 8 bytes"),
+        }
+        x
+    }
+
+    /// Rows `0..8` (64 bytes each: groups of 8 steps) from the affine outputs of 8 steps.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn rows_of_8_steps(y: &[__m512i; 8], tree: &[[__m512i; 2]; 3]) -> [__m512i; 8] {
+        let a: [[__m512i; 2]; 4] = std::array::from_fn(|i| {
+            std::array::from_fn(|h| _mm512_permutex2var_epi8(y[2 * i], tree[0][h], y[2 * i + 1]))
+        });
+        let b: [[[__m512i; 2]; 2]; 2] = std::array::from_fn(|j| {
+            std::array::from_fn(|h| {
+                std::array::from_fn(|q| {
+                    _mm512_permutex2var_epi8(a[2 * j][h], tree[1][q], a[2 * j + 1][h])
+                })
+            })
+        });
+        std::array::from_fn(|k| {
+            let (h, q, kq) = (k / 4, (k / 2) % 2, k % 2);
+            _mm512_permutex2var_epi8(b[0][h][q], tree[2][kq], b[1][h][q])
+        })
+    }
+
+    /// The 64-element steps, 8 at a time while they last (whole 64-byte rows, plain stores),
+    /// then one at a time (8 bytes of each row, one-lane masked stores); returns the groups
+    /// done.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,gfni")]
+    fn steps<const ES: usize>(input: &[u8], output: &mut [u8], idx: [&[u8; 64]; 2]) -> usize {
+        let n = input.len() / ES;
+        let row = n / 8;
+        let steps = n / 64;
+        let idx = [load(idx[0]), load(idx[1])];
+        let bit_rows = _mm512_set1_epi64(BIT_ROWS);
+        let tree = TREE.map(|level| level.map(|t| load(&t)));
+        for o in 0..steps / 8 {
+            let mut y = [[_mm512_setzero_si512(); 8]; ES];
+            for s in 0..8 {
+                let first = (8 * o + s) * 64 * ES;
+                let x = gather::<ES>(&input[first..first + 64 * ES], idx);
+                for (yb, &xb) in y.iter_mut().zip(&x) {
+                    yb[s] = _mm512_gf2p8affine_epi64_epi8::<0>(bit_rows, xb);
+                }
+            }
+            for (b, yb) in y.iter().enumerate() {
+                for (k, r) in rows_of_8_steps(yb, &tree).into_iter().enumerate() {
+                    let at = (8 * b + k) * row + 64 * o;
+                    let dst = &mut output[at..at + 64];
+                    // SAFETY: dst is 64 writable bytes; storeu has no alignment requirement.
+                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), r) };
+                }
+            }
+        }
+        let rows = load(&ROWS);
+        for s in steps / 8 * 8..steps {
+            let x = gather::<ES>(&input[s * 64 * ES..(s + 1) * 64 * ES], idx);
+            for (b, &xb) in x.iter().enumerate() {
+                let y = _mm512_gf2p8affine_epi64_epi8::<0>(bit_rows, xb);
+                let z = _mm512_permutexvar_epi8(rows, y);
+                for k in 0..8 {
+                    let at = (8 * b + k) * row + 8 * s;
+                    let dst = &mut output[at..at + 8];
+                    // SAFETY: the mask enables lane k only, which the store writes at
+                    // base + 8k = dst, 8 writable bytes; no other lane is accessed (masked
+                    // lanes do not fault), and base is only computed, with wrapping_sub.
+                    unsafe {
+                        _mm512_mask_storeu_epi64(
+                            dst.as_mut_ptr().wrapping_sub(8 * k).cast(),
+                            1 << k,
+                            z,
+                        )
+                    };
+                }
+            }
+        }
+        steps * 8
     }
 }
 
@@ -455,10 +773,22 @@ mod tests {
     }
 
     fn kernels() -> Vec<Kernel> {
-        [Some(Kernel::scalar()), Kernel::sse2(), Kernel::avx2()]
-            .into_iter()
-            .flatten()
-            .collect()
+        Kernel::available()
+    }
+
+    /// The dispatch picks the widest kernel the CPU has, so the tests above ran it.
+    #[test]
+    fn best_is_the_widest_kernel_this_cpu_runs() {
+        let names: Vec<_> = kernels().iter().map(|k| k.name()).collect();
+        assert_eq!(Kernel::best().name(), *names.last().unwrap(), "{names:?}");
+        #[cfg(all(target_arch = "x86_64", rustc_1_89))]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("gfni")
+        {
+            assert_eq!(Kernel::best().name(), "avx512-gfni");
+        }
     }
 
     #[test]
@@ -495,8 +825,9 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_definition_on_a_long_block() {
         for es in [1usize, 2, 3, 4, 8, 16] {
-            // 8 * 13 elements: whole SIMD steps plus leftover groups.
-            for n in [8usize, 16, 24, 32, 40, 64, 104, 4096] {
+            // 8 * 13 elements: whole SIMD steps plus leftover groups; 4328 = 512 * 8 (the
+            // AVX-512 kernel's 8-step rows) + 64 * 3 (its single steps) + 8 * 5.
+            for n in [8usize, 16, 24, 32, 40, 64, 104, 512, 4096, 4328] {
                 let input: Vec<u8> = (0..n * es)
                     .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
                     .collect();

@@ -11,11 +11,14 @@
 
 use super::DecodeFailure;
 use super::bitshuffle::{self, Kernel};
+use super::lz4_block::{self, SmallBlockEncoder};
 
 /// The per-block compressor behind the bitshuffle.
 pub enum BlockCodec {
-    /// `LZ4_compress_default` (filter compression code 2).
-    Lz4,
+    /// The bytes of `LZ4_compress_default` (filter compression code 2): from
+    /// [`SmallBlockEncoder`] for blocks up to [`lz4_block::MAX_BLOCK`] bytes (the default
+    /// blocks of elements up to 512 bytes), from liblz4 above.
+    Lz4(SmallBlockEncoder),
     /// `ZSTD_compress` at a level (filter compression code 3). The scratch buffer holds one
     /// block's frame.
     Zstd(Box<zstd::bulk::Compressor<'static>>, Vec<u8>),
@@ -24,7 +27,7 @@ pub enum BlockCodec {
 impl std::fmt::Debug for BlockCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            BlockCodec::Lz4 => "Lz4",
+            BlockCodec::Lz4(_) => "Lz4",
             BlockCodec::Zstd(..) => "Zstd",
         })
     }
@@ -60,13 +63,30 @@ impl BshufEncoder {
         out.extend_from_slice(&(frame.len() as u64).to_be_bytes());
         out.extend_from_slice(&((block * elem_size) as u32).to_be_bytes());
         self.shuffled.resize(block * elem_size, 0);
-        for (start, len) in bitshuffle::blocks(n, block) {
+        let mut blocks = bitshuffle::blocks(n, block);
+        while let Some((start, len)) = blocks.next() {
             let raw = &frame[start * elem_size..(start + len) * elem_size];
             let shuffled = &mut self.shuffled[..raw.len()];
             self.kernel.trans_bit_elem(raw, shuffled, elem_size);
+            // The frame is mostly in L3 or memory (another thread wrote it, or it is one of
+            // many), and the transform would wait for every line of it: fetch the next block
+            // while this one compresses, which needs nothing beyond L1.
+            let ahead = blocks.clone().next().map_or(&[][..], |(start, len)| {
+                &frame[start * elem_size..(start + len) * elem_size]
+            });
             match &mut self.block_codec {
-                BlockCodec::Lz4 => super::lz4::append_block(shuffled, out, false),
+                BlockCodec::Lz4(lz4) if shuffled.len() <= lz4_block::MAX_BLOCK => {
+                    let at = out.len();
+                    out.extend_from_slice(&[0; 4]);
+                    let n = lz4.append(shuffled, out, ahead);
+                    out[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+                }
+                BlockCodec::Lz4(_) => {
+                    super::prefetch(ahead);
+                    super::lz4::append_block(shuffled, out, false)
+                }
                 BlockCodec::Zstd(z, scratch) => {
+                    super::prefetch(ahead);
                     let bound = zstd::zstd_safe::compress_bound(shuffled.len());
                     if scratch.len() < bound {
                         scratch.resize(bound, 0);

@@ -27,6 +27,7 @@ pub mod bitshuffle;
 pub mod blosc;
 pub mod bshuf;
 pub mod lz4;
+pub mod lz4_block;
 
 /// HDF5's deflate filter id (zlib stream).
 pub const FILTER_DEFLATE: u32 = 1;
@@ -345,7 +346,7 @@ impl Codec {
             Codec::BitshuffleLz4 => Engine::Bshuf(bshuf::BshufEncoder {
                 kernel: bitshuffle::Kernel::best(),
                 shuffled: Vec::new(),
-                block_codec: bshuf::BlockCodec::Lz4,
+                block_codec: bshuf::BlockCodec::Lz4(lz4_block::SmallBlockEncoder::default()),
             }),
             Codec::BitshuffleZstd { level } => Engine::Bshuf(bshuf::BshufEncoder {
                 kernel: bitshuffle::Kernel::best(),
@@ -427,6 +428,21 @@ impl From<String> for DecodeFailure {
     fn from(s: String) -> Self {
         DecodeFailure(s)
     }
+}
+
+/// Ask the CPU to bring `bytes` into its L2 cache, without waiting for them. A hint only: a
+/// no-op where there is no prefetch instruction we can reach on stable Rust.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch is a hint that never faults nor changes memory (and the address
+        // is inside bytes anyway); SSE is part of the x86-64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// Big-endian reads through a chunk, failing on truncation.
