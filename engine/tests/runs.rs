@@ -171,20 +171,9 @@ impl Observer for Plugin {
     }
 }
 
-/// The daemon's path: a capture on the shared file plugin whose directory is removed ends,
-/// at the next flush, with the error the IOC posts as WriteStatus = Write Error and
-/// WriteMessage; the acquisition itself goes on.
-#[test]
-fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let sub = dir.path().join("run");
-    std::fs::create_dir(&sub).unwrap();
-    let mut c = config(&sub);
-    c.detector.frames = 0;
-    c.detector.period = Seconds::new(0.005).unwrap();
-    c.writer.flush_interval = Seconds::new(0.05).unwrap();
-    c.writer.workers = 1;
-    c.ring.slots = 8;
+/// The daemon's file plugin with a capture of `c`'s writer settings open (64x48 frames, as
+/// [`config`] makes), and the capture's file.
+fn shared_plugin(c: &Config) -> (Arc<SharedCapture>, std::path::PathBuf) {
     let v = c.validate().unwrap();
     let shape = detflow_hal::FrameShape {
         width: 64,
@@ -200,6 +189,24 @@ fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
     let file = session.status().full_file_name.clone();
     let plugin = Arc::new(SharedCapture::new(true));
     plugin.open(session).unwrap();
+    (plugin, file)
+}
+
+/// The daemon's path: a capture on the shared file plugin whose directory is removed ends,
+/// at the next flush, with the error the IOC posts as WriteStatus = Write Error and
+/// WriteMessage; the acquisition itself goes on.
+#[test]
+fn a_daemon_capture_whose_file_is_deleted_ends_with_a_write_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("run");
+    std::fs::create_dir(&sub).unwrap();
+    let mut c = config(&sub);
+    c.detector.frames = 0;
+    c.detector.period = Seconds::new(0.005).unwrap();
+    c.writer.flush_interval = Seconds::new(0.05).unwrap();
+    c.writer.workers = 1;
+    c.ring.slots = 8;
+    let (plugin, file) = shared_plugin(&c);
     let (tx, heard) = std::sync::mpsc::channel();
     let mut run = Acquisition::builder(c)
         .sink(plugin.clone())
@@ -255,20 +262,7 @@ fn a_shared_capture_without_compression_writes_the_slots_as_they_are() {
     let plain = plain.summary().status.files[0].clone();
 
     c.writer.number = 2;
-    let v = c.validate().unwrap();
-    let shape = detflow_hal::FrameShape {
-        width: 64,
-        height: 48,
-        pixel_type: v.acquisition.pixel_type,
-        color_mode: detflow_hal::ColorMode::Mono,
-    };
-    let session = detflow_writer::CaptureSession::start(
-        v.capture.clone(),
-        detflow_engine::acquisition::geometry(&v.acquisition, shape),
-    )
-    .unwrap();
-    let plugin = Arc::new(SharedCapture::new(true));
-    plugin.open(session).unwrap();
+    let (plugin, shared_file) = shared_plugin(&c);
     let mut shared = Acquisition::builder(c).sink(plugin).start().unwrap();
     assert!(matches!(shared.wait(), RunEnd::Complete));
     let summary = shared.summary();
@@ -285,6 +279,5 @@ fn a_shared_capture_without_compression_writes_the_slots_as_they_are() {
             .read_raw::<u16>()
             .unwrap()
     };
-    let shared_file = dir.path().join("detflow_0002.h5");
     assert_eq!(read(&shared_file), read(&plain));
 }
