@@ -260,6 +260,11 @@ pub trait ImageSource: Detector {
     /// The most bytes one image can take in the buffer: every channel and its user data.
     fn max_image_bytes(&self) -> usize;
 
+    /// Images in the series, when the detector says (numbers run from 0 to this, less one).
+    fn series_images(&self) -> Option<u64> {
+        None
+    }
+
     /// Wait up to `timeout` for the next image and write it into `buf`.
     fn read_image(&mut self, buf: &mut [u8], timeout: Duration) -> Result<ImageMeta, Self::Error>;
 }
@@ -273,6 +278,9 @@ impl<T: ImageSource + ?Sized> ImageSource for &mut T {
     }
     fn max_image_bytes(&self) -> usize {
         T::max_image_bytes(self)
+    }
+    fn series_images(&self) -> Option<u64> {
+        T::series_images(self)
     }
     fn read_image(&mut self, buf: &mut [u8], timeout: Duration) -> Result<ImageMeta, Self::Error> {
         T::read_image(self, buf, timeout)
