@@ -253,7 +253,7 @@ pub fn check_directory(dir: &Path, setting: &str) -> Result<(), WriterError> {
     )))
 }
 
-fn datatype(p: PixelType) -> hdf5::Result<Datatype> {
+pub(crate) fn datatype(p: PixelType) -> hdf5::Result<Datatype> {
     match p {
         PixelType::U8 => Datatype::from_type::<u8>(),
         PixelType::I8 => Datatype::from_type::<i8>(),
@@ -294,6 +294,9 @@ impl StreamWriter {
                 });
             }
             l.check()?;
+            if let Some(m) = &l.metadata {
+                m.check()?;
+            }
         }
         let dir = spec
             .path

@@ -481,3 +481,337 @@ fn a_swmr_reader_sees_images_and_presence_after_a_flush() {
     drop(r);
     w.close().unwrap();
 }
+
+fn table_u32(h: usize, w: usize) -> detflow_writer::Table {
+    detflow_writer::Table {
+        dims: vec![h, w],
+        pixel_type: PixelType::U32,
+        bytes: (0..(h * w) as u32)
+            .map(|i| if i % 7 == 0 { 1u32 << (i % 5) } else { 0 })
+            .flat_map(u32::to_le_bytes)
+            .collect(),
+    }
+}
+
+fn table_f32(h: usize, w: usize, scale: f32) -> detflow_writer::Table {
+    detflow_writer::Table {
+        dims: vec![h, w],
+        pixel_type: PixelType::F32,
+        bytes: (0..h * w)
+            .map(|i| 1.0 + i as f32 * scale)
+            .flat_map(f32::to_le_bytes)
+            .collect(),
+    }
+}
+
+fn full_metadata() -> detflow_writer::DetectorMetadata {
+    detflow_writer::DetectorMetadata {
+        series_id: Some(15614),
+        series_unique_id: Some("01GRXWT80JSDY2FNW8SGCCDZD9".into()),
+        arm_date: Some("2023-02-10T15:49:05.281+01:00".into()),
+        description: Some("Dectris EIGER2 Si 16M 💙".into()),
+        serial_number: Some("E-32-0117".into()),
+        sensor_material: Some("Si".into()),
+        sensor_thickness_m: Some(0.00045),
+        beam_center_x_px: Some(2110.5),
+        beam_center_y_px: Some(2200.25),
+        count_time_s: Some(0.0099999),
+        frame_time_s: Some(0.01),
+        pixel_size_x_m: Some(7.5e-5),
+        pixel_size_y_m: Some(7.5e-5),
+        incident_wavelength_a: Some(0.9762),
+        incident_energy_ev: Some(12700.0),
+        saturation_value: Some(65534),
+        threshold_energy_ev: vec![
+            ("threshold_2".into(), 9000.0),
+            ("threshold_1".into(), 6350.0),
+            ("threshold_3".into(), 11000.0),
+        ],
+        detector_translation_m: Some([0.01, -0.02, 0.15]),
+        goniometer: vec![("omega".into(), 10.0, 0.1), ("chi".into(), 30.0, 0.0)],
+        countrate_correction_enabled: Some(true),
+        flatfield_enabled: Some(false),
+        pixel_mask_enabled: Some(true),
+        virtual_pixel_interpolation_enabled: Some(false),
+        pixel_mask: vec![
+            ("threshold_1".into(), table_u32(H as usize, W as usize)),
+            ("threshold_2".into(), table_u32(H as usize, W as usize)),
+        ],
+        flatfield: vec![
+            (
+                "threshold_1".into(),
+                table_f32(H as usize, W as usize, 0.001),
+            ),
+            (
+                "threshold_2".into(),
+                table_f32(H as usize, W as usize, 0.002),
+            ),
+        ],
+        countrate_correction_lookup_table: Some(detflow_writer::Table {
+            dims: vec![4],
+            pixel_type: PixelType::U32,
+            bytes: [0u32, 1, 3, 7]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        }),
+        user_data_cbor: Some(vec![0x82, 0x01, 0x61, b'x']),
+        user_data_json: Some("[1, \"x\"]".into()),
+    }
+}
+
+fn metadata_spec(path: &std::path::Path, m: detflow_writer::DetectorMetadata) -> StreamSpec {
+    let mut spec = layout_spec(path, Codec::BitshuffleLz4, 5);
+    spec.image_layout.as_mut().unwrap().metadata = Some(m);
+    spec
+}
+
+/// A fixed-length string dataset: ASCII, or UTF-8 for text that is not.
+fn text(f: &hdf5::File, path: &str) -> String {
+    let ds = f.dataset(path).unwrap();
+    match ds.read_scalar::<hdf5::types::FixedAscii<64>>() {
+        Ok(v) => v.as_str().to_owned(),
+        Err(_) => ds
+            .read_scalar::<hdf5::types::FixedUnicode<64>>()
+            .unwrap()
+            .as_str()
+            .to_owned(),
+    }
+}
+
+fn attr_text(ds: &hdf5::Dataset, name: &str) -> String {
+    let v: hdf5::types::FixedAscii<64> = ds.attr(name).unwrap().read_scalar().unwrap();
+    v.as_str().to_owned()
+}
+
+#[test]
+fn series_metadata_is_written_with_nxmx_names_and_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.h5");
+    let m = full_metadata();
+    let w = StreamWriter::create(metadata_spec(&path, m.clone())).unwrap();
+    w.close().unwrap();
+    let f = hdf5::File::open(&path).unwrap();
+    let det = layout::DETECTOR_PATH;
+    let spec = layout::DETECTOR_SPECIFIC_PATH;
+    assert_eq!(text(&f, "/entry/definition"), "NXmx");
+    for (name, want) in [
+        ("description", "Dectris EIGER2 Si 16M 💙"),
+        ("serial_number", "E-32-0117"),
+        ("sensor_material", "Si"),
+    ] {
+        assert_eq!(text(&f, &format!("{det}/{name}")), want, "{name}");
+    }
+    for (path, want, units) in [
+        (format!("{det}/sensor_thickness"), 0.00045, "m"),
+        (format!("{det}/beam_center_x"), 2110.5, "pixel"),
+        (format!("{det}/beam_center_y"), 2200.25, "pixel"),
+        (format!("{det}/count_time"), 0.0099999, "s"),
+        (format!("{det}/frame_time"), 0.01, "s"),
+        (format!("{det}/x_pixel_size"), 7.5e-5, "m"),
+        (format!("{det}/y_pixel_size"), 7.5e-5, "m"),
+        (
+            "/entry/instrument/beam/incident_wavelength".into(),
+            0.9762,
+            "angstrom",
+        ),
+        (
+            "/entry/instrument/beam/incident_energy".into(),
+            12700.0,
+            "eV",
+        ),
+        (
+            format!("{spec}/threshold_3/threshold_energy"),
+            11000.0,
+            "eV",
+        ),
+        (
+            "/entry/sample/transformations/omega_increment_set".into(),
+            0.1,
+            "deg",
+        ),
+    ] {
+        let ds = f.dataset(&path).unwrap();
+        assert_eq!(ds.read_scalar::<f64>().unwrap(), want, "{path}");
+        assert_eq!(attr_text(&ds, "units"), units, "{path}");
+    }
+    let sat: u64 = f
+        .dataset(&format!("{det}/saturation_value"))
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(sat, 65534);
+    for (name, want) in [
+        ("countrate_correction_applied", true),
+        ("flatfield_applied", false),
+        ("pixel_mask_applied", true),
+        ("virtual_pixel_interpolation_applied", false),
+    ] {
+        let v: bool = f
+            .dataset(&format!("{det}/{name}"))
+            .unwrap()
+            .read_scalar()
+            .unwrap();
+        assert_eq!(v, want, "{name}");
+    }
+    // One threshold per channel, in channel order; `difference` has none.
+    let th = f.dataset(&format!("{det}/threshold_energy")).unwrap();
+    let th: Vec<f64> = th.read_raw().unwrap();
+    assert_eq!(&th[..2], [6350.0, 9000.0]);
+    assert!(th[2].is_nan());
+
+    let tr = f
+        .dataset(&format!("{det}/transformations/translation"))
+        .unwrap();
+    let length: f64 = tr.read_scalar().unwrap();
+    let vector: Vec<f64> = tr.attr("vector").unwrap().read_raw().unwrap();
+    let exact: Vec<f64> = tr.attr("translation_m").unwrap().read_raw().unwrap();
+    assert_eq!(exact, [0.01, -0.02, 0.15]);
+    for (i, t) in [0.01, -0.02, 0.15].into_iter().enumerate() {
+        assert!(
+            (vector[i] * length - t).abs() < 1e-15,
+            "{vector:?} × {length}"
+        );
+    }
+    assert_eq!(attr_text(&tr, "transformation_type"), "translation");
+    assert_eq!(
+        text(&f, &format!("{det}/depends_on")),
+        "/entry/instrument/detector/transformations/translation"
+    );
+    let omega: Vec<f64> = f
+        .dataset("/entry/sample/transformations/omega")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(omega.len(), 5);
+    for (i, a) in omega.iter().enumerate() {
+        assert_eq!(*a, 10.0 + i as f64 * 0.1);
+    }
+    let chi: Vec<f64> = f
+        .dataset("/entry/sample/transformations/chi")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(chi, [30.0; 5]);
+
+    let id: u64 = f
+        .dataset(&format!("{spec}/series_id"))
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(id, 15614);
+    assert_eq!(
+        text(&f, &format!("{spec}/series_unique_id")),
+        "01GRXWT80JSDY2FNW8SGCCDZD9"
+    );
+    assert_eq!(
+        text(&f, &format!("{spec}/arm_date")),
+        "2023-02-10T15:49:05.281+01:00"
+    );
+    assert_eq!(
+        text(&f, &format!("{spec}/series_user_data_json")),
+        "[1, \"x\"]"
+    );
+    let cbor: Vec<u8> = f
+        .dataset(&format!("{spec}/series_user_data"))
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(cbor, [0x82, 0x01, 0x61, b'x']);
+}
+
+fn table_bytes<T: hdf5::H5Type + Copy>(
+    f: &hdf5::File,
+    path: &str,
+    to_le: fn(T) -> Vec<u8>,
+) -> (Vec<usize>, Vec<u8>) {
+    let ds = f.dataset(path).unwrap();
+    let v: Vec<T> = ds.read_raw().unwrap();
+    (ds.shape(), v.into_iter().flat_map(to_le).collect())
+}
+
+#[test]
+fn pixel_masks_flatfields_and_the_countrate_table_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables.h5");
+    let m = full_metadata();
+    StreamWriter::create(metadata_spec(&path, m.clone()))
+        .unwrap()
+        .close()
+        .unwrap();
+    let f = hdf5::File::open(&path).unwrap();
+    let det = layout::DETECTOR_PATH;
+    let spec = layout::DETECTOR_SPECIFIC_PATH;
+    let u32s = |p: &str| table_bytes::<u32>(&f, p, |v| v.to_le_bytes().to_vec());
+    let f32s = |p: &str| table_bytes::<f32>(&f, p, |v| v.to_le_bytes().to_vec());
+    let dims = vec![H as usize, W as usize];
+    // The first channel's under the NXmx names, every channel's under detectorSpecific.
+    assert_eq!(
+        u32s(&format!("{det}/pixel_mask")),
+        (dims.clone(), m.pixel_mask[0].1.bytes.clone())
+    );
+    assert_eq!(
+        f32s(&format!("{det}/flatfield")),
+        (dims.clone(), m.flatfield[0].1.bytes.clone())
+    );
+    for (i, ch) in ["threshold_1", "threshold_2"].iter().enumerate() {
+        assert_eq!(
+            u32s(&format!("{spec}/{ch}/pixel_mask")),
+            (dims.clone(), m.pixel_mask[i].1.bytes.clone()),
+            "{ch}"
+        );
+        assert_eq!(
+            f32s(&format!("{spec}/{ch}/flatfield")),
+            (dims.clone(), m.flatfield[i].1.bytes.clone()),
+            "{ch}"
+        );
+    }
+    assert_ne!(m.flatfield[0].1.bytes, m.flatfield[1].1.bytes);
+    assert_eq!(
+        u32s(&format!("{det}/countrate_correction_lookup_table")),
+        (vec![4], m.countrate_correction_lookup_table.unwrap().bytes)
+    );
+}
+
+#[test]
+fn metadata_that_cannot_be_written_is_refused_before_the_file_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("badmeta.h5");
+    let mut m = full_metadata();
+    m.pixel_mask[1].1.bytes.pop();
+    let e = StreamWriter::create(metadata_spec(&path, m)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WriterError::Setting {
+                setting: "metadata.pixel_mask",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut m = full_metadata();
+    m.goniometer.push(("a/b".into(), 0.0, 1.0));
+    let e = StreamWriter::create(metadata_spec(&path, m)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WriterError::Setting {
+                setting: "metadata.goniometer",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!path.exists());
+    // Nothing given, nothing written but the definition.
+    let w = StreamWriter::create(metadata_spec(&path, Default::default())).unwrap();
+    w.close().unwrap();
+    let f = hdf5::File::open(&path).unwrap();
+    assert_eq!(text(&f, "/entry/definition"), "NXmx");
+    assert!(f.group("/entry/instrument/beam").is_err());
+    assert!(
+        f.dataset(&format!("{}/description", layout::DETECTOR_PATH))
+            .is_err()
+    );
+}
