@@ -329,3 +329,93 @@ fn bad_messages_are_counted_and_the_good_images_kept() {
         .unwrap();
     assert_eq!(present, [1, 0, 0, 1]);
 }
+
+#[test]
+fn a_flag_that_contradicts_the_series_is_refused_before_any_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::bind();
+    let mut cfg = config(dir.path(), &sender.endpoint, "auto");
+    if let BackendConfig::Stream2 { expect, .. } = &mut cfg.backend {
+        expect.size = Some((32, 8));
+    }
+    let feeder = std::thread::spawn(move || {
+        send_series(&sender, 2, 1, &[0, 1], true);
+        sender
+    });
+    let e = Acquisition::builder(cfg).start().unwrap_err().to_string();
+    drop(feeder.join().unwrap());
+    assert!(
+        e.contains("size 32x8") && e.contains("16x8"),
+        "the message names the flag, its value and the series': {e}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file");
+}
+
+/// A `u32` typed array of `values`, raw.
+fn u32_array(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn header_detail_all_tables_and_the_nxmx_fields_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::bind();
+    let cfg = config(dir.path(), &sender.endpoint, "auto");
+    let mask: Vec<u32> = (0..16 * 8).map(|p| u32::from(p % 5 == 0)).collect();
+    let flat: Vec<u8> = (0..16 * 8)
+        .flat_map(|p| (1.0f32 + p as f32 / 100.0).to_le_bytes())
+        .collect();
+    let lut: Vec<u32> = (0..1000).collect();
+    let (mask_b, lut_b) = (u32_array(&mask), u32_array(&lut));
+    let feeder = std::thread::spawn(move || {
+        let table = |tag, bytes: &'static [u8]| MultiDimArray {
+            dims: [8, 16],
+            array: TypedArray {
+                tag,
+                payload: Payload::Raw(bytes),
+            },
+        };
+        let (mask_b, flat, lut_b): (&'static [u8], &'static [u8], &'static [u8]) = (
+            Box::leak(mask_b.into_boxed_slice()),
+            Box::leak(flat.into_boxed_slice()),
+            Box::leak(lut_b.into_boxed_slice()),
+        );
+        let mut s = start(1, &CHANNELS[..1]);
+        s.pixel_mask = vec![("threshold_1", table(70, mask_b))];
+        s.flatfield = vec![("threshold_1", table(85, flat))];
+        s.countrate_correction_lookup_table = Some(TypedArray {
+            tag: 70,
+            payload: Payload::Raw(lut_b),
+        });
+        s.sensor_thickness = Some(0.00045);
+        s.incident_wavelength = Some(1.0);
+        sender.send(&Message::Start(s));
+        let chunks = image_chunks(0, 1, Codec::BitshuffleLz4);
+        sender.send(&Message::Image(image(0, &chunks, Compression::Bslz4)));
+        sender.send(&end());
+        sender
+    });
+    let mut run = Acquisition::builder(cfg).start().unwrap();
+    assert!(matches!(run.wait(), RunEnd::Complete));
+    let s = run.summary();
+    drop(feeder.join().unwrap());
+    let file = hdf5::File::open(&s.status.files[0]).unwrap();
+    let det = "/entry/instrument/detector";
+    let read_u32 = |p: &str| file.dataset(p).unwrap().read_raw::<u32>().unwrap();
+    assert_eq!(read_u32(&format!("{det}/pixel_mask")), mask);
+    assert_eq!(
+        read_u32(&format!("{det}/countrate_correction_lookup_table")),
+        lut
+    );
+    let f: Vec<f32> = file
+        .dataset(&format!("{det}/flatfield"))
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(f[7], 1.07);
+    let scalar = |p: &str| file.dataset(p).unwrap().read_scalar::<f64>().unwrap();
+    assert_eq!(scalar(&format!("{det}/sensor_thickness")), 0.00045);
+    assert_eq!(scalar(&format!("{det}/beam_center_x")), 8.5);
+    assert_eq!(scalar("/entry/instrument/beam/incident_wavelength"), 1.0);
+    assert_eq!(scalar(&format!("{det}/count_time")), 0.001);
+}
