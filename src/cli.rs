@@ -190,7 +190,7 @@ mod tests {
             help("frames")
         );
         assert!(help("slots").ends_with("[default: 0]"));
-        assert!(help("codec").ends_with("[default: none]"));
+        assert!(help("codec").ends_with("[default: auto]"));
         assert!(!help("overwrite").contains("[default"));
     }
 }
