@@ -486,6 +486,7 @@ impl OwnedStart {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect(),
+            rejected: Vec::new(),
         })
     }
 }
