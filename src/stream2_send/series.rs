@@ -326,31 +326,36 @@ mod tests {
     }
 
     #[test]
-    fn chunks_have_the_dcu_block_size() {
-        let frame: Vec<u8> = (0..40_000u32)
-            .flat_map(|i| ((i % 251) as u16).to_le_bytes())
-            .collect();
-        let shape = FrameShape {
-            width: 200,
-            height: 200,
-            pixel_type: PixelType::U16,
-            color_mode: detflow_hal::ColorMode::Mono,
-        };
-        for c in [Compress::Bslz4, Compress::Lz4] {
-            let mut out = Vec::new();
-            let mut e = ChannelEncoder::new(c, PixelType::U16);
-            let a = e.encode(&frame, &mut out, shape);
-            let Payload::Compressed { bytes, .. } = a.array.payload else {
-                panic!("{c:?} is compressed")
-            };
-            assert_eq!(bytes[8..12], 8192u32.to_be_bytes(), "{c:?}");
-            a.array.payload.check_framing().unwrap();
-            let codec = if c == Compress::Lz4 {
-                Codec::Lz4
-            } else {
-                Codec::BitshuffleLz4
-            };
-            assert_eq!(codec.decode(PixelType::U16, bytes).unwrap(), frame, "{c:?}");
+    fn chunks_have_the_dcu_block_size_and_frame_exactly() {
+        for (w, h) in [(200u32, 200u32), (15, 7), (1, 1), (4096, 3)] {
+            for p in [PixelType::U8, PixelType::U16, PixelType::U32] {
+                let n = (w * h) as usize * p.size();
+                let frame: Vec<u8> = (0..n).map(|i| (i % 251 / 3) as u8).collect();
+                let shape = FrameShape {
+                    width: w,
+                    height: h,
+                    pixel_type: p,
+                    color_mode: detflow_hal::ColorMode::Mono,
+                };
+                for c in [Compress::Bslz4, Compress::Lz4] {
+                    let mut out = Vec::new();
+                    let a = ChannelEncoder::new(c, p).encode(&frame, &mut out, shape);
+                    let Payload::Compressed { bytes, .. } = a.array.payload else {
+                        panic!("{c:?} is compressed")
+                    };
+                    assert_eq!(bytes[8..12], 8192u32.to_be_bytes(), "{c:?} {w}x{h} {p}");
+                    a.array
+                        .payload
+                        .check_framing()
+                        .unwrap_or_else(|e| panic!("{c:?} {w}x{h} {p}: {e}"));
+                    let codec = if c == Compress::Lz4 {
+                        Codec::Lz4
+                    } else {
+                        Codec::BitshuffleLz4
+                    };
+                    assert_eq!(codec.decode(p, bytes).unwrap(), frame, "{c:?} {w}x{h} {p}");
+                }
+            }
         }
     }
 }
