@@ -108,7 +108,7 @@ pub struct Start<'a> {
     pub frame_time: Option<f64>,
     /// `countrate_correction_enabled`.
     pub countrate_correction_enabled: Option<bool>,
-    /// `countrate_correction_lookup_table` (header_detail `all`): count c maps to LUT[c].
+    /// `countrate_correction_lookup_table` (header_detail `all`): count `c` maps to `LUT[c]`.
     pub countrate_correction_lookup_table: Option<TypedArray<'a>>,
     /// `detector_description`, e.g. `"Dectris EIGER2 Si 16M"`.
     pub detector_description: Option<&'a str>,
