@@ -612,6 +612,14 @@ fn series_info(start: &[u8], first: &[u8]) -> Result<SeriesInfo, Stream2Error> {
         ));
     };
     let id = s.series.id;
+    for r in &s.rejected {
+        tracing::warn!(
+            "series {id} ({}): start key {} is not used: {}",
+            s.series.unique_id,
+            r.key,
+            r.error
+        );
+    }
     let (width, height) = match (s.image_size_x, s.image_size_y) {
         (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
         _ => {
