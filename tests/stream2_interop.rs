@@ -1,0 +1,229 @@
+//! DECTRIS Stream V2 with code nobody here wrote: DECTRIS's own example client decodes what
+//! `detflow stream2-send` sends, and DLS's tickit-devices EIGER simulator and a sender written
+//! from the spec (pyzmq + cbor2) feed `detflow acquire --backend stream2`.
+//!
+//! The Python side lives in tests/python/ (each file says where it came from) and runs in a
+//! venv of its own, pinned, made on first use like the other interop tests' venv: a pip
+//! failure fails the test, it never skips. Every wait has a deadline; ports are picked free on
+//! 127.0.0.1 (or by the binding Python process itself, which reports its endpoint).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::EVENT_DEADLINE;
+
+/// The venv's packages, pinned to versions that work together here.
+///
+/// cbor2 stays below 6: cbor2 6 decodes a map inside tag 55799 as an immutable `frozendict`,
+/// and tickit-devices 0.4.1 assigns into its replayed image message, so its EIGER raises
+/// `TypeError: 'cbor2.frozendict' object does not support item assignment` on the first
+/// image. dectris-compression has no wheel on PyPI: pip builds it with gcc (most of the
+/// first run's two minutes). tickit-devices brings tickit, aiozmq and aiohttp.
+const STREAM2_PY_PACKAGES: &[&str] = &[
+    "cbor2==5.9.0",
+    "pyzmq==27.3.0",
+    "dectris-compression==0.4.0",
+    "tickit==0.4.3",
+    "tickit-devices==0.4.1",
+    "aiozmq==1.0.0",
+    "numpy==2.4.6",
+    "h5py==3.16.0",
+    "hdf5plugin==7.1.0",
+];
+
+/// The venv's folder, made once per target directory.
+fn venv() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream2-venv");
+        let py = detflow_test_support::python_venv(&root, STREAM2_PY_PACKAGES);
+        py.parent().and_then(Path::parent).unwrap().to_path_buf()
+    })
+}
+
+fn python() -> Command {
+    common::command(venv().join("bin").join("python"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python")
+        .join(name)
+}
+
+/// A child process with its stdout read line by line and its stderr collected; killed when
+/// dropped, so a failing test leaves no simulator behind.
+struct Proc {
+    what: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Proc {
+    fn spawn(what: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            err.read_to_string(&mut s).ok();
+            s
+        }));
+        Proc {
+            what: what.to_owned(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next stdout line, waiting at most [`EVENT_DEADLINE`].
+    fn line(&mut self) -> String {
+        match self.lines.recv_timeout(EVENT_DEADLINE) {
+            Ok(line) => line,
+            Err(e) => {
+                let (status, _, err) = self.finish(Duration::ZERO);
+                panic!(
+                    "{}: no line on stdout ({e}); status {status:?}\n{err}",
+                    self.what
+                )
+            }
+        }
+    }
+
+    /// Wait for the exit (killing it after `deadline`): status, the rest of stdout, stderr.
+    fn finish(&mut self, deadline: Duration) -> (Option<ExitStatus>, String, String) {
+        let end = Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                break Some(status);
+            }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out: Vec<String> = self.lines.try_iter().collect();
+        let err = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, out.join("\n"), err)
+    }
+
+    /// Wait for a successful exit; panics with its output otherwise. Returns stdout's rest.
+    fn succeed(mut self) -> String {
+        let (status, out, err) = self.finish(EVENT_DEADLINE);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} failed or hung ({status:?}):\n{out}\n{err}",
+            self.what
+        );
+        out
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the check `args` of tests/python/stream2_checks.py; returns its JSON line.
+fn check(args: &[&str]) -> serde_json::Value {
+    let out = detflow_test_support::run_step(
+        python().arg(script("stream2_checks.py")).args(args),
+        &format!("stream2_checks.py {}", args[0]),
+    );
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("check printed {out:?}: {e}"))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+// ---- the spec sender and DECTRIS's client, with no detflow in between ----
+
+/// Start the spec sender with `args`; returns it and the endpoint it bound.
+fn spec_sender(expected: &Path, args: &[&str]) -> (Proc, String) {
+    let mut sender = Proc::spawn(
+        "stream2_spec_sender.py",
+        python()
+            .arg(script("stream2_spec_sender.py"))
+            .args(["--out", path_str(expected), "--timeout", "60"])
+            .args(args),
+    );
+    let line = sender.line();
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the sender's first line {line:?}: {e}"));
+    let endpoint = v["endpoint"].as_str().expect("an endpoint").to_owned();
+    (sender, endpoint)
+}
+
+/// DECTRIS's client, connected to `endpoint`, writing what it decodes to `out`.
+fn dectris_client(endpoint: &str, out: &Path) -> Proc {
+    Proc::spawn(
+        "stream2_dectris_client.py",
+        python()
+            .arg(script("stream2_dectris_client.py"))
+            .args([endpoint, path_str(out), "60"]),
+    )
+}
+
+/// The sender is proven against DECTRIS's decoder before it is used against detflow.
+#[test]
+fn the_dectris_client_decodes_the_spec_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    for (k, args) in [
+        &["--dtype", "u8", "--compression", "bslz4", "--channels", "3"][..],
+        &[
+            "--dtype",
+            "u16",
+            "--compression",
+            "lz4",
+            "--no-prefix",
+            "--skip",
+            "1,4",
+        ],
+        &["--dtype", "u32", "--compression", "none", "--f16"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let expected = dir.path().join(format!("expected{k}.npz"));
+        let got = dir.path().join(format!("client{k}.npz"));
+        let (sender, endpoint) = spec_sender(&expected, args);
+        let client = dectris_client(&endpoint, &got);
+        let summary = client.succeed();
+        sender.succeed();
+        let v = check(&["client-vs-expected", path_str(&got), path_str(&expected)]);
+        assert!(v["images"].as_u64().unwrap() >= 4, "{summary}\n{v}");
+    }
+}
