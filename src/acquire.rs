@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use detflow_engine::backend::stream2::SeriesExpect;
 use detflow_engine::config::{
-    BackendKeys, DetectorSettings, RingSettings, Seconds, WriterSettings,
+    BackendConfig, BackendKeys, DetectorSettings, RingSettings, Seconds, WriterSettings,
 };
 use detflow_engine::{Acquisition, Config, RunEvent, RunHandle, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -57,6 +58,17 @@ impl AcquireArgs {
         c.backend.apply(self.backend.get()?)?;
         self.ring.apply(&mut c.ring)?;
         self.writer.apply(&mut c.writer)?;
+        // A Stream V2 series says its own size, dtype and image count: the ones given here
+        // are what it must have.
+        if let BackendConfig::Stream2 { expect, .. } = &mut c.backend {
+            let d = &c.detector;
+            let given = |id| self.detector.given(id);
+            *expect = SeriesExpect {
+                size: given("size").then(|| d.size.pair()),
+                dtype: given("dtype").then_some(d.dtype),
+                frames: given("frames").then_some(d.frames),
+            };
+        }
         let w = &mut c.writer;
         w.auto_increment |= self.auto_increment;
         w.swmr |= self.swmr;

@@ -16,10 +16,9 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
-use detflow_hal::FrameShape;
 use detflow_ring::{Policy, Producer, Ring, RingConfig};
 use detflow_sim::SimOptions;
-use detflow_writer::CaptureSession;
+use detflow_writer::{CaptureSession, Codec};
 
 use crate::backend::{self, Backend, OpenError, Opened};
 use crate::config::{BackendSpec, Config, Validated};
@@ -139,26 +138,35 @@ impl AcquisitionBuilder {
             Some(b) => backend::configure(b, settings.acquisition.clone())?,
             None => open_backend(&settings)?,
         };
+        // An image source's slot holds an image record: a header, then the image as it came;
+        // the series says the codec `auto` means and how many images there are.
+        let mut settings = settings;
+        let frame_bytes = match opened.backend.images() {
+            Some(images) => {
+                let arriving = backend::codec_of(images.encoding);
+                settings.for_images(arriving, images.number_of_images, opened.shape.bytes());
+                crate::record::HEADER_BYTES + images.max_image_bytes
+            }
+            None => opened.shape.bytes(),
+        };
         let s = &settings;
-        let frame_bytes = opened.shape.bytes();
         let requested = match self.ring_slots {
             Some(n) => n,
             // The file decided the frame size: the settings' count is only a ceiling, within
             // the ring's memory budget for that size.
-            None if from_settings && matches!(s.backend, BackendSpec::Replay { .. }) => {
+            None if from_settings
+                && matches!(
+                    s.backend,
+                    BackendSpec::Replay { .. } | BackendSpec::Stream2 { .. }
+                ) =>
+            {
                 s.ring_slots.min(crate::config::auto_slots(frame_bytes))
             }
             None => s.ring_slots,
         };
         // The ring first: a machine that cannot hold it must not be left with an empty file
         // (which would refuse the rerun as existing).
-        let ring = allocate_ring(
-            requested,
-            opened.shape,
-            s.frames,
-            s.ring_policy,
-            &s.ring_shm,
-        )?;
+        let ring = allocate_ring(requested, frame_bytes, s.frames, s.ring_policy, &s.ring_shm)?;
         let sink: Box<dyn FrameSink> = match self.sink {
             SinkChoice::Owned => {
                 let geometry = geometry(&opened.acquisition, opened.shape);
@@ -195,6 +203,12 @@ fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
             acquisition,
         ),
         BackendSpec::Replay { file, dataset } => backend::open_replay(file, dataset, acquisition),
+        BackendSpec::Stream2 {
+            connect,
+            rcvhwm,
+            timeout,
+            expect,
+        } => backend::open_stream2(connect, *rcvhwm, timeout.duration(), *expect, acquisition),
         BackendSpec::Udp { listen, incomplete } => backend::open_udp(
             *listen,
             settings.sensor,
@@ -205,17 +219,16 @@ fn open_backend(settings: &Validated) -> Result<Opened, OpenError> {
     }
 }
 
-/// Allocate (and touch) the ring for a run of `frames` frames of `shape` (0: until
-/// stopped): `requested` slots (0: automatic for the shape), never more than frames, and
+/// Allocate (and touch) the ring for a run of `frames` frames of `slot_bytes` each (0: until
+/// stopped): `requested` slots (0: automatic for the size), never more than frames, and
 /// within the machine's memory cap ([`crate::config::fit_ring`]).
 fn allocate_ring(
     requested: usize,
-    shape: FrameShape,
+    slot_bytes: usize,
     frames: u64,
     policy: Policy,
     shm: &Option<PathBuf>,
 ) -> Result<(Producer, Ring), StartError> {
-    let slot_bytes = shape.bytes();
     let slots = crate::config::fit_ring(
         requested,
         slot_bytes,
@@ -256,7 +269,11 @@ impl Launch {
         // when chunks are the frames themselves.
         let claimer = ring.worker_pool("writer").map_err(StartError::Attach)?;
         let encoding = sink.encoding();
-        let workers = if crate::writer::zero_copy(&encoding) {
+        let images = opened.backend.images();
+        let slot_codec = images
+            .as_ref()
+            .map_or(Codec::None, |i| backend::codec_of(i.encoding));
+        let workers = if crate::writer::zero_copy(&encoding, slot_codec) {
             0
         } else {
             self.workers.max(1)
@@ -285,6 +302,8 @@ impl Launch {
             claimer,
             pixel_type: opened.shape.pixel_type,
             workers,
+            slot_codec,
+            images: images.is_some(),
         };
         let writer = {
             let (guard, observer) = (ThreadGuard::new(run.clone()), self.observer.clone());
@@ -297,9 +316,11 @@ impl Launch {
         let detector = {
             let (guard, observer) = (ThreadGuard::new(run.clone()), self.observer);
             let backend = opened.backend;
+            let images = images.is_some();
             spawn("detector", move || {
                 DetectorThread {
                     backend,
+                    images,
                     producer,
                     run: guard.run(),
                     observer: observer.as_deref(),

@@ -16,6 +16,8 @@ use detflow_ring::{Claim, Claimer, NextError, SlotMeta};
 use detflow_writer::{Codec, Compressor};
 
 use crate::POLL;
+use crate::backend::codec_of;
+use crate::record;
 
 /// The codec frames are encoded with, changeable while a run goes on.
 #[derive(Debug)]
@@ -152,6 +154,10 @@ pub(crate) struct Worker<'a> {
     pub(crate) claimer: Claimer,
     pub(crate) encoding: Encoding,
     pub(crate) pixel_type: PixelType,
+    /// The codec of the slots' bytes: [`Codec::None`] for frames, the detector's for images.
+    pub(crate) slot_codec: Codec,
+    /// The slots hold image records ([`crate::record`]), each channel encoded on its own.
+    pub(crate) images: bool,
     /// Empty chunk buffers.
     pub(crate) free: Receiver<Vec<u8>>,
     /// Encoded frames with their ring sequence, to the writer.
@@ -176,6 +182,7 @@ impl Worker<'_> {
     /// (no deadlock with the reordering).
     fn encode_all(self) {
         let mut codec = WorkerCodec::new(self.encoding.clone(), self.pixel_type);
+        let mut scratch = Vec::new();
         loop {
             let Ok(mut buf) = self.free.recv() else {
                 return;
@@ -189,14 +196,32 @@ impl Worker<'_> {
             // there.
             let (chunk, spare) = if !self.accepting.load(Ordering::Relaxed) {
                 (None, Some(buf))
-            } else if used == Codec::None {
-                // The slot is the chunk: the writer releases it once written.
+            } else if used == self.slot_codec {
+                // The slot is the chunk (raw frames, or images that arrived in the file's
+                // codec): the writer releases it once written.
                 (Some(Chunk::Slot(claim)), Some(buf))
-            } else {
+            } else if !self.images {
                 compressor.compress(claim.bytes(), &mut buf);
                 // The slot is free as soon as its bytes are encoded.
                 drop(claim);
                 (Some(Chunk::Encoded(buf)), None)
+            } else {
+                let done = reencode(
+                    claim.bytes(),
+                    self.pixel_type,
+                    compressor,
+                    &mut buf,
+                    &mut scratch,
+                );
+                drop(claim);
+                match done {
+                    Ok(()) => (Some(Chunk::Encoded(buf)), None),
+                    // Counted as dropped by the writer.
+                    Err(e) => {
+                        tracing::error!("cannot re-encode {e}: the image is dropped");
+                        (None, Some(buf))
+                    }
+                }
             };
             let encoded = Encoded {
                 meta,
@@ -219,6 +244,33 @@ impl Worker<'_> {
             }
         }
     }
+}
+
+/// Decode each channel of the image record `slot` and encode it with `compressor` into a
+/// record of the same image in `out`; `scratch` holds one channel's chunk meanwhile.
+fn reencode(
+    slot: &[u8],
+    pixel_type: PixelType,
+    compressor: &mut Compressor,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let record = record::read(slot).ok_or("a slot that holds no image record")?;
+    record::rebuild(&record, out, |i, chunk, out| {
+        let raw;
+        let pixels = match codec_of(record.channels[i].0) {
+            Codec::None => chunk,
+            codec => {
+                raw = codec
+                    .decode(pixel_type, chunk)
+                    .map_err(|e| format!("image {} channel {i}: {e}", record.number))?;
+                &raw[..]
+            }
+        };
+        compressor.compress(pixels, scratch);
+        out.extend_from_slice(scratch);
+        Ok(())
+    })
 }
 
 #[cfg(test)]

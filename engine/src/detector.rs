@@ -18,6 +18,7 @@ use crate::POLL;
 use crate::backend::{Backend, BackendError};
 use crate::error::RunError;
 use crate::event::{Observer, State};
+use crate::record;
 use crate::status::{Counters, Run};
 
 /// Bus errors in a row after which the detector thread gives up and the run fails.
@@ -41,6 +42,9 @@ pub(crate) fn slot_meta(meta: &FrameMeta, len: usize) -> SlotMeta {
 /// The detector thread of one run.
 pub(crate) struct DetectorThread<'a> {
     pub(crate) backend: Box<dyn Backend>,
+    /// The backend delivers images (encoded, in channels): each slot holds a record
+    /// ([`crate::record`]) rather than a frame.
+    pub(crate) images: bool,
     pub(crate) producer: Producer,
     pub(crate) run: &'a Run,
     pub(crate) observer: Option<&'a dyn Observer>,
@@ -92,7 +96,7 @@ impl DetectorThread<'_> {
     /// Read one frame into a granted slot (or the scratch buffer when drop-newest finds the
     /// ring full). `Ok(false)`: no slot was free in time (block policy).
     fn read_one(&mut self, scratch: &mut [u8]) -> Result<bool, BackendError> {
-        let (run, observer) = (self.run, self.observer);
+        let (run, observer, images) = (self.run, self.observer, self.images);
         let tell = |meta: &FrameMeta, bytes: &[u8]| {
             if let Some(o) = observer {
                 let count = run.counters.acquired.load(Ordering::Relaxed) + 1;
@@ -112,15 +116,15 @@ impl DetectorThread<'_> {
             // A slot is published only once the detector filled it; on an error it goes
             // back unpublished.
             Some(mut slot) => {
-                let meta = self.backend.read_frame(slot.bytes_mut(), POLL)?;
-                tell(&meta, slot.bytes_mut());
-                slot.commit(slot_meta(&meta, meta.shape.bytes()));
+                let (meta, len) = read_into(self.backend.as_mut(), images, slot.bytes_mut())?;
+                tell(&meta, pixels(images, slot.bytes_mut()));
+                slot.commit(slot_meta(&meta, len));
             }
             // Drop-newest with every slot taken: the frame still leaves the detector (into
             // the scratch buffer) so that it moves on, and is counted as dropped.
             None => {
-                let meta = self.backend.read_frame(scratch, POLL)?;
-                tell(&meta, scratch);
+                let (meta, _) = read_into(self.backend.as_mut(), images, scratch)?;
+                tell(&meta, pixels(images, scratch));
                 self.producer.record_dropped(1);
             }
         }
@@ -176,6 +180,33 @@ impl DetectorThread<'_> {
         self.run.record(e);
         self.run.stop();
     }
+}
+
+/// Have `backend` write one frame, or one image record (`images`), into `buf`; its metadata
+/// and the bytes it takes.
+fn read_into(
+    backend: &mut dyn Backend,
+    images: bool,
+    buf: &mut [u8],
+) -> Result<(FrameMeta, usize), BackendError> {
+    if !images {
+        let meta = backend.read_frame(buf, POLL)?;
+        return Ok((meta, meta.shape.bytes()));
+    }
+    let Some(body) = buf.get_mut(record::HEADER_BYTES..) else {
+        return Err(BackendError::new(
+            ErrorKind::InvalidConfig,
+            "a ring slot smaller than an image record's header",
+        ));
+    };
+    let image = backend.read_image(body, POLL)?;
+    let len = record::seal(buf, &image);
+    Ok((image.frame, len))
+}
+
+/// The pixels an observer is shown: a frame's bytes; none of an encoded image.
+fn pixels(images: bool, bytes: &[u8]) -> &[u8] {
+    if images { &[] } else { bytes }
 }
 
 /// The counter of frames lost by `kind`.

@@ -176,7 +176,8 @@ impl Events {
 /// of the engine is held during a call.
 pub trait Observer: Send + Sync {
     /// Detector thread: frame number `count` of this run (from 1) was read, `bytes` are its
-    /// pixels in the ring slot, before the slot is handed on.
+    /// pixels in the ring slot, before the slot is handed on (empty for an image that arrived
+    /// encoded: it is not decoded for this).
     fn frame_acquired(&self, _count: u64, _meta: &FrameMeta, _bytes: &[u8]) {}
     /// Writer thread: a frame went into the shared capture; its readbacks now.
     fn frame_captured(&self, _status: &FileStatus) {}

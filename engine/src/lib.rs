@@ -21,6 +21,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod event;
+mod record;
 pub mod sink;
 pub mod status;
 pub mod writer;

@@ -32,6 +32,10 @@ pub(crate) struct Pipeline {
     pub(crate) pixel_type: PixelType,
     /// Compression threads; 0 when the writer writes the slots themselves.
     pub(crate) workers: usize,
+    /// The codec of the slots' bytes: [`Codec::None`] for frames, the detector's for images.
+    pub(crate) slot_codec: Codec,
+    /// The slots hold image records ([`crate::record`]).
+    pub(crate) images: bool,
 }
 
 /// The writer thread of one run.
@@ -64,7 +68,7 @@ impl<'a> Writer<'a> {
     /// Write every frame of the run, then finish the sink.
     pub(crate) fn run(mut self, pipeline: Pipeline) {
         if pipeline.workers == 0 {
-            self.write_slots(&pipeline.claimer);
+            self.write_slots(&pipeline.claimer, pipeline.slot_codec);
         } else {
             self.write_encoded(&pipeline);
         }
@@ -78,12 +82,13 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Zero copy: claims arrive in ring order and the chunk is the slot itself.
-    fn write_slots(&mut self, claimer: &Claimer) {
+    /// Zero copy: claims arrive in ring order and the chunk is the slot itself, in the
+    /// slots' codec.
+    fn write_slots(&mut self, claimer: &Claimer, codec: Codec) {
         loop {
             self.between_frames(false);
             match claimer.claim_timeout(POLL) {
-                Ok(claim) => self.write(claim.meta(), Some((claim.bytes(), Codec::None))),
+                Ok(claim) => self.write(claim.meta(), Some((claim.bytes(), codec))),
                 Err(NextError::Timeout) => self.between_frames(true),
                 Err(NextError::Closed) => break,
             }
@@ -107,6 +112,8 @@ impl<'a> Writer<'a> {
                     claimer: pipeline.claimer.clone(),
                     encoding: encoding.clone(),
                     pixel_type: pipeline.pixel_type,
+                    slot_codec: pipeline.slot_codec,
+                    images: pipeline.images,
                     free: free_rx.clone(),
                     done: done_tx.clone(),
                     accepting: self.accepting.clone(),
@@ -273,7 +280,9 @@ fn frame_meta(m: &SlotMeta) -> Option<FrameMeta> {
     })
 }
 
-/// True when the sink's encoding lets the writer write the slots themselves.
-pub(crate) fn zero_copy(encoding: &Encoding) -> bool {
-    matches!(encoding, Encoding::Fixed(Codec::None))
+/// True when the sink's encoding lets the writer write the slots themselves: it is fixed
+/// and the slots' bytes are already in it (raw frames for `none`, or images that arrived in
+/// the file's codec).
+pub(crate) fn zero_copy(encoding: &Encoding, slot_codec: Codec) -> bool {
+    matches!(encoding, Encoding::Fixed(c) if *c == slot_codec)
 }

@@ -85,7 +85,7 @@ fn the_summary_says_where_the_cpu_went_thread_by_thread() {
     assert!(t.compressors_s > t.writer_s, "{t:?}");
 
     // Zero copy: no compressor ran, and none was counted.
-    c.writer.codec = detflow_writer::Codec::None;
+    c.writer.codec = detflow_writer::Codec::None.into();
     c.writer.number = 2;
     let mut run = Acquisition::builder(c).start().unwrap();
     assert!(matches!(run.wait(), RunEnd::Complete));

@@ -36,6 +36,10 @@
 //! | [`check_pacing`] | (paced backends) a run of [`ConformanceConfig::pacing_frames`] frames at [`ConformanceConfig::pacing_period`] has a mean frame interval (timestamps) within [`ConformanceConfig::pacing_tolerance`] of the period, and its wall time is not shorter than the period allows |
 //! | [`check_no_allocation`] | (with [`ConformanceConfig::allocations`]) `read_frame` allocates nothing after the first frame of a run; see [`CountingAllocator`] |
 //!
+//! A backend whose images arrive encoded, in channels ([`crate::ImageSource`]: a network
+//! detector) is checked by [`check_image_source`] against a series its test feeds it; see
+//! the `images` module's table.
+//!
 //! A backend whose frames are paced by something else (a network receiver paced by its sender)
 //! sets [`ConformanceConfig::paced`] to false: the timeout and pacing checks are skipped.
 //!
@@ -69,6 +73,9 @@ use std::string::String;
 use std::time::Instant;
 use std::vec;
 use std::vec::Vec;
+
+mod images;
+pub use images::{Decode, ImageSeries, ImagesSeen, check_image_source};
 
 use crate::{
     AcquisitionConfig, Binning, Error, ErrorKind, FrameMeta, FrameShape, FrameSource, ImageMode,

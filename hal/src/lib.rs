@@ -7,6 +7,10 @@
 //!   start and stop.
 //! - [`FrameSource`], the data plane: fill a buffer the caller owns (a ring slot) with one frame
 //!   and return its [`FrameMeta`]. The HAL never allocates per frame.
+//! - [`ImageSource`], the data plane of a detector whose images arrive already encoded (HDF5
+//!   filter chunks) and in one or more channels, such as a DECTRIS Stream V2 detector: one
+//!   image into the caller's buffer, with where each channel is and how it is encoded
+//!   ([`ImageMeta`]).
 //!
 //! Errors follow embedded-hal: every backend error type implements [`Error`], whose
 //! [`Error::kind`] maps it onto the portable, `#[non_exhaustive]` [`ErrorKind`]. Blanket
@@ -48,7 +52,12 @@ use core::time::Duration;
 
 #[cfg(feature = "std")]
 pub mod conformance;
+mod image;
 mod time;
+pub use image::{
+    ChannelNames, ChannelPart, ChunkError, FrameEncoding, ImageMeta, ImageSource, ImageTimes,
+    MAX_CHANNEL_NAME, MAX_CHANNELS, Ticks,
+};
 pub use time::EpicsTimestamp;
 
 /// Portable classification of a backend error, as in `embedded_hal::i2c::ErrorKind`.

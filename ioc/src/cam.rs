@@ -118,7 +118,7 @@ impl Ioc {
         config.detector.frames = self.frames_wanted();
         // Encode with the open capture's codec, else with the one the plugin would open with.
         if let Some(codec) = self.plugin.codec() {
-            config.writer.codec = codec;
+            config.writer.codec = codec.into();
         }
         let (frames, codec, slots) = (
             config.detector.frames,

@@ -315,7 +315,7 @@ impl Ioc {
                 self.set_both(pv, value);
             }
         }
-        self.post_codec(c.writer.codec);
+        self.post_codec(c.writer.codec.resolve(Codec::None));
         // FilePath: the configured one, resolved under the first data root when seeded.
         let path = c.writer.path;
         self.set_text(Pv::HdfFilePath, &path);
@@ -504,7 +504,7 @@ impl Ioc {
             self.echo(pv, read.value(pv));
         } else if let Some(codec) = self.codec_setting(pv, &value) {
             let codec = codec.map_err(refuse)?;
-            self.config.lock().unwrap().writer.codec = codec;
+            self.config.lock().unwrap().writer.codec = codec.into();
             self.echo(pv, value);
         } else {
             Self::check_state(pv, &value).map_err(refuse)?;

@@ -1,4 +1,5 @@
-//! Names of NDFileHDF5's default NeXus layout (areaDetector `NDFileHDF5LayoutXML.cpp`).
+//! Names of NDFileHDF5's default NeXus layout (areaDetector `NDFileHDF5LayoutXML.cpp`), and
+//! of the image layout that a network detector's series adds to it.
 //!
 //! ```text
 //! /entry                         NXentry
@@ -12,6 +13,83 @@
 //!   data                         NXdata
 //!     data                       hard link to /entry/instrument/detector/data
 //! ```
+//!
+//! ## Image layout (`StreamSpec::image_layout`, a Stream V2 series)
+//!
+//! Images are placed by their number (`image_id`), not by arrival order. Everything is created
+//! when the file is, so SWMR readers see a fixed tree. With channels `threshold_1`,
+//! `threshold_2`, `difference` and the series metadata (each field only when the detector
+//! sent it):
+//!
+//! ```text
+//! /entry                                 NXentry
+//!   definition                           "NXmx"
+//!   instrument                           NXinstrument
+//!     beam                               NXbeam
+//!       incident_wavelength              f64 @units angstrom
+//!       incident_energy                  f64 @units eV
+//!     detector                           NXdetector
+//!       data                             first channel (N, H, W), @signal = 1
+//!       threshold_1                      hard link to data (the first channel's name)
+//!       threshold_2, difference          (N, H, W) each, same dtype, filter and chunking,
+//!                                        @channel = the name
+//!       description, serial_number,      strings
+//!       sensor_material
+//!       sensor_thickness                 f64 @units m
+//!       beam_center_x, beam_center_y     f64 @units pixel
+//!       count_time, frame_time           f64 @units s
+//!       x_pixel_size, y_pixel_size       f64 @units m
+//!       threshold_energy                 f64 (channels,) @units eV, in channel order, NaN for a
+//!                                        channel without one
+//!       saturation_value                 u64
+//!       countrate_correction_applied,    bool
+//!       flatfield_applied, pixel_mask_applied, virtual_pixel_interpolation_applied
+//!       pixel_mask, flatfield            the first channel's tables (header_detail = all)
+//!       countrate_correction_lookup_table
+//!       depends_on                       "/entry/instrument/detector/transformations/translation"
+//!       transformations                  NXtransformations
+//!         translation                    f64 = |t| @units m, @vector = t/|t|,
+//!                                        @transformation_type translation, @depends_on ".",
+//!                                        @translation_m = t as sent
+//!       detectorSpecific                 NXcollection
+//!         image_id                       u64 (N), as sent; 2^64-1 where missing
+//!         real_time, start_time,         u64 (N, 2) [numerator, denominator] as sent,
+//!         stop_time                      @units s (seconds = num/den); [0, 0] where absent
+//!         user_data                      vlen u8 (N): the image's raw CBOR; empty where absent
+//!         user_data_json                 vlen UTF-8 (N): the same as JSON; empty where absent
+//!                                        or not convertible
+//!         series_id                      u64
+//!         series_unique_id, arm_date     strings
+//!         series_user_data               u8 (bytes,): the start message's raw CBOR user_data
+//!         series_user_data_json          string
+//!         <name>                         NXcollection per name the metadata mentions (may be
+//!                                        more than the channels):
+//!           threshold_energy             f64 @units eV
+//!           pixel_mask, flatfield        that channel's tables
+//!       NDAttributes                     as above
+//!     NDAttributes, performance          as above, rows placed by image number
+//!   data                                 NXdata, @signal = data
+//!     data                               hard link to /entry/instrument/detector/data
+//!     threshold_1, threshold_2,          hard links to the detector's channel datasets
+//!     difference
+//!     image_present                      u8 (N): 1 = the image arrived, 0 = missing
+//!   sample                               NXsample
+//!     transformations                    NXtransformations
+//!       <axis>                           f64 (num_capture,) start + i * increment, @units deg,
+//!                                        @transformation_type rotation (no @vector: the
+//!                                        stream does not say the axis direction)
+//!       <axis>_increment_set             f64 @units deg
+//! ```
+//!
+//! - `/entry/data/data` and `/entry/instrument/detector/data` stay the first channel, so
+//!   readers written for single-channel files keep working.
+//! - A position never written reads as the "no data" fill value of every channel: the dtype's
+//!   maximum for integers (EIGER's convention, 0xFFFF for u16), NaN for floats; and as 0 in
+//!   `image_present`. The datasets' extent is one past the highest image number written.
+//! - The per-image rows (detectorSpecific, NDAttributes, performance, `image_present`) are
+//!   written in batches at flushes and at close, `image_present` last: a reader that sees an
+//!   image marked present can trust its fields; a killed writer leaves them consistent.
+//! - With `num_capture = 0` a goniometer axis holds its start angle only.
 
 /// The NXentry group.
 pub const ENTRY: &str = "entry";
@@ -35,3 +113,72 @@ pub const IMAGE_PATH: &str = "/entry/instrument/detector/data";
 pub const LINK_PATH: &str = "/entry/data/data";
 /// Absolute path of the group holding the four NDArray* datasets.
 pub const ND_ATTRIBUTES_PATH: &str = "/entry/instrument/NDAttributes";
+
+// Names of the image layout (`StreamSpec::image_layout`), see the module doc.
+
+/// Absolute path of the NXdetector group.
+pub const DETECTOR_PATH: &str = "/entry/instrument/detector";
+/// The presence mask under [`NXDATA`]: u8 per image position, 1 = arrived, 0 = missing.
+pub const IMAGE_PRESENT: &str = "image_present";
+/// Absolute path of the presence mask.
+pub const IMAGE_PRESENT_PATH: &str = "/entry/data/image_present";
+/// NXcollection under [`DETECTOR`] of what NXmx has no name for: per-image fields, series
+/// ids, per-channel tables.
+pub const DETECTOR_SPECIFIC: &str = "detectorSpecific";
+/// Absolute path of [`DETECTOR_SPECIFIC`].
+pub const DETECTOR_SPECIFIC_PATH: &str = "/entry/instrument/detector/detectorSpecific";
+/// Per-image `image_id` (u64) under [`DETECTOR_SPECIFIC`].
+pub const IMAGE_ID: &str = "image_id";
+/// Per-image exposure time, `(N, 2)` u64 rational, under [`DETECTOR_SPECIFIC`].
+pub const REAL_TIME: &str = "real_time";
+/// Per-image start time, `(N, 2)` u64 rational, under [`DETECTOR_SPECIFIC`].
+pub const START_TIME: &str = "start_time";
+/// Per-image stop time, `(N, 2)` u64 rational, under [`DETECTOR_SPECIFIC`].
+pub const STOP_TIME: &str = "stop_time";
+/// Per-image raw CBOR `user_data` (vlen u8) under [`DETECTOR_SPECIFIC`]; the series' own
+/// is the scalar `series_user_data`.
+pub const USER_DATA: &str = "user_data";
+/// Per-image `user_data` as JSON (vlen UTF-8 string) under [`DETECTOR_SPECIFIC`].
+pub const USER_DATA_JSON: &str = "user_data_json";
+
+/// Names a channel may not have: they are fields or groups of the NXdetector group, of
+/// `detectorSpecific` (where each channel has a group) or of the NXdata group. `data` may
+/// be the first channel's name.
+pub const RESERVED_CHANNEL_NAMES: &[&str] = &[
+    "data",
+    "NDAttributes",
+    "detectorSpecific",
+    "transformations",
+    "depends_on",
+    "image_present",
+    "description",
+    "serial_number",
+    "sensor_material",
+    "sensor_thickness",
+    "beam_center_x",
+    "beam_center_y",
+    "count_time",
+    "frame_time",
+    "x_pixel_size",
+    "y_pixel_size",
+    "threshold_energy",
+    "saturation_value",
+    "countrate_correction_applied",
+    "flatfield_applied",
+    "pixel_mask_applied",
+    "virtual_pixel_interpolation_applied",
+    "pixel_mask",
+    "flatfield",
+    "countrate_correction_lookup_table",
+    "image_id",
+    "real_time",
+    "start_time",
+    "stop_time",
+    "user_data",
+    "user_data_json",
+    "series_id",
+    "series_unique_id",
+    "arm_date",
+    "series_user_data",
+    "series_user_data_json",
+];

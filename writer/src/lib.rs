@@ -35,11 +35,14 @@ use thiserror::Error;
 
 pub mod capture;
 pub mod codec;
+pub mod images;
 pub mod layout;
 pub mod lock;
 pub mod naming;
+pub mod nxmx;
 pub mod refs;
 pub mod roots;
+mod rows;
 mod sink;
 mod space;
 pub mod stream;
@@ -50,8 +53,10 @@ pub use capture::{
     check_ref_pattern, checked_write_mode,
 };
 pub use codec::{Codec, CodecError, Compressor, FilterSpec};
+pub use images::{ImageLayout, ImageRefusal, ImageWrite};
 pub use lock::{remove_own_reserves, remove_stale_reserves};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
+pub use nxmx::{DetectorMetadata, Table};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use roots::{DataRoots, OutsideRoots};
 pub use sink::read_chunk;
@@ -114,6 +119,14 @@ pub enum WriterError {
     /// The file was closed.
     #[error("the file is closed")]
     Closed,
+    /// An image refused by [`StreamWriter::write_image`]; nothing of it was written.
+    #[error("image {number}: {refusal}")]
+    Image {
+        /// The image's number.
+        number: u64,
+        /// Why.
+        refusal: ImageRefusal,
+    },
     /// The disk cannot take another frame.
     #[error("{path:?}: disk full: {free} bytes free, a frame needs {needed}")]
     DiskFull {

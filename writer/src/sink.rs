@@ -35,6 +35,8 @@ pub struct ChunkedSpec<'a> {
     pub chunk: &'a [usize],
     /// Filter id and `cd_values`, recorded as optional.
     pub filter: Option<(u32, &'a [u32])>,
+    /// What never-written elements read as; `None` keeps HDF5's default (zeros).
+    pub fill: Option<hdf5::types::OwnedDynValue>,
 }
 
 /// Create a chunked dataset `name` under `parent` with a raw DCPL.
@@ -50,9 +52,12 @@ pub fn create_chunked(
             .map(|(&dim, &max)| hdf5::Extent::new(dim, max)),
     );
     let space = Dataspace::try_new(extents)?;
-    let dcpl = hdf5::plist::DatasetCreate::build()
-        .chunk(spec.chunk)
-        .finish()?;
+    let mut dcpl = hdf5::plist::DatasetCreate::build();
+    dcpl.chunk(spec.chunk);
+    if let Some(fill) = &spec.fill {
+        dcpl.fill_value(fill.clone());
+    }
+    let dcpl = dcpl.finish()?;
     let cname = CString::new(name)
         .map_err(|_| hdf5::Error::Internal(format!("dataset name {name:?} contains NUL")))?;
     let _lock = hdf5_sys::LOCK.lock();
@@ -233,4 +238,51 @@ pub fn write_string_attr(loc: &Location, name: &str, value: &str) -> hdf5::Resul
     // SAFETY: space was created above and is closed exactly once.
     unsafe { H5Sclose(space) };
     result.map(drop)
+}
+
+/// Write a scalar string dataset `name` under `loc`: fixed-length and NUL-terminated like the
+/// attributes of [`write_string_attr`], ASCII when the text is, UTF-8 otherwise.
+pub fn write_string_dataset(loc: &hdf5::Group, name: &str, value: &str) -> hdf5::Result<Dataset> {
+    let text = CString::new(value)
+        .map_err(|_| hdf5::Error::Internal(format!("dataset {name} value contains NUL")))?;
+    let bytes = text.as_bytes_with_nul();
+    let descriptor = if value.is_ascii() {
+        TypeDescriptor::FixedAscii(bytes.len())
+    } else {
+        TypeDescriptor::FixedUnicode(bytes.len())
+    };
+    let dtype = Datatype::from_descriptor(&descriptor)?;
+    {
+        let _lock = hdf5_sys::LOCK.lock();
+        // SAFETY: dtype is a fresh, unshared string type, so it may be modified.
+        hdf5::h5check(unsafe { H5Tset_strpad(dtype.id(), H5T_str_t::H5T_STR_NULLTERM) })?;
+    }
+    let ds = loc.new_dataset_builder().empty_as(&dtype).create(name)?;
+    write_raw(&ds, &dtype, bytes)?;
+    Ok(ds)
+}
+
+/// Write `bytes` (the whole dataset, in `mem_type`'s layout) to `ds` in one call.
+pub fn write_raw(ds: &Dataset, mem_type: &Datatype, bytes: &[u8]) -> hdf5::Result<()> {
+    let expected = ds.size() * mem_type.size();
+    if bytes.len() != expected {
+        return Err(hdf5::Error::Internal(format!(
+            "{} bytes for a dataset of {expected}",
+            bytes.len()
+        )));
+    }
+    let _lock = hdf5_sys::LOCK.lock();
+    // SAFETY: the ids are live; `bytes` holds exactly size() elements of mem_type (checked
+    // above), which H5Dwrite reads and does not keep.
+    hdf5::h5check(unsafe {
+        hdf5_sys::h5d::H5Dwrite(
+            ds.id(),
+            mem_type.id(),
+            hdf5_sys::h5s::H5S_ALL,
+            hdf5_sys::h5s::H5S_ALL,
+            H5P_DEFAULT,
+            bytes.as_ptr().cast(),
+        )
+    })?;
+    Ok(())
 }

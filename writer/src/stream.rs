@@ -19,13 +19,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use detflow_hal::{FrameMeta, FrameShape, PixelType};
-use hdf5::{Dataset, Datatype, File, H5Type};
+use hdf5::{Dataset, Datatype, File};
 
 use crate::WriterError;
 use crate::codec::Codec;
+use crate::images::{self, ImageLayout, ImageRefusal, ImageWrite, Placement};
 use crate::layout;
 use crate::lock::{SpaceReserve, TargetLock};
 use crate::roots::DataRoots;
+use crate::rows::{AttributeSets, ImageFieldSets, ImageRow, PerFrame};
 use crate::sink::{self, ChunkedSpec};
 use crate::space::FreeSpace;
 
@@ -88,6 +90,10 @@ pub struct StreamSpec {
     /// The file, its temporary name and its space reserve must resolve inside these when
     /// they are created (a daemon's data roots); anywhere by default.
     pub roots: DataRoots,
+    /// Images placed by number, in one or more channels, with per-image fields and series
+    /// metadata ([`StreamWriter::write_image`], layout in [`crate::layout`]); `None`: frames
+    /// appended one after another as areaDetector writes them.
+    pub image_layout: Option<ImageLayout>,
 }
 
 impl StreamSpec {
@@ -111,6 +117,7 @@ impl StreamSpec {
             overwrite: false,
             in_memory: false,
             roots: DataRoots::anywhere(),
+            image_layout: None,
         }
     }
 
@@ -131,135 +138,35 @@ impl StreamSpec {
 pub struct FileSummary {
     /// The file (its final name).
     pub path: PathBuf,
-    /// Frames in the image dataset.
+    /// Frames (images) written.
     pub frames: u64,
-    /// Bytes of encoded chunks written (equal to raw bytes for [`Codec::None`]).
+    /// Bytes of encoded chunks written, every channel's (equal to raw bytes for
+    /// [`Codec::None`]).
     pub chunk_bytes: u64,
-    /// Uncompressed bytes of those frames.
+    /// Uncompressed bytes of those frames, every channel's.
     pub raw_bytes: u64,
-}
-
-/// The NDAttribute datasets (NDFileHDF5's per-frame attributes).
-struct AttributeSets {
-    time_stamp: Dataset,
-    epics_sec: Dataset,
-    epics_nsec: Dataset,
-    unique_id: Dataset,
-}
-
-/// Per-frame datasets and the rows not yet written to them (at most [`ATTRIBUTE_BATCH`]).
-struct PerFrame {
-    attrs: Option<AttributeSets>,
-    /// `performance/timestamp`, `[frames, 5]`.
-    performance: Option<Dataset>,
-    /// Frames whose rows are in the datasets.
-    stored: usize,
-    /// Frames whose rows are pending.
-    pending: usize,
-    pending_ts: Vec<f64>,
-    pending_sec: Vec<u32>,
-    pending_nsec: Vec<u32>,
-    pending_id: Vec<i32>,
-    /// Performance rows, five values each, flattened.
-    pending_perf: Vec<f64>,
-}
-
-impl PerFrame {
-    fn new(attrs: Option<AttributeSets>, performance: Option<Dataset>) -> Self {
-        let cap = |n: usize| if attrs.is_some() { n } else { 0 };
-        PerFrame {
-            pending_ts: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
-            pending_sec: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
-            pending_nsec: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
-            pending_id: Vec::with_capacity(cap(ATTRIBUTE_BATCH)),
-            pending_perf: Vec::with_capacity(if performance.is_some() {
-                5 * ATTRIBUTE_BATCH
-            } else {
-                0
-            }),
-            attrs,
-            performance,
-            stored: 0,
-            pending: 0,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.attrs.is_none() && self.performance.is_none()
-    }
-
-    fn push(&mut self, meta: &FrameMeta, perf: [f64; 5]) {
-        if self.is_empty() {
-            return;
-        }
-        if self.attrs.is_some() {
-            self.pending_ts.push(meta.timestamp.epics_seconds());
-            self.pending_sec.push(meta.timestamp.sec);
-            self.pending_nsec.push(meta.timestamp.nsec);
-            // areaDetector's uniqueId is an int: it wraps past 2^31 frames.
-            self.pending_id.push(meta.unique_id as i32);
-        }
-        if self.performance.is_some() {
-            self.pending_perf.extend_from_slice(&perf);
-        }
-        self.pending += 1;
-    }
-
-    fn batch_full(&self) -> bool {
-        self.pending >= ATTRIBUTE_BATCH
-    }
-
-    /// Append the pending rows: the performance table first, the NDAttributes after it
-    /// with `NDArrayUniqueId` last, and flush each dataset when `flush`. A reader (or a
-    /// killed writer's file) then never shows an id whose other rows are missing.
-    fn store(&mut self, flush: bool) -> hdf5::Result<()> {
-        let (from, to) = (self.stored, self.stored + self.pending);
-        fn put<T: H5Type>(
-            ds: &Dataset,
-            values: &mut Vec<T>,
-            from: usize,
-            to: usize,
-            flush: bool,
-        ) -> hdf5::Result<()> {
-            if from < to {
-                ds.resize(to)?;
-                ds.write_slice(values.as_slice(), from..to)?;
-                values.clear();
-            }
-            if flush {
-                ds.flush()?;
-            }
-            Ok(())
-        }
-        if let Some(ds) = &self.performance {
-            if from < to {
-                ds.resize([to, 5])?;
-                let rows = ndarray::ArrayView2::from_shape((to - from, 5), &self.pending_perf)
-                    .map_err(|e| hdf5::Error::Internal(e.to_string()))?;
-                ds.write_slice(rows, (from..to, ..))?;
-                self.pending_perf.clear();
-            }
-            if flush {
-                ds.flush()?;
-            }
-        }
-        if let Some(a) = &self.attrs {
-            put(&a.time_stamp, &mut self.pending_ts, from, to, flush)?;
-            put(&a.epics_sec, &mut self.pending_sec, from, to, flush)?;
-            put(&a.epics_nsec, &mut self.pending_nsec, from, to, flush)?;
-            put(&a.unique_id, &mut self.pending_id, from, to, flush)?;
-        }
-        self.stored = to;
-        self.pending = 0;
-        Ok(())
-    }
+    /// Positions below the image datasets' extent that hold no image (an image layout's
+    /// gaps; 0 otherwise).
+    pub missing_images: u64,
 }
 
 /// The HDF5 handles of an open file; closed together.
 struct Handles {
     file: File,
     image: Dataset,
+    /// The image layout's channels after the first (which is `image`), in order.
+    channels: Vec<Dataset>,
     per_frame: PerFrame,
+}
+
+/// What [`StreamWriter::build_layout`] creates.
+struct Built {
+    image: Dataset,
+    channels: Vec<Dataset>,
+    attrs: Option<AttributeSets>,
+    performance: Option<Dataset>,
+    fields: Option<ImageFieldSets>,
+    present: Option<Dataset>,
 }
 
 /// An open HDF5 file being written frame by frame.
@@ -283,6 +190,8 @@ pub struct StreamWriter {
     /// Frames written since the last flush.
     unflushed: u64,
     first_frame: Option<Instant>,
+    /// Which image numbers are written, with an image layout.
+    placement: Option<Placement>,
 }
 
 impl std::fmt::Debug for StreamWriter {
@@ -344,7 +253,7 @@ pub fn check_directory(dir: &Path, setting: &str) -> Result<(), WriterError> {
     )))
 }
 
-fn datatype(p: PixelType) -> hdf5::Result<Datatype> {
+pub(crate) fn datatype(p: PixelType) -> hdf5::Result<Datatype> {
     match p {
         PixelType::U8 => Datatype::from_type::<u8>(),
         PixelType::I8 => Datatype::from_type::<i8>(),
@@ -375,6 +284,19 @@ impl StreamWriter {
         let FrameShape { width, height, .. } = spec.shape;
         if width == 0 || height == 0 {
             return Err(WriterError::BadShape { width, height });
+        }
+        if let Some(l) = &spec.image_layout {
+            if !spec.frame_dimension {
+                return Err(WriterError::Setting {
+                    setting: "frame_dimension",
+                    value: "false".into(),
+                    reason: "an image layout places images along the frame dimension".into(),
+                });
+            }
+            l.check()?;
+            if let Some(m) = &l.metadata {
+                m.check()?;
+            }
         }
         let dir = spec
             .path
@@ -475,7 +397,7 @@ impl StreamWriter {
                 Ok(parts)
             })
             .map_err(ctx("build the NeXus layout"));
-        let (image, attrs, performance) = match built {
+        let built = match built {
             Ok(parts) => parts,
             Err(e) => {
                 drop(file);
@@ -487,11 +409,18 @@ impl StreamWriter {
                 return Err(e);
             }
         };
+        let spec_has_layout = spec.image_layout.is_some();
         Ok(StreamWriter {
             open: Some(Handles {
                 file,
-                image,
-                per_frame: PerFrame::new(attrs, performance),
+                image: built.image,
+                channels: built.channels,
+                per_frame: PerFrame::new(
+                    built.attrs,
+                    built.performance,
+                    built.fields,
+                    built.present,
+                ),
             }),
             reserve,
             lock,
@@ -509,15 +438,11 @@ impl StreamWriter {
             last_flush: Instant::now(),
             unflushed: 0,
             first_frame: None,
+            placement: spec_has_layout.then(Placement::default),
         })
     }
 
-    fn build_layout(
-        file: &File,
-        spec: &StreamSpec,
-    ) -> hdf5::Result<(Dataset, Option<AttributeSets>, Option<Dataset>)> {
-        let (w, h) = (spec.shape.width as usize, spec.shape.height as usize);
-        let max_frames = (spec.num_capture > 0).then_some(spec.num_capture as usize);
+    fn build_layout(file: &File, spec: &StreamSpec) -> hdf5::Result<Built> {
         let attr_chunk = match (spec.frame_dimension, spec.num_capture) {
             (false, _) => 1,
             (true, 0) => 16384,
@@ -534,102 +459,33 @@ impl StreamWriter {
         let detector = instrument.create_group(layout::DETECTOR)?;
         sink::write_string_attr(&detector, "NX_class", "NXdetector")?;
 
-        let filter = spec.codec.filter(spec.shape.pixel_type, spec.shape.bytes());
-        let (shape, max_shape, chunk): (Vec<usize>, Vec<Option<usize>>, Vec<usize>) =
-            if spec.frame_dimension {
-                (
-                    vec![0, h, w],
-                    vec![max_frames, Some(h), Some(w)],
-                    vec![1, h, w],
-                )
-            } else {
-                (vec![h, w], vec![Some(h), Some(w)], vec![h, w])
-            };
-        let image = sink::create_chunked(
-            &detector,
-            layout::DATA,
-            &ChunkedSpec {
-                dtype: datatype(spec.shape.pixel_type)?,
-                shape: &shape,
-                max_shape: &max_shape,
-                chunk: &chunk,
-                filter: filter.as_ref().map(|f| (f.id, f.cd_values.as_slice())),
-            },
-        )?;
+        let image = Self::create_image(&detector, spec, layout::DATA)?;
         image.new_attr::<i32>().create("signal")?.write_scalar(&1)?;
         image
             .new_attr::<i32>()
             .create("NDArrayNumDims")?
             .write_scalar(&2)?;
-        image
-            .new_attr::<i32>()
-            .shape(2)
-            .create("NDArrayDimOffset")?
-            .write(&spec.dim_offset)?;
-        image
-            .new_attr::<i32>()
-            .shape(2)
-            .create("NDArrayDimBinning")?
-            .write(&spec.dim_binning)?;
-        image
-            .new_attr::<i32>()
-            .shape(2)
-            .create("NDArrayDimReverse")?
-            .write(&[0, 0])?;
-
+        for (name, value) in [
+            ("NDArrayDimOffset", spec.dim_offset),
+            ("NDArrayDimBinning", spec.dim_binning),
+            ("NDArrayDimReverse", [0, 0]),
+        ] {
+            image
+                .new_attr::<i32>()
+                .shape(2)
+                .create(name)?
+                .write(&value)?;
+        }
         let attrs = if spec.store_attributes {
-            let det_attrs = detector.create_group(layout::ND_ATTRIBUTES)?;
-            sink::write_string_attr(&det_attrs, "NX_class", "NXcollection")?;
-            // ColorMode cannot change within a file (the frame shape is fixed), so it is
-            // written once, as a scalar, rather than once per frame (ADCore #603).
-            let color = det_attrs.new_dataset::<i32>().create("ColorMode")?;
-            color.write_scalar(&spec.shape.color_mode.code())?;
-            describe(&color, "ColorMode", "Color mode", "NDAttrSourceDriver")?;
-            sink::write_string_attr(
-                &color,
-                "NDAttrStatic",
-                "written once: constant for the file",
-            )?;
-
-            let nd = instrument.create_group(layout::ND_ATTRIBUTES)?;
-            sink::write_string_attr(&nd, "NX_class", "NXcollection")?;
-            sink::write_string_attr(&nd, "hostname", &hostname())?;
-            let make = |name: &str, description: &str, dtype: Datatype| -> hdf5::Result<Dataset> {
-                let ds = nd
-                    .new_dataset_builder()
-                    .empty_as(&dtype)
-                    .chunk(attr_chunk)
-                    .shape(hdf5::SimpleExtents::resizable([0]))
-                    .create(name)?;
-                describe(&ds, name, description, "NDAttrSourceDriver")?;
-                Ok(ds)
-            };
-            Some(AttributeSets {
-                time_stamp: make(
-                    "NDArrayTimeStamp",
-                    "The timestamp of the NDArray as float64",
-                    Datatype::from_type::<f64>()?,
-                )?,
-                epics_sec: make(
-                    "NDArrayEpicsTSSec",
-                    "The NDArray EPICS timestamp seconds past epoch",
-                    Datatype::from_type::<u32>()?,
-                )?,
-                epics_nsec: make(
-                    "NDArrayEpicsTSnSec",
-                    "The NDArray EPICS timestamp nanoseconds",
-                    Datatype::from_type::<u32>()?,
-                )?,
-                unique_id: make(
-                    "NDArrayUniqueId",
-                    "The unique ID of the NDArray",
-                    Datatype::from_type::<i32>()?,
-                )?,
-            })
+            Some(Self::create_attributes(
+                &instrument,
+                &detector,
+                spec,
+                attr_chunk,
+            )?)
         } else {
             None
         };
-
         let performance = if spec.store_performance {
             let group = instrument.create_group(layout::PERFORMANCE)?;
             // Created now (SWMR forbids new objects later), filled in batches.
@@ -648,7 +504,123 @@ impl StreamWriter {
         sink::write_string_attr(&data, "NX_class", "NXdata")?;
         sink::write_string_attr(&data, "signal", layout::DATA)?;
         data.link_hard(layout::IMAGE_PATH, layout::DATA)?;
-        Ok((image, attrs, performance))
+        let mut built = Built {
+            image,
+            channels: Vec::new(),
+            attrs,
+            performance,
+            fields: None,
+            present: None,
+        };
+        if let Some(l) = &spec.image_layout {
+            built.channels = images::create_channels(&detector, &data, l, |name| {
+                Self::create_image(&detector, spec, name)
+            })?;
+            built.present = Some(images::create_presence(&data, attr_chunk)?);
+            let specific = detector.create_group(layout::DETECTOR_SPECIFIC)?;
+            sink::write_string_attr(&specific, "NX_class", "NXcollection")?;
+            if l.image_fields {
+                built.fields = Some(images::create_fields(&specific, attr_chunk)?);
+            }
+            if let Some(m) = &l.metadata {
+                crate::nxmx::write(&entry, &detector, &specific, spec, l, m)?;
+            }
+        }
+        Ok(built)
+    }
+
+    /// An image dataset `name` under `detector`: one chunk per frame, the codec's filter,
+    /// and with an image layout the "no data" fill value for gaps.
+    fn create_image(
+        detector: &hdf5::Group,
+        spec: &StreamSpec,
+        name: &str,
+    ) -> hdf5::Result<Dataset> {
+        let (w, h) = (spec.shape.width as usize, spec.shape.height as usize);
+        let max_frames = (spec.num_capture > 0).then_some(spec.num_capture as usize);
+        let filter = spec.codec.filter(spec.shape.pixel_type, spec.shape.bytes());
+        let (shape, max_shape, chunk): (Vec<usize>, Vec<Option<usize>>, Vec<usize>) =
+            if spec.frame_dimension {
+                (
+                    vec![0, h, w],
+                    vec![max_frames, Some(h), Some(w)],
+                    vec![1, h, w],
+                )
+            } else {
+                (vec![h, w], vec![Some(h), Some(w)], vec![h, w])
+            };
+        sink::create_chunked(
+            detector,
+            name,
+            &ChunkedSpec {
+                dtype: datatype(spec.shape.pixel_type)?,
+                shape: &shape,
+                max_shape: &max_shape,
+                chunk: &chunk,
+                filter: filter.as_ref().map(|f| (f.id, f.cd_values.as_slice())),
+                fill: spec
+                    .image_layout
+                    .as_ref()
+                    .map(|_| images::no_data(spec.shape.pixel_type)),
+            },
+        )
+    }
+
+    /// The NDAttribute datasets: `ColorMode` once, the four NDArray* per frame.
+    fn create_attributes(
+        instrument: &hdf5::Group,
+        detector: &hdf5::Group,
+        spec: &StreamSpec,
+        attr_chunk: usize,
+    ) -> hdf5::Result<AttributeSets> {
+        let det_attrs = detector.create_group(layout::ND_ATTRIBUTES)?;
+        sink::write_string_attr(&det_attrs, "NX_class", "NXcollection")?;
+        // ColorMode cannot change within a file (the frame shape is fixed), so it is
+        // written once, as a scalar, rather than once per frame (ADCore #603).
+        let color = det_attrs.new_dataset::<i32>().create("ColorMode")?;
+        color.write_scalar(&spec.shape.color_mode.code())?;
+        describe(&color, "ColorMode", "Color mode", "NDAttrSourceDriver")?;
+        sink::write_string_attr(
+            &color,
+            "NDAttrStatic",
+            "written once: constant for the file",
+        )?;
+
+        let nd = instrument.create_group(layout::ND_ATTRIBUTES)?;
+        sink::write_string_attr(&nd, "NX_class", "NXcollection")?;
+        sink::write_string_attr(&nd, "hostname", &hostname())?;
+        let make = |name: &str, description: &str, dtype: Datatype| -> hdf5::Result<Dataset> {
+            let ds = nd
+                .new_dataset_builder()
+                .empty_as(&dtype)
+                .chunk(attr_chunk)
+                .shape(hdf5::SimpleExtents::resizable([0]))
+                .create(name)?;
+            describe(&ds, name, description, "NDAttrSourceDriver")?;
+            Ok(ds)
+        };
+        Ok(AttributeSets {
+            time_stamp: make(
+                "NDArrayTimeStamp",
+                "The timestamp of the NDArray as float64",
+                Datatype::from_type::<f64>()?,
+            )?,
+            epics_sec: make(
+                "NDArrayEpicsTSSec",
+                "The NDArray EPICS timestamp seconds past epoch",
+                Datatype::from_type::<u32>()?,
+            )?,
+            epics_nsec: make(
+                "NDArrayEpicsTSnSec",
+                "The NDArray EPICS timestamp nanoseconds",
+                Datatype::from_type::<u32>()?,
+            )?,
+            unique_id: make(
+                "NDArrayUniqueId",
+                "The unique ID of the NDArray",
+                Datatype::from_type::<i32>()?,
+            )?,
+        })
     }
 
     /// The file's final name.
@@ -669,13 +641,28 @@ impl StreamWriter {
     /// Append one frame. `chunk` is the frame encoded with the spec's codec (the raw frame
     /// bytes for [`Codec::None`]). On error the frame is not counted, the image dataset keeps
     /// exactly the frames before it, and the caller should [`close`](Self::close).
+    ///
+    /// With an image layout of one channel the frame is the image numbered one past the
+    /// highest written ([`write_image`](Self::write_image) with `image_id` = that number);
+    /// with several channels use `write_image`.
     pub fn write_frame(&mut self, meta: &FrameMeta, chunk: &[u8]) -> Result<(), WriterError> {
-        if meta.shape != self.spec.shape {
-            return Err(WriterError::FrameMismatch {
-                expected: self.spec.shape,
-                got: meta.shape,
-            });
+        if let Some(placement) = &self.placement {
+            let number = placement.extent;
+            return self.write_image(
+                meta,
+                &ImageWrite {
+                    number,
+                    channels: &[chunk],
+                    image_id: number,
+                    real_time: None,
+                    start_time: None,
+                    stop_time: None,
+                    user_data_cbor: None,
+                    user_data_json: None,
+                },
+            );
         }
+        self.admit(meta, std::slice::from_ref(&chunk))?;
         let capacity = if self.spec.frame_dimension {
             self.spec.num_capture
         } else {
@@ -686,37 +673,7 @@ impl StreamWriter {
                 num_capture: capacity,
             });
         }
-        if self.spec.codec == Codec::None && chunk.len() != self.spec.shape.bytes() {
-            return Err(WriterError::ChunkSize {
-                expected: self.spec.shape.bytes(),
-                got: chunk.len(),
-            });
-        }
-        let spec = &self.spec;
-        let ctx = |what: &'static str| {
-            move |source: hdf5::Error| WriterError::Hdf5 {
-                path: spec.open_path(),
-                what,
-                source,
-            }
-        };
-        if self.open.is_none() {
-            return Err(WriterError::Closed);
-        }
-        // Refuse a frame the disk cannot take before HDF5 allocates anything for it, so the
-        // file keeps exactly the frames written, and the reserve pays for closing it.
-        let needed = chunk.len() as u64 + DISK_MARGIN;
-        if let Some(free) = self.space.short_of(needed) {
-            self.failed = true;
-            if let Some(r) = self.reserve.take() {
-                r.release();
-            }
-            return Err(WriterError::DiskFull {
-                path: spec.open_path(),
-                free,
-                needed,
-            });
-        }
+        self.check_space(chunk.len() as u64)?;
         let Some(open) = self.open.as_mut() else {
             return Err(WriterError::Closed);
         };
@@ -726,33 +683,190 @@ impl StreamWriter {
             self.spec.shape.width as usize,
             self.spec.shape.height as usize,
         );
-        if self.spec.frame_dimension {
+        let written = if self.spec.frame_dimension {
             open.image
                 .resize([k + 1, h, w])
-                .map_err(ctx("extend the image dataset"))?;
-            if let Err(e) = sink::write_chunk(&open.image, &[k as u64, 0, 0], chunk) {
-                // Keep the extent equal to the frames actually written, and free the reserve
-                // so the close that follows can write the metadata (a full disk).
-                self.failed = true;
-                if let Some(r) = self.reserve.take() {
-                    r.release();
-                }
-                // HDF5 cannot shrink the extent over a chunk whose write failed ("B-tree key
-                // not found"), so the free-space check above is what keeps the count exact;
-                // this covers a disk that filled between that check and the write.
-                let _ = open.image.resize([k, h, w]);
-                return Err(ctx("write a frame chunk")(e));
-            }
-        } else if let Err(e) = sink::write_chunk(&open.image, &[0, 0], chunk) {
-            self.failed = true;
-            if let Some(r) = self.reserve.take() {
-                r.release();
-            }
-            return Err(ctx("write the frame chunk")(e));
+                .map_err(|e| (e, "extend the image dataset"))
+                .and_then(|()| {
+                    sink::write_chunk(&open.image, &[k as u64, 0, 0], chunk).map_err(|e| {
+                        // HDF5 cannot shrink the extent over a chunk whose write failed
+                        // ("B-tree key not found"), so the free-space check is what keeps the
+                        // count exact; this covers a disk that filled between that check and
+                        // the write.
+                        let _ = open.image.resize([k, h, w]);
+                        (e, "write a frame chunk")
+                    })
+                })
+        } else {
+            sink::write_chunk(&open.image, &[0, 0], chunk).map_err(|e| (e, "write the frame chunk"))
+        };
+        if let Err((e, what)) = written {
+            // Free the reserve so the close that follows can write the metadata (a full disk).
+            self.write_failed();
+            return Err(self.hdf5_error(what, e));
         }
-        self.space.spent(chunk.len() as u64);
+        self.finish_frame(t0, k, meta, chunk.len() as u64, None)
+    }
+
+    /// Write image `image.number` (its 0-based position in the datasets, not its arrival
+    /// order): one encoded chunk per channel, in [`ImageLayout::channels`] order, at offset
+    /// `{number, 0, 0}` with direct chunk write; the datasets grow to `number + 1` if shorter
+    /// and never shrink. Positions never written read as the fill value, and as 0 in
+    /// `image_present`.
+    ///
+    /// An image number `>= num_capture` (when it is not 0), a channel count that differs
+    /// from the layout, or a number already written is refused with [`WriterError::Image`],
+    /// naming the number, and writes nothing; the file stays as it was. A file created
+    /// without an image layout refuses every image ([`WriterError::Setting`]).
+    pub fn write_image(
+        &mut self,
+        meta: &FrameMeta,
+        image: &ImageWrite<'_>,
+    ) -> Result<(), WriterError> {
+        let number = image.number;
+        let (Some(placement), Some(l)) = (&self.placement, &self.spec.image_layout) else {
+            return Err(WriterError::Setting {
+                setting: "image_layout",
+                value: "none".into(),
+                reason: format!(
+                    "image {number}: the file was created without an image layout; \
+                     frames go in with write_frame"
+                ),
+            });
+        };
+        if let Some(refusal) = placement.refusal(
+            number,
+            image.channels.len(),
+            l.channels.len(),
+            self.spec.num_capture,
+        ) {
+            return Err(WriterError::Image { number, refusal });
+        }
+        let extent = placement.extent as usize;
+        self.admit(meta, image.channels)?;
+        let bytes: u64 = image.channels.iter().map(|c| c.len() as u64).sum();
+        self.check_space(bytes)?;
+        let Some(open) = self.open.as_mut() else {
+            return Err(WriterError::Closed);
+        };
+        let t0 = Instant::now();
+        let (w, h) = (
+            self.spec.shape.width as usize,
+            self.spec.shape.height as usize,
+        );
+        let k = usize::try_from(number).map_err(|_| WriterError::Image {
+            number,
+            refusal: ImageRefusal::PastEnd {
+                num_capture: usize::MAX as u64,
+            },
+        })?;
+        let datasets = std::iter::once(&open.image).chain(&open.channels);
+        let mut written = Ok(());
+        for (ds, chunk) in datasets.zip(image.channels) {
+            written = (if k >= extent {
+                ds.resize([k + 1, h, w])
+            } else {
+                Ok(())
+            })
+            .map_err(|e| (e, "extend an image dataset"))
+            .and_then(|()| {
+                sink::write_chunk(ds, &[k as u64, 0, 0], chunk)
+                    .map_err(|e| (e, "write an image chunk"))
+            });
+            if written.is_err() {
+                break;
+            }
+        }
+        if let Err((e, what)) = written {
+            // The image is not marked present: its position reads as missing.
+            self.write_failed();
+            return Err(self.hdf5_error(what, e));
+        }
+        if let Some(p) = self.placement.as_mut() {
+            p.insert(number);
+        }
+        let row = ImageRow {
+            image_id: image.image_id,
+            real_time: image.real_time.map_or([0; 2], |(n, d)| [n, d]),
+            start_time: image.start_time.map_or([0; 2], |(n, d)| [n, d]),
+            stop_time: image.stop_time.map_or([0; 2], |(n, d)| [n, d]),
+            user_data: image.user_data_cbor.map(<[u8]>::to_vec).unwrap_or_default(),
+            user_data_json: image.user_data_json.map(str::to_owned).unwrap_or_default(),
+        };
+        self.finish_frame(t0, k, meta, bytes, Some(row))
+    }
+
+    /// Positions below the image datasets' extent that were never written (gaps), with an
+    /// image layout; 0 without one.
+    pub fn missing_images(&self) -> u64 {
+        self.placement.as_ref().map_or(0, Placement::missing)
+    }
+
+    /// Refuse a frame of another shape, a raw chunk of the wrong size, or a closed file.
+    fn admit(&self, meta: &FrameMeta, chunks: &[&[u8]]) -> Result<(), WriterError> {
+        if meta.shape != self.spec.shape {
+            return Err(WriterError::FrameMismatch {
+                expected: self.spec.shape,
+                got: meta.shape,
+            });
+        }
+        if self.spec.codec == Codec::None {
+            if let Some(c) = chunks.iter().find(|c| c.len() != self.spec.shape.bytes()) {
+                return Err(WriterError::ChunkSize {
+                    expected: self.spec.shape.bytes(),
+                    got: c.len(),
+                });
+            }
+        }
+        if self.open.is_none() {
+            return Err(WriterError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Refuse a frame the disk cannot take before HDF5 allocates anything for it, so the
+    /// file keeps exactly the frames written, and the reserve pays for closing it.
+    fn check_space(&mut self, chunk_bytes: u64) -> Result<(), WriterError> {
+        let needed = chunk_bytes + DISK_MARGIN;
+        if let Some(free) = self.space.short_of(needed) {
+            self.write_failed();
+            return Err(WriterError::DiskFull {
+                path: self.spec.open_path(),
+                free,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    /// A write failed: the file is closed with what it has, and the reserve is freed so that
+    /// closing can write the metadata (a full disk).
+    fn write_failed(&mut self) {
+        self.failed = true;
+        self.release_reserve();
+    }
+
+    fn hdf5_error(&self, what: &'static str, source: hdf5::Error) -> WriterError {
+        WriterError::Hdf5 {
+            path: self.spec.open_path(),
+            what,
+            source,
+        }
+    }
+
+    /// Count a written frame of `chunk_bytes` at position `pos`, hold its per-frame row, and
+    /// flush or store a batch when one is due.
+    fn finish_frame(
+        &mut self,
+        t0: Instant,
+        pos: usize,
+        meta: &FrameMeta,
+        chunk_bytes: u64,
+        image: Option<ImageRow>,
+    ) -> Result<(), WriterError> {
+        self.space.spent(chunk_bytes);
         self.frames += 1;
-        self.chunk_bytes += chunk.len() as u64;
+        self.chunk_bytes += chunk_bytes;
 
         // The performance row measures the chunk write (what areaDetector times), and is
         // pending with the frame's attributes before any flush, so a flush covers it too.
@@ -777,15 +891,15 @@ impl StreamWriter {
             },
         ];
         self.last_done = done;
-        open.per_frame.push(meta, perf);
-        self.unflushed += 1;
-
         let flush_due = (self.spec.flush_every > 0
             && self.frames.is_multiple_of(self.spec.flush_every))
-            || self
-                .spec
-                .flush_interval
-                .is_some_and(|d| self.last_flush.elapsed() >= d);
+            || self.flush_interval_passed();
+        let Some(open) = self.open.as_mut() else {
+            return Err(WriterError::Closed);
+        };
+        open.per_frame.push(pos, meta, perf, image);
+        self.unflushed += 1;
+
         let stored = if flush_due {
             self.flush()
         } else if open.per_frame.batch_full() {
@@ -800,8 +914,7 @@ impl StreamWriter {
             Ok(())
         };
         if let Err(e) = stored {
-            self.failed = true;
-            self.release_reserve();
+            self.write_failed();
             return Err(e);
         }
         Ok(())
@@ -878,7 +991,14 @@ impl StreamWriter {
             path,
             frames: self.frames,
             chunk_bytes: self.chunk_bytes,
-            raw_bytes: self.frames * self.spec.shape.bytes() as u64,
+            raw_bytes: self.frames
+                * self.spec.shape.bytes() as u64
+                * self
+                    .spec
+                    .image_layout
+                    .as_ref()
+                    .map_or(1, |l| l.channels.len() as u64),
+            missing_images: self.missing_images(),
         };
         (summary, result)
     }
@@ -893,6 +1013,7 @@ impl StreamWriter {
         let Some(Handles {
             file,
             image,
+            channels,
             mut per_frame,
         }) = self.open.take()
         else {
@@ -912,6 +1033,7 @@ impl StreamWriter {
             )(e));
         }
         drop(per_frame);
+        drop(channels);
         drop(image);
         // Flush first: a write error (disk full) surfaces here rather than being lost in close.
         if let Err(e) = file.flush().and_then(|()| file.close()) {

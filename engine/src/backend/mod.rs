@@ -15,10 +15,12 @@ use std::time::Duration;
 
 pub mod cycle;
 pub mod replay;
+pub mod stream2;
 pub mod udp;
 
 use detflow_hal::{
-    AcquisitionConfig, ErrorKind, FrameMeta, FrameShape, FrameSource, PixelType, Roi, SensorInfo,
+    AcquisitionConfig, ErrorKind, FrameEncoding, FrameMeta, FrameShape, FrameSource, ImageMeta,
+    ImageSource, PixelType, Roi, SensorInfo,
 };
 use detflow_sim::{SimConfig, SimDetector, SimOptions, SimParams};
 
@@ -76,6 +78,87 @@ pub trait Backend: Send {
     fn is_acquiring(&self) -> bool;
     /// [`detflow_hal::FrameSource::read_frame`].
     fn read_frame(&mut self, buf: &mut [u8], timeout: Duration) -> Result<FrameMeta, BackendError>;
+    /// What an image source delivers ([`detflow_hal::ImageSource`]); `None` for a backend of
+    /// plain frames.
+    fn images(&self) -> Option<ImageStream> {
+        None
+    }
+    /// [`detflow_hal::ImageSource::read_image`], for a backend whose
+    /// [`images`](Backend::images) is `Some`.
+    fn read_image(&mut self, buf: &mut [u8], timeout: Duration) -> Result<ImageMeta, BackendError> {
+        let _ = (buf, timeout);
+        Err(BackendError::new(
+            ErrorKind::Other,
+            "this backend delivers frames, not images",
+        ))
+    }
+}
+
+/// What an image source delivers: the layout of its images and what its series says of
+/// itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageStream {
+    /// Channel names, in the order of each image's parts.
+    pub channels: Vec<String>,
+    /// How the detector encodes its channels.
+    pub encoding: FrameEncoding,
+    /// The most bytes one image takes in a buffer (a ring slot holds this plus a header).
+    pub max_image_bytes: usize,
+    /// Images in the series, when the detector says.
+    pub number_of_images: Option<u64>,
+}
+
+/// The codec whose chunks are `encoding`'s bytes.
+pub fn codec_of(encoding: FrameEncoding) -> detflow_writer::Codec {
+    match encoding {
+        FrameEncoding::BitshuffleLz4 => detflow_writer::Codec::BitshuffleLz4,
+        FrameEncoding::Lz4 => detflow_writer::Codec::Lz4,
+        _ => detflow_writer::Codec::None,
+    }
+}
+
+/// A [`detflow_hal::ImageSource`] as a [`Backend`]: it delivers images, never plain frames.
+#[derive(Debug)]
+pub struct ImageBackend<T>(pub T);
+
+impl<T> Backend for ImageBackend<T>
+where
+    T: ImageSource + Send,
+    T::Error: fmt::Display,
+{
+    fn info(&self) -> SensorInfo {
+        detflow_hal::Detector::info(&self.0)
+    }
+    fn configure(&mut self, config: &AcquisitionConfig) -> Result<FrameShape, BackendError> {
+        detflow_hal::Detector::configure(&mut self.0, config).map_err(erase)
+    }
+    fn start(&mut self) -> Result<(), BackendError> {
+        detflow_hal::Detector::start(&mut self.0).map_err(erase)
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        detflow_hal::Detector::stop(&mut self.0).map_err(erase)
+    }
+    fn is_acquiring(&self) -> bool {
+        detflow_hal::Detector::is_acquiring(&self.0)
+    }
+    fn read_frame(&mut self, _: &mut [u8], _: Duration) -> Result<FrameMeta, BackendError> {
+        Err(BackendError::new(
+            ErrorKind::Other,
+            "this backend delivers encoded images, not frames",
+        ))
+    }
+    fn images(&self) -> Option<ImageStream> {
+        let names = self.0.channel_names();
+        Some(ImageStream {
+            channels: names.iter().map(|n| n.as_str().to_owned()).collect(),
+            encoding: self.0.encoding(),
+            max_image_bytes: self.0.max_image_bytes(),
+            number_of_images: self.0.series_images(),
+        })
+    }
+    fn read_image(&mut self, buf: &mut [u8], timeout: Duration) -> Result<ImageMeta, BackendError> {
+        self.0.read_image(buf, timeout).map_err(erase)
+    }
 }
 
 impl<T> Backend for T
@@ -142,6 +225,9 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
+    /// No Stream V2 series could be received.
+    #[error(transparent)]
+    Stream2(stream2::Stream2Error),
     /// The backend refused the acquisition configuration.
     #[error("the detector refused the configuration")]
     Refused(#[source] BackendError),
@@ -199,6 +285,30 @@ pub fn open_replay(
         ..acquisition
     };
     configure(Box::new(replay), acquisition)
+}
+
+/// The next series of the Stream V2 detector at `endpoint`: connect, wait for its start and
+/// first image (up to `silence`), take its frame size and pixel type.
+pub fn open_stream2(
+    endpoint: &str,
+    rcvhwm: i32,
+    silence: Duration,
+    expect: stream2::SeriesExpect,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
+    let source = stream2::Stream2Source::connect(endpoint, rcvhwm, silence, expect)
+        .map_err(OpenError::Stream2)?;
+    let series = source.series();
+    let acquisition = AcquisitionConfig {
+        roi: Roi::full(series.shape.width, series.shape.height),
+        pixel_type: series.shape.pixel_type,
+        num_images: series
+            .number_of_images
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(acquisition.num_images),
+        ..acquisition
+    };
+    configure(Box::new(ImageBackend(source)), acquisition)
 }
 
 /// Frames of `sensor` size and `pixel_type` received as UDP datagrams on `listen`.

@@ -5,12 +5,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use detflow_sim::FaultRates;
 use serde::{Deserialize, Serialize};
 
-use super::value::text;
+use super::value::{Seconds, text};
 use super::{ConfigError, bad};
+use crate::backend::stream2::SeriesExpect;
 use crate::backend::udp::Incomplete;
 
 /// Which backend delivers the frames.
@@ -23,6 +25,8 @@ pub enum BackendKind {
     Replay,
     /// A UDP datagram stream.
     Udp,
+    /// A DECTRIS Stream V2 detector (CBOR over ZeroMQ).
+    Stream2,
 }
 
 impl std::str::FromStr for BackendKind {
@@ -32,7 +36,8 @@ impl std::str::FromStr for BackendKind {
             "sim" => Ok(BackendKind::Sim),
             "replay" => Ok(BackendKind::Replay),
             "udp" => Ok(BackendKind::Udp),
-            _ => Err("expected one of sim, replay, udp".into()),
+            "stream2" => Ok(BackendKind::Stream2),
+            _ => Err("expected one of sim, replay, udp, stream2".into()),
         }
     }
 }
@@ -43,6 +48,7 @@ impl fmt::Display for BackendKind {
             BackendKind::Sim => "sim",
             BackendKind::Replay => "replay",
             BackendKind::Udp => "udp",
+            BackendKind::Stream2 => "stream2",
         })
     }
 }
@@ -77,7 +83,28 @@ pub enum BackendConfig {
         /// What to do with incomplete frames.
         incomplete: Incomplete,
     },
+    /// A DECTRIS Stream V2 detector: one series, from its `start` to its `end`.
+    Stream2 {
+        /// The detector's ZeroMQ PUSH endpoint to connect to, `tcp://HOST:PORT`.
+        connect: String,
+        /// Messages the receiving socket queues before the detector side holds or drops
+        /// (ZMQ_RCVHWM), 0 for no limit.
+        rcvhwm: i32,
+        /// A series with no message for this long closes with the images that arrived; also
+        /// the wait for its `start`.
+        timeout: Seconds,
+        /// What the flags given say of the series (size, dtype, frames): a series that
+        /// contradicts them is refused. Set by the command line, not kept in TOML.
+        expect: SeriesExpect,
+    },
 }
+
+/// The receive queue of a Stream V2 socket unless told otherwise: 100 images (at an EIGER2
+/// 16M's ~0.5 MB per compressed image, 50 MB; the ring holds more).
+pub const STREAM2_RCVHWM: i32 = 100;
+
+/// How long a Stream V2 series may be silent unless told otherwise.
+pub const STREAM2_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for BackendConfig {
     fn default() -> Self {
@@ -96,6 +123,7 @@ impl BackendConfig {
             BackendConfig::Sim { .. } => BackendKind::Sim,
             BackendConfig::Replay { .. } => BackendKind::Replay,
             BackendConfig::Udp { .. } => BackendKind::Udp,
+            BackendConfig::Stream2 { .. } => BackendKind::Stream2,
         }
     }
 
@@ -132,7 +160,47 @@ impl BackendConfig {
                 }
             }
             BackendConfig::Udp { .. } => Ok(()),
+            BackendConfig::Stream2 {
+                connect,
+                rcvhwm,
+                timeout,
+                ..
+            } => {
+                check_endpoint(connect)?;
+                if *rcvhwm < 0 {
+                    return Err(bad(
+                        "stream2-rcvhwm",
+                        rcvhwm,
+                        "must be 0 (no limit) or more",
+                    ));
+                }
+                if timeout.is_zero() {
+                    return Err(bad("stream2-timeout", timeout, "must be more than 0 s"));
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// A ZeroMQ endpoint a PULL socket can connect to: `tcp://HOST:PORT` or `ipc://PATH`.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let refuse = |why| Err(bad("stream2-connect", endpoint, why));
+    if let Some(path) = endpoint.strip_prefix("ipc://") {
+        return if path.is_empty() {
+            refuse("ipc:// needs a path")
+        } else {
+            Ok(())
+        };
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return refuse("expected tcp://HOST:PORT, for example tcp://127.0.0.1:31001");
+    };
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => refuse("expected tcp://HOST:PORT with a port from 1 to 65535"),
     }
 }
 
@@ -175,6 +243,21 @@ pub struct BackendKeys {
         default
     )]
     pub udp_incomplete: Option<Incomplete>,
+    /// stream2: the detector's Stream V2 endpoint to connect to (ZeroMQ PULL), e.g.
+    /// tcp://DCU:31001. Size, dtype, channels and image count come from the series' start
+    /// message.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream2_connect: Option<String>,
+    /// stream2: messages the receive socket queues (ZMQ_RCVHWM), 0 for no limit [default: 100]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream2_rcvhwm: Option<i32>,
+    /// stream2: seconds without a message after which the series closes with what arrived
+    /// (also the wait for its start) [default: 30]
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream2_timeout: Option<Seconds>,
     /// sim: frames the detector's FIFO holds before it overruns (1 to 64).
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +291,9 @@ impl BackendKeys {
         self.replay = over.replay.or(self.replay.take());
         self.udp_listen = over.udp_listen.or(self.udp_listen);
         self.udp_incomplete = over.udp_incomplete.or(self.udp_incomplete);
+        self.stream2_connect = over.stream2_connect.or(self.stream2_connect.take());
+        self.stream2_rcvhwm = over.stream2_rcvhwm.or(self.stream2_rcvhwm);
+        self.stream2_timeout = over.stream2_timeout.or(self.stream2_timeout);
         self.fifo_depth = over.fifo_depth.or(self.fifo_depth);
         self.fault_nack = over.fault_nack.or(self.fault_nack);
         self.fault_bus_timeout = over.fault_bus_timeout.or(self.fault_bus_timeout);
@@ -218,7 +304,7 @@ impl BackendKeys {
 
     /// The keys given, each with the backend it belongs to, its flag and its value.
     fn given(&self) -> Vec<(BackendKind, &'static str, String)> {
-        use BackendKind::{Replay, Sim, Udp};
+        use BackendKind::{Replay, Sim, Stream2, Udp};
         fn shown<T: fmt::Display>(v: &Option<T>) -> Option<String> {
             v.as_ref().map(T::to_string)
         }
@@ -226,6 +312,9 @@ impl BackendKeys {
             (Replay, "replay", shown(&self.replay)),
             (Udp, "udp-listen", shown(&self.udp_listen)),
             (Udp, "udp-incomplete", shown(&self.udp_incomplete)),
+            (Stream2, "stream2-connect", shown(&self.stream2_connect)),
+            (Stream2, "stream2-rcvhwm", shown(&self.stream2_rcvhwm)),
+            (Stream2, "stream2-timeout", shown(&self.stream2_timeout)),
             (Sim, "fifo-depth", shown(&self.fifo_depth)),
             (Sim, "fault-nack", shown(&self.fault_nack)),
             (Sim, "fault-bus-timeout", shown(&self.fault_bus_timeout)),
@@ -292,6 +381,21 @@ impl TryFrom<BackendKeys> for BackendConfig {
                 })?,
                 incomplete: keys.udp_incomplete.unwrap_or_default(),
             },
+            BackendKind::Stream2 => BackendConfig::Stream2 {
+                connect: keys.stream2_connect.ok_or_else(|| {
+                    bad(
+                        "stream2-connect",
+                        "",
+                        "the stream2 backend needs the detector's endpoint, for example \
+                         tcp://127.0.0.1:31001 (TOML: [backend] stream2_connect)",
+                    )
+                })?,
+                rcvhwm: keys.stream2_rcvhwm.unwrap_or(STREAM2_RCVHWM),
+                timeout: keys.stream2_timeout.unwrap_or(
+                    Seconds::new(STREAM2_TIMEOUT.as_secs_f64()).expect("30 s is in range"),
+                ),
+                expect: SeriesExpect::default(),
+            },
         })
     }
 }
@@ -319,6 +423,18 @@ impl From<BackendConfig> for BackendKeys {
                 backend,
                 udp_listen: Some(listen),
                 udp_incomplete: Some(incomplete),
+                ..BackendKeys::default()
+            },
+            BackendConfig::Stream2 {
+                connect,
+                rcvhwm,
+                timeout,
+                ..
+            } => BackendKeys {
+                backend,
+                stream2_connect: Some(connect),
+                stream2_rcvhwm: Some(rcvhwm),
+                stream2_timeout: Some(timeout),
                 ..BackendKeys::default()
             },
         }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use detflow_hal::AcquisitionConfig;
 use detflow_sim::{SimMode, SimParams};
-use detflow_writer::{CaptureSettings, DataRoots, WriteMode};
+use detflow_writer::{CaptureSettings, Codec, DataRoots, WriteMode};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -32,7 +32,7 @@ pub use ring::{
 };
 pub use serve::{MAX_PREVIEW_RATE, ServeSettings};
 pub use value::{Binning, FrameSize, Region, Seconds, ValueError, parse, text};
-pub use writer::{WriterSettings, default_workers};
+pub use writer::{CodecSetting, WriterSettings, default_workers};
 
 /// The checked backend the engine opens: [`BackendConfig`] after [`BackendConfig::validate`].
 pub type BackendSpec = BackendConfig;
@@ -130,8 +130,34 @@ pub struct Validated {
     pub capture: CaptureSettings,
     /// Compression worker threads (at least 1).
     pub workers: usize,
+    /// The codec as set (`auto` follows what the frames arrive in): `capture.codec` is
+    /// decided from it, again once an image source says how its images arrive.
+    pub codec: CodecSetting,
+    /// The worker count as set (0: automatic).
+    pub workers_setting: usize,
     /// Where the frames come from.
     pub backend: BackendSpec,
+}
+
+impl Validated {
+    /// The plan for a series of images that arrive encoded with `arriving`, `images` of them
+    /// (when the detector says): the codec `auto` resolves to, a capture of that many
+    /// frames unless one was set, the workers for that codec.
+    pub fn for_images(&mut self, arriving: Codec, images: Option<u64>, frame_bytes: usize) {
+        self.capture.codec = self.codec.resolve(arriving);
+        if self.capture.num_capture == 0 {
+            self.capture.num_capture = images.unwrap_or(0);
+        }
+        self.frames = images.unwrap_or(0);
+        if self.workers_setting == 0 {
+            self.workers = default_workers(cores(), self.capture.codec, frame_bytes);
+        }
+    }
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Config {
@@ -143,10 +169,15 @@ impl Config {
         self.ring.validate()?;
         d.validate()?;
         w.validate()?;
-        let num_capture = w.capture.unwrap_or(d.frames);
-        let mode = w.write_mode_for(d.frames, num_capture)?;
+        // A Stream V2 series says how many images it holds: until then, 0 (until it ends).
+        let d_frames = match self.backend {
+            BackendSpec::Stream2 { .. } => 0,
+            _ => d.frames,
+        };
+        let num_capture = w.capture.unwrap_or(d_frames);
+        let mode = w.write_mode_for(d_frames, num_capture)?;
         WriterSettings::check_capture_memory(mode, num_capture, d.frame_bytes())?;
-        let frames = frames_acquired(mode, d.frames, num_capture);
+        let frames = frames_acquired(mode, d_frames, num_capture);
         let capture = w.capture_settings(mode, num_capture, DataRoots::anywhere());
         let run = self.plan(frames, capture)?;
         w.check_first_file(mode)?;
@@ -190,13 +221,11 @@ impl Config {
             ring_policy: self.ring.policy,
             ring_shm: self.ring.shm_path(),
             workers: match w.workers {
-                0 => default_workers(
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    w.codec,
-                    frame_bytes,
-                ),
+                0 => default_workers(cores(), w.codec.resolve(Codec::None), frame_bytes),
                 n => n,
             },
+            codec: w.codec,
+            workers_setting: w.workers,
             capture,
             backend: self.backend.clone(),
         })

@@ -357,7 +357,7 @@ fn a_bad_region_binning_or_picture_is_refused_naming_its_key() {
 fn a_run_into_another_sink_is_not_refused_over_the_writer_files() {
     let mut c = Config::default();
     c.writer.path = "/nonexistent/detflow".into();
-    c.writer.codec = Codec::Lz4;
+    c.writer.codec = Codec::Lz4.into();
     c.detector.frames = 0;
     assert_eq!(c.validate().unwrap_err().setting, "path");
     let v = c.validate_run().unwrap();

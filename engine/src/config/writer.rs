@@ -14,6 +14,58 @@ use serde::{Deserialize, Serialize};
 use super::value::{Seconds, text};
 use super::{ConfigError, bad};
 
+/// The files' codec as set: `auto`, or a codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CodecSetting {
+    /// Frames are written in the encoding they arrive in: images a detector compressed
+    /// (Stream V2 `bslz4`, `lz4`) as they came, with no decoding; other frames raw.
+    #[default]
+    Auto,
+    /// Every frame is written with this codec (a compressed image is decoded first).
+    Is(Codec),
+}
+
+impl CodecSetting {
+    /// The codec for frames that arrive encoded with `arriving` ([`Codec::None`]: raw).
+    pub fn resolve(self, arriving: Codec) -> Codec {
+        match self {
+            CodecSetting::Auto => arriving,
+            CodecSetting::Is(c) => c,
+        }
+    }
+}
+
+impl From<Codec> for CodecSetting {
+    fn from(c: Codec) -> Self {
+        CodecSetting::Is(c)
+    }
+}
+
+impl PartialEq<Codec> for CodecSetting {
+    fn eq(&self, other: &Codec) -> bool {
+        *self == CodecSetting::Is(*other)
+    }
+}
+
+impl std::fmt::Display for CodecSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecSetting::Auto => f.write_str("auto"),
+            CodecSetting::Is(c) => c.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for CodecSetting {
+    type Err = detflow_writer::CodecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(CodecSetting::Auto),
+            codec => codec.parse().map(CodecSetting::Is),
+        }
+    }
+}
+
 /// The most a Capture-mode run may buffer in memory.
 const CAPTURE_MEMORY_LIMIT: u128 = 8 << 30;
 
@@ -47,12 +99,14 @@ pub struct WriterSettings {
     #[arg(long, value_name = "T", allow_hyphen_values = true)]
     #[serde(with = "text")]
     pub template: FileTemplate,
-    /// Chunk codec: none, `deflate[:LEVEL]` (HDF5 filter 1), lz4 (32004), bslz4 and
-    /// `bszstd[:LEVEL]` (bitshuffle, 32008), `zstd[:LEVEL]` (32015),
-    /// `blosc[:COMPRESSOR[:LEVEL]]` (32001; lz4, lz4hc, blosclz, zlib, zstd).
+    /// Chunk codec: auto (images that arrive compressed, from a Stream V2 detector, are
+    /// written as they came; other frames raw), none, `deflate[:LEVEL]` (HDF5 filter 1), lz4
+    /// (32004), bslz4 and `bszstd[:LEVEL]` (bitshuffle, 32008), `zstd[:LEVEL]` (32015),
+    /// `blosc[:COMPRESSOR[:LEVEL]]` (32001; lz4, lz4hc, blosclz, zlib, zstd). A codec other
+    /// than auto decodes compressed images and encodes them again.
     #[arg(long, value_name = "CODEC")]
     #[serde(with = "text")]
-    pub codec: Codec,
+    pub codec: CodecSetting,
     /// Compression worker threads, up to 256; 0: as many as this machine's cores can keep
     /// busy with this codec and frame size (`default_workers`: one per core on 2 cores).
     #[arg(long, value_name = "N")]
@@ -147,7 +201,7 @@ impl Default for WriterSettings {
             number: 1,
             auto_increment: true,
             template: FileTemplate::default(),
-            codec: Codec::None,
+            codec: CodecSetting::Auto,
             workers: 0,
             write_mode: WriteMode::Stream,
             capture: None,
@@ -244,7 +298,7 @@ impl WriterSettings {
             create_dirs: self.create_dirs,
             temp_suffix: self.temp_suffix.clone(),
             overwrite: self.overwrite,
-            codec: self.codec,
+            codec: self.codec.resolve(Codec::None),
             swmr: self.swmr,
             flush_every: self.flush,
             flush_interval: (!self.flush_interval.is_zero())
