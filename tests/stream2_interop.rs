@@ -227,3 +227,133 @@ fn the_dectris_client_decodes_the_spec_sender() {
         assert!(v["images"].as_u64().unwrap() >= 4, "{summary}\n{v}");
     }
 }
+
+// ---- detflow's decoder reads what others encoded ----
+
+/// The spec sender's messages (encoded by cbor2: f16 floats, no prefix, every dtype and
+/// compression, bad ones) and tickit's real EIGER2 16M bytes, decoded by detflow-stream2:
+/// good ones to the payload bytes that were sent, bad ones to an error.
+#[test]
+fn detflow_stream2_decodes_what_cbor2_and_an_eiger2_encoded() {
+    use detflow_stream2::{Compression, Message, Payload, decode};
+    let dir = tempfile::tempdir().unwrap();
+    let variants: [&[&str]; 3] = [
+        &[
+            "--dtype",
+            "u8",
+            "--compression",
+            "bslz4",
+            "--channels",
+            "3",
+            "--f16",
+            "--no-prefix",
+            "--skip",
+            "2",
+            "--bad",
+            "malformed@0,foreign@1,truncated@3,unknown-compression@4",
+        ],
+        &["--dtype", "u16", "--compression", "lz4", "--channels", "2"],
+        &[
+            "--dtype",
+            "u32",
+            "--compression",
+            "none",
+            "--bad",
+            "truncated@1",
+        ],
+    ];
+    for (k, args) in variants.into_iter().enumerate() {
+        let d = dir.path().join(format!("v{k}"));
+        detflow_test_support::run_step(
+            python()
+                .arg(script("stream2_spec_sender.py"))
+                .args(["--out", path_str(&d.join("expected.npz"))])
+                .args(["--dump", path_str(&d)])
+                .args(args),
+            "stream2_spec_sender.py --dump",
+        );
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cbor"))
+            .collect();
+        files.sort();
+        let read = |name: String| std::fs::read(d.join(name)).unwrap();
+        let mut images = 0;
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            let stem = file.file_stem().unwrap().to_str().unwrap();
+            let kind = stem.split_once('-').unwrap().1;
+            let msg = decode(&bytes);
+            match (kind, msg) {
+                ("start", Ok(Message::Start(s))) => {
+                    assert_eq!(s.series.id, 7);
+                    if args.contains(&"--f16") {
+                        // f16 on the wire (101.5, 1.0), f32 (6000.5), f64 (12398.4).
+                        assert_eq!(s.beam_center_x, Some(101.5));
+                        assert_eq!(s.incident_wavelength, Some(1.0));
+                        // canonical CBOR sorts map keys: find, not index.
+                        let th = s.threshold_energy.iter().find(|t| t.0 == "threshold_1");
+                        assert_eq!(th, Some(&("threshold_1", 6000.5)));
+                        assert_eq!(s.incident_energy, Some(12398.4));
+                        assert_eq!(s.channels, ["threshold_1", "threshold_2", "difference"]);
+                    }
+                }
+                ("image", Ok(Message::Image(im))) => {
+                    images += 1;
+                    assert_eq!(im.series.id, 7);
+                    for (name, md) in &im.data {
+                        let id = im.image_id;
+                        match md.array.payload {
+                            Payload::Compressed { bytes, .. } => {
+                                assert_eq!(bytes, read(format!("payload-{id}-{name}.bin")))
+                            }
+                            Payload::Raw(bytes) => {
+                                assert_eq!(bytes, read(format!("frame-{id}-{name}.bin")))
+                            }
+                        }
+                    }
+                }
+                ("foreign", Ok(Message::Image(im))) => assert_eq!(im.series.id, 8),
+                ("end", Ok(Message::End(e))) => assert_eq!(e.series.id, 7),
+                ("malformed" | "truncated" | "unknown-compression", Err(_)) => {}
+                (kind, msg) => panic!("variant {k}, {stem}: {kind} decoded as {msg:?}"),
+            }
+        }
+        assert!(images >= 3, "variant {k}: {images} images");
+    }
+
+    // tickit-devices' sample: one image and the end of a real EIGER2 Si 16M series.
+    let lib = venv().join("lib");
+    let site = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("site-packages"))
+        .find(|p| p.exists())
+        .expect("the venv's site-packages");
+    let data = site.join("tickit_devices/eiger/data/stream2");
+    let image = std::fs::read(data.join("image.cbor")).unwrap();
+    let Ok(Message::Image(im)) = decode(&image) else {
+        panic!("tickit's image.cbor: {:?}", decode(&image))
+    };
+    assert_eq!((im.series.id, im.image_id), (15614, 0));
+    assert_eq!(im.data.len(), 1);
+    let (name, md) = &im.data[0];
+    assert_eq!(
+        (*name, md.dims, md.array.tag),
+        ("threshold_1", [4362, 4148], 69)
+    );
+    let Payload::Compressed {
+        compression,
+        elem_size,
+        bytes,
+    } = md.array.payload
+    else {
+        panic!("tickit's image is compressed")
+    };
+    assert_eq!(
+        (compression, elem_size, bytes.len()),
+        (Compression::Bslz4, 2, 513_082)
+    );
+    let end = std::fs::read(data.join("end.cbor")).unwrap();
+    assert!(matches!(decode(&end), Ok(Message::End(e)) if e.series.id == 15614));
+}

@@ -18,6 +18,7 @@ Before it sends anything it writes what a receiver must end up with to OUT (.npz
 must be present in the file, which messages were bad. Then it binds, prints one JSON line
 `{"endpoint": "tcp://127.0.0.1:PORT"}` on stdout, and sends: `start` blocks until a
 consumer connects (libzmq's PUSH does not send to nobody), bounded by --timeout.
+With --dump DIR it writes the messages to files instead (see `dump`).
 
 Bad messages (--bad KIND@K, comma-separated; each is sent after image K, or instead of it):
   malformed@K            after image K: a message that is not valid CBOR (cut in a map)
@@ -32,6 +33,7 @@ import argparse
 import datetime
 import io
 import json
+import os
 import sys
 
 import cbor2
@@ -61,6 +63,7 @@ def parse_args():
     p.add_argument("--f16", action="store_true", help="start floats at their shortest width")
     p.add_argument("--bad", default="", help="KIND@K,... (see above)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds any send may wait")
+    p.add_argument("--dump", help="write the messages to this folder instead of sending them")
     return p.parse_args()
 
 
@@ -250,11 +253,33 @@ def encode(kind, msg, args):
     return data
 
 
+def dump(folder, wire, expected):
+    """NN-KIND.cbor per message in order; payload-I-CHANNEL.bin per compressed payload sent
+    and frame-I-CHANNEL.bin per image's pixels (little-endian), for a decoder test."""
+    for k, (kind, data) in enumerate(wire):
+        with open(os.path.join(folder, f"{k:02}-{kind}.cbor"), "wb") as f:
+            f.write(data)
+    for key, value in expected.items():
+        parts = key.split("/")
+        if parts[0] == "payload":
+            with open(os.path.join(folder, f"payload-{parts[1]}-{parts[2]}.bin"), "wb") as f:
+                f.write(value.tobytes())
+        elif parts[0] == "frames":
+            for i, frame in enumerate(value):
+                with open(os.path.join(folder, f"frame-{i}-{parts[1]}.bin"), "wb") as f:
+                    f.write(frame.astype(frame.dtype.newbyteorder("<")).tobytes())
+
+
 def main():
     args = parse_args()
     messages, expected = build(args)
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
     np.savez(args.out, **expected)
     wire = [(kind, encode(kind, msg, args)) for kind, msg in messages]
+    if args.dump:
+        dump(args.dump, wire, expected)
+        return
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
