@@ -25,6 +25,7 @@ use detflow_engine::config::{Config, FrameSize};
 
 mod cpu;
 mod plot;
+mod stream2;
 
 pub use cpu::CpuBreakdown;
 
@@ -83,10 +84,18 @@ pub(crate) struct BenchArgs {
         requires = "plot"
     )]
     plot_size: String,
+    /// Instead of the codec table: a Stream V2 series (bslz4, one channel, --frames images of
+    /// --size, the first --dtype) over loopback into the receiver, written with each codec of
+    /// this list (`auto`: as it came), each beside a plain write of the same compressed bytes.
+    #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "auto,lz4")]
+    stream2: Option<String>,
 }
 
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = args.path.clone().unwrap_or_else(std::env::temp_dir);
+    if let Some(codecs) = &args.stream2 {
+        return bench_stream2(args, &dir, codecs);
+    }
     let mut plan = plan(
         &args.codecs,
         &args.dtype,
@@ -144,6 +153,57 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         plot.draw(&plan, &rows)?;
         if !args.json {
             println!("plot: {}", plot.path().display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--stream2`: the receiver with each codec, `--repeat` times interleaved; each run's line,
+/// then the medians.
+fn bench_stream2(args: &BenchArgs, dir: &Path, codecs: &str) -> anyhow::Result<ExitCode> {
+    let plan = plan(
+        "none",
+        &args.dtype,
+        &args.size,
+        args.frames,
+        dir.to_owned(),
+        0,
+    )?;
+    let pixel_type = plan.dtypes[0];
+    let series = stream2::Series2::prepare(plan.size, pixel_type, plan.frames)?;
+    let codecs: Vec<&str> = codecs.split(',').map(str::trim).collect();
+    if !args.json {
+        println!(
+            "Stream V2 over tcp loopback: {} images of {}x{} {pixel_type}, bslz4, files in {}",
+            plan.frames,
+            plan.size.0,
+            plan.size.1,
+            dir.display()
+        );
+    }
+    let mut rows: Vec<Vec<stream2::Stream2Row>> = vec![Vec::new(); codecs.len()];
+    for _ in 0..args.repeat.max(1) {
+        for (k, codec) in codecs.iter().enumerate() {
+            let row = series.measure(dir, codec)?;
+            if !args.json {
+                println!("{}", stream2::line(&row));
+            }
+            rows[k].push(row);
+        }
+    }
+    let medians: Vec<stream2::Stream2Row> = rows
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
+            runs.swap_remove(runs.len() / 2)
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&medians)?);
+    } else {
+        println!("medians (the run of median fps):");
+        for r in &medians {
+            println!("{}", stream2::line(r));
         }
     }
     Ok(ExitCode::SUCCESS)

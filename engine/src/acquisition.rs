@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 use detflow_ring::{Policy, Producer, Ring, RingConfig};
 use detflow_sim::SimOptions;
-use detflow_writer::{CaptureSession, Codec};
+use detflow_writer::{CaptureSession, Codec, ImageLayout};
 
 use crate::backend::{self, Backend, OpenError, Opened};
 use crate::config::{BackendSpec, Config, Validated};
@@ -170,10 +170,22 @@ impl AcquisitionBuilder {
         let sink: Box<dyn FrameSink> = match self.sink {
             SinkChoice::Owned => {
                 let geometry = geometry(&opened.acquisition, opened.shape);
-                Box::new(OwnedCapture::new(CaptureSession::start(
-                    s.capture.clone(),
-                    geometry,
-                )?))
+                match opened.backend.images() {
+                    Some(images) => {
+                        let layout = ImageLayout {
+                            channels: images.channels,
+                            image_fields: true,
+                            metadata: opened.metadata.clone(),
+                        };
+                        let session =
+                            CaptureSession::start_with(s.capture.clone(), geometry, Some(layout))?;
+                        Box::new(OwnedCapture::images(session))
+                    }
+                    None => Box::new(OwnedCapture::new(CaptureSession::start(
+                        s.capture.clone(),
+                        geometry,
+                    )?)),
+                }
             }
             SinkChoice::Shared(plugin) => Box::new(SharedSink::new(plugin, s.capture.codec)),
             SinkChoice::Custom(sink) => sink,

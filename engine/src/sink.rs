@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use detflow_hal::FrameMeta;
-use detflow_writer::{CaptureSession, Codec, FileStatus, Pushed};
+use detflow_writer::{CaptureSession, Codec, FileStatus, ImageWrite, Pushed, WriterError};
 
 use crate::compress::{CodecCell, Encoding};
 use crate::error::RunError;
@@ -99,15 +99,57 @@ impl SinkReport<'_> {
 #[derive(Debug)]
 pub struct OwnedCapture {
     session: Box<CaptureSession>,
+    /// Chunks are image records ([`crate::record`]), for a session with an image layout.
+    images: bool,
 }
 
 impl OwnedCapture {
-    /// A sink writing to `session`.
+    /// A sink writing frames to `session`.
     pub fn new(session: CaptureSession) -> Self {
         OwnedCapture {
             session: Box::new(session),
+            images: false,
         }
     }
+
+    /// A sink writing images (records of an image source) to `session`, started with an
+    /// image layout.
+    pub(crate) fn images(session: CaptureSession) -> Self {
+        OwnedCapture {
+            session: Box::new(session),
+            images: true,
+        }
+    }
+}
+
+/// Write the image record `chunk` into `session`, at its number, every channel.
+pub(crate) fn push_record(
+    session: &mut CaptureSession,
+    frame: &FrameMeta,
+    chunk: &[u8],
+) -> Result<Pushed, WriterError> {
+    let Some(record) = crate::record::read(chunk) else {
+        return Err(WriterError::Setting {
+            setting: "image record",
+            value: format!("frame {}", frame.unique_id),
+            reason: "the ring slot holds no image record".into(),
+        });
+    };
+    let channels: heapless::Vec<&[u8], { detflow_hal::MAX_CHANNELS }> =
+        record.channels.iter().map(|(_, c)| *c).collect();
+    let json = record.user_data.and_then(detflow_stream2::user_data_json);
+    let pair = |t: Option<detflow_hal::Ticks>| t.map(|t| (t.ticks, t.per_s));
+    let image = ImageWrite {
+        number: record.number,
+        channels: &channels,
+        image_id: record.number,
+        real_time: pair(record.times.real),
+        start_time: pair(record.times.start),
+        stop_time: pair(record.times.stop),
+        user_data_cbor: record.user_data,
+        user_data_json: json.as_deref(),
+    };
+    session.push_image(frame, &image)
 }
 
 impl FrameSink for OwnedCapture {
@@ -121,12 +163,22 @@ impl FrameSink for OwnedCapture {
 
     fn push(&mut self, frame: &FrameMeta, chunk: &[u8], codec: Codec, report: &SinkReport) -> Push {
         debug_assert_eq!(codec, self.session.settings().codec);
-        let pushed = self.session.push(frame, chunk);
+        let pushed = if self.images {
+            push_record(&mut self.session, frame, chunk)
+        } else {
+            self.session.push(frame, chunk)
+        };
         report.files(self.session.status());
         match pushed {
             Ok(Pushed::Accepted) => Push::Written,
             // NumCapture reached: the files are closed; the detector stops.
             Ok(Pushed::Complete) => Push::Last,
+            // An image the file refuses (its number again, past the end) is dropped; the
+            // capture goes on.
+            Err(e @ WriterError::Image { .. }) => {
+                tracing::error!("{e}: the image is dropped");
+                Push::Dropped(None)
+            }
             Err(e) => Push::Dropped(Some(e.into())),
         }
     }

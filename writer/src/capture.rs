@@ -35,6 +35,7 @@ use detflow_hal::{FrameMeta, FrameShape};
 
 use crate::WriterError;
 use crate::codec::Codec;
+use crate::images::{ImageLayout, ImageWrite};
 use crate::layout;
 use crate::naming::{self, FileNaming};
 use crate::refs::{RefLog, RefPattern, RefSink, ValueRef};
@@ -229,6 +230,30 @@ pub fn checked_write_mode(
     Ok(mode)
 }
 
+/// Images placed by number go into one file as they come: Stream mode, no frames per file.
+fn check_image_capture(settings: &CaptureSettings) -> Result<(), WriterError> {
+    let refuse = |setting, value: String| WriterError::Setting {
+        setting,
+        value,
+        reason: "a detector's images are placed by number in one file: Stream mode, \
+                 frames per file 0, no reference pattern"
+            .into(),
+    };
+    if settings.mode != WriteMode::Stream {
+        return Err(refuse("write-mode", format!("{:?}", settings.mode)));
+    }
+    if settings.frames_per_file > 0 {
+        return Err(refuse(
+            "frames-per-file",
+            settings.frames_per_file.to_string(),
+        ));
+    }
+    if settings.ref_pattern.is_some() {
+        return Err(refuse("ref-pattern", "set".into()));
+    }
+    Ok(())
+}
+
 /// The frames a capture receives, known before the first one arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameGeometry {
@@ -291,12 +316,29 @@ pub struct CaptureSession {
     finished: bool,
     /// The `refs` JSON lines file.
     ref_sink: Option<RefSink>,
+    /// Images placed by number in channels ([`CaptureSession::push_image`]), or frames.
+    image_layout: Option<ImageLayout>,
 }
 
 impl CaptureSession {
     /// Start a capture: expand and create the directory, check it, and (Stream without
     /// LazyOpen) open the first file. Refused settings leave nothing behind.
     pub fn start(settings: CaptureSettings, geometry: FrameGeometry) -> Result<Self, WriterError> {
+        Self::start_with(settings, geometry, None)
+    }
+
+    /// [`start`](Self::start) a capture of images placed by number ([`push_image`](Self::push_image))
+    /// in the channels of `image_layout`, or of frames (`None`). Images go into one file:
+    /// Stream mode without frames per file.
+    pub fn start_with(
+        settings: CaptureSettings,
+        geometry: FrameGeometry,
+        image_layout: Option<ImageLayout>,
+    ) -> Result<Self, WriterError> {
+        if let Some(layout) = &image_layout {
+            layout.check()?;
+            check_image_capture(&settings)?;
+        }
         let mut settings = settings;
         settings.mode = checked_write_mode(
             settings.mode,
@@ -393,6 +435,7 @@ impl CaptureSession {
             buffer: Vec::new(),
             finished: false,
             ref_sink,
+            image_layout,
         };
         if session.settings.mode == WriteMode::Stream && !session.settings.lazy_open {
             if let Err(e) = session.open_next() {
@@ -459,6 +502,7 @@ impl CaptureSession {
             flush_interval: s.flush_interval,
             temp_suffix: s.temp_suffix.clone(),
             overwrite: s.overwrite,
+            image_layout: self.image_layout.clone(),
             ..StreamSpec::new(path, self.geometry.shape, s.codec)
         }
     }
@@ -634,6 +678,47 @@ impl CaptureSession {
             }
         }
         Ok(Pushed::Accepted)
+    }
+
+    /// Take one image of a capture started with an image layout: written at its number, in
+    /// every channel. An image the file refuses (a number written before, or past
+    /// NumCapture: [`WriterError::Image`]) is not written and the capture goes on; any other
+    /// error stops it, as in [`push`](Self::push). The capture is complete once NumCapture
+    /// images are in.
+    pub fn push_image(
+        &mut self,
+        meta: &FrameMeta,
+        image: &ImageWrite<'_>,
+    ) -> Result<Pushed, WriterError> {
+        if self.finished {
+            return Err(WriterError::Closed);
+        }
+        if self.open.is_none() {
+            self.open_next()?;
+        }
+        let w = self.open.as_mut().expect("a file is open");
+        match w.write_image(meta, image) {
+            Ok(()) => {}
+            Err(e @ WriterError::Image { .. }) => return Err(e),
+            Err(e) => return Err(self.fail(e)),
+        }
+        self.in_file += 1;
+        self.status.num_captured += 1;
+        let path = w.path().to_path_buf();
+        self.report(&path, std::iter::once(Some(image.number)))?;
+        let s = &self.settings;
+        if s.num_capture > 0 && self.status.num_captured >= s.num_capture {
+            self.close_open()?;
+            self.finished = true;
+            self.status.capturing = false;
+            return Ok(Pushed::Complete);
+        }
+        Ok(Pushed::Accepted)
+    }
+
+    /// Positions of the open file's images that were never written (gaps so far).
+    pub fn missing_images(&self) -> u64 {
+        self.open.as_ref().map_or(0, StreamWriter::missing_images)
     }
 
     fn write_buffer(&mut self) -> Result<(), WriterError> {

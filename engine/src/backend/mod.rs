@@ -195,6 +195,8 @@ pub struct Opened {
     /// The configuration it runs with: the one asked for, with what the backend decides
     /// (a replayed file's frame size and pixel type).
     pub acquisition: AcquisitionConfig,
+    /// What the detector says of its series, for the file (a Stream V2 `start`).
+    pub metadata: Option<detflow_writer::DetectorMetadata>,
 }
 
 impl fmt::Debug for Opened {
@@ -245,6 +247,7 @@ pub fn configure(
         backend,
         shape,
         acquisition,
+        metadata: None,
     })
 }
 
@@ -298,6 +301,7 @@ pub fn open_stream2(
 ) -> Result<Opened, OpenError> {
     let source = stream2::Stream2Source::connect(endpoint, rcvhwm, silence, expect)
         .map_err(OpenError::Stream2)?;
+    let metadata = source.metadata();
     let series = source.series();
     let acquisition = AcquisitionConfig {
         roi: Roi::full(series.shape.width, series.shape.height),
@@ -308,7 +312,9 @@ pub fn open_stream2(
             .unwrap_or(acquisition.num_images),
         ..acquisition
     };
-    configure(Box::new(ImageBackend(source)), acquisition)
+    let mut opened = configure(Box::new(ImageBackend(source)), acquisition)?;
+    opened.metadata = Some(metadata);
+    Ok(opened)
 }
 
 /// Frames of `sensor` size and `pixel_type` received as UDP datagrams on `listen`.

@@ -21,6 +21,8 @@ use detflow_hal::{
 };
 use detflow_stream2::{Compression, Image, Message, Payload, Rational, Start};
 
+use detflow_writer::{Codec, DetectorMetadata, Table};
+
 use super::BackendError;
 
 /// The most bytes of `user_data` an image may carry into the file.
@@ -222,6 +224,15 @@ impl Stream2Source {
     /// The series' `start` message, as it came.
     pub fn start_message(&self) -> &[u8] {
         &self.start
+    }
+
+    /// What the series' `start` says of it, for the file: NXmx fields, and with
+    /// `header_detail = all` the pixel masks, flatfields and count-rate table (decoded).
+    pub fn metadata(&self) -> DetectorMetadata {
+        match detflow_stream2::decode(&self.start) {
+            Ok(Message::Start(start)) => metadata_of(&start),
+            _ => DetectorMetadata::default(),
+        }
     }
 
     /// The next message: the pending one, or one from the socket within `timeout`.
@@ -696,4 +707,112 @@ fn check_expect(series: &SeriesInfo, expect: SeriesExpect) -> Result<(), Stream2
         )),
         _ => Ok(()),
     }
+}
+
+/// The file's metadata from a `start` message. A table that does not decode is left out,
+/// with a log line.
+fn metadata_of(s: &Start<'_>) -> DetectorMetadata {
+    let owned = |v: Option<&str>| v.map(str::to_owned);
+    let tables = |named: &[(&str, detflow_stream2::MultiDimArray<'_>)], what: &str| {
+        named
+            .iter()
+            .filter_map(|(name, array)| {
+                let dims = array.dims.iter().map(|&d| d as usize).collect();
+                let table = table(&array.array, dims, s, &format!("{what} {name}"))?;
+                Some(((*name).to_owned(), table))
+            })
+            .collect()
+    };
+    let lut = s.countrate_correction_lookup_table.as_ref().and_then(|t| {
+        let elems = t.payload.uncompressed_size()? as usize / t.elem_size().max(1);
+        table(t, vec![elems], s, "countrate_correction_lookup_table")
+    });
+    DetectorMetadata {
+        series_id: Some(s.series.id),
+        series_unique_id: Some(s.series.unique_id.to_owned()),
+        arm_date: owned(s.arm_date),
+        description: owned(s.detector_description),
+        serial_number: owned(s.detector_serial_number),
+        sensor_material: owned(s.sensor_material),
+        sensor_thickness_m: s.sensor_thickness,
+        beam_center_x_px: s.beam_center_x,
+        beam_center_y_px: s.beam_center_y,
+        count_time_s: s.count_time,
+        frame_time_s: s.frame_time,
+        pixel_size_x_m: s.pixel_size_x,
+        pixel_size_y_m: s.pixel_size_y,
+        incident_wavelength_a: s.incident_wavelength,
+        incident_energy_ev: s.incident_energy,
+        saturation_value: s.saturation_value,
+        threshold_energy_ev: s
+            .threshold_energy
+            .iter()
+            .map(|(n, e)| ((*n).to_owned(), *e))
+            .collect(),
+        detector_translation_m: s.detector_translation,
+        goniometer: s
+            .goniometer
+            .iter()
+            .map(|(n, a)| ((*n).to_owned(), a.start, a.increment))
+            .collect(),
+        countrate_correction_enabled: s.countrate_correction_enabled,
+        flatfield_enabled: s.flatfield_enabled,
+        pixel_mask_enabled: s.pixel_mask_enabled,
+        virtual_pixel_interpolation_enabled: s.virtual_pixel_interpolation_enabled,
+        pixel_mask: tables(&s.pixel_mask, "pixel_mask"),
+        flatfield: tables(&s.flatfield, "flatfield"),
+        countrate_correction_lookup_table: lut,
+        user_data_cbor: s.user_data.map(<[u8]>::to_vec),
+        user_data_json: s.user_data.and_then(detflow_stream2::user_data_json),
+    }
+}
+
+/// A typed array of the start message, decoded, as a table of `dims`.
+fn table(
+    array: &detflow_stream2::TypedArray<'_>,
+    dims: Vec<usize>,
+    s: &Start<'_>,
+    what: &str,
+) -> Option<Table> {
+    let skip = |why: String| {
+        tracing::warn!(
+            "series {} ({}): {what} is not written: {why}",
+            s.series.id,
+            s.series.unique_id
+        );
+    };
+    let Some(pixel_type) = array.pixel_type() else {
+        skip(format!(
+            "typed-array tag {} is not one detflow writes",
+            array.tag
+        ));
+        return None;
+    };
+    let bytes = match &array.payload {
+        Payload::Raw(b) => b.to_vec(),
+        Payload::Compressed {
+            compression, bytes, ..
+        } => {
+            let codec = match compression {
+                Compression::Bslz4 => Codec::BitshuffleLz4,
+                Compression::Lz4 => Codec::Lz4,
+            };
+            match codec.decode(pixel_type, bytes) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    skip(e.to_string());
+                    return None;
+                }
+            }
+        }
+    };
+    if bytes.len() != dims.iter().product::<usize>() * pixel_type.size() {
+        skip(format!("{} bytes for dims {dims:?}", bytes.len()));
+        return None;
+    }
+    Some(Table {
+        dims,
+        pixel_type,
+        bytes,
+    })
 }
