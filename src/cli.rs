@@ -92,6 +92,7 @@ pub(crate) fn show_defaults(cli: clap::Command) -> clap::Command {
     };
     cli.mut_subcommand("acquire", |c| c.mut_args(annotate))
         .mut_subcommand("serve", |c| c.mut_args(annotate))
+        .mut_subcommand("stream2-send", |c| c.mut_args(annotate))
 }
 
 #[cfg(test)]
@@ -190,7 +191,7 @@ mod tests {
             help("frames")
         );
         assert!(help("slots").ends_with("[default: 0]"));
-        assert!(help("codec").ends_with("[default: none]"));
+        assert!(help("codec").ends_with("[default: auto]"));
         assert!(!help("overwrite").contains("[default"));
     }
 }

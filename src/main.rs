@@ -13,12 +13,14 @@ mod bench;
 mod cli;
 mod serve;
 mod signals;
+mod stream2_send;
 mod udp_send;
 mod vds;
 
 use acquire::AcquireArgs;
 use bench::BenchArgs;
 use serve::ServeArgs;
+use stream2_send::Stream2SendArgs;
 use udp_send::UdpSendArgs;
 use vds::VdsArgs;
 
@@ -56,6 +58,11 @@ enum Command {
     /// Send the simulated detector's frames as UDP datagrams (the stream `acquire --backend
     /// udp` receives): the same frames `acquire` makes for the same settings and seed.
     UdpSend(UdpSendArgs),
+    /// Send one series as a DECTRIS Stream V2 detector (EIGER2, PILATUS4) does: CBOR start,
+    /// image and end messages on a bound ZeroMQ PUSH socket, images compressed bslz4 or lz4
+    /// as a DCU sends them, frames from the simulator (as `acquire` makes them) or a replay.
+    /// Images no consumer can take are dropped and counted, as a DCU does.
+    Stream2Send(Stream2SendArgs),
     /// Build a master HDF5 file whose virtual dataset stitches value references together
     /// (one point per reference), e.g.
     /// `detflow vds --out master.h5 h5file:///data/scan_0001.h5::/entry/data/data[0] ...`.
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         Command::Acquire(args) => acquire::acquire(args),
         Command::Bench(args) => bench::bench(args),
         Command::UdpSend(args) => udp_send::udp_send(args),
+        Command::Stream2Send(args) => stream2_send::stream2_send(args),
         Command::Vds(args) => vds::vds(args),
         Command::Serve(args) => serve::serve(args),
     };

@@ -8,7 +8,7 @@ use minicbor::Decoder;
 use crate::error::DecodeError;
 use crate::model::{
     Axis, Compression, End, Header, Image, Message, MessageKind, MultiDimArray, Payload, Rational,
-    Series, Start, TypedArray, dtype_from_name,
+    Rejected, Series, Start, TypedArray, dtype_from_name,
 };
 use crate::payload::{elem_size, is_typed_array_tag};
 use crate::read::{
@@ -167,59 +167,80 @@ fn image<'b>(d: &mut Decoder<'b>, mut len: Option<u64>) -> Result<Image<'b>, Dec
 }
 
 fn start<'b>(d: &mut Decoder<'b>, mut len: Option<u64>) -> Result<Start<'b>, DecodeError> {
-    let (mut id, mut unique_id) = (None, None);
+    let mut ids = (None, None);
     let mut s = Start::default();
     while more(d, &mut len)? {
         let k = map_key(d, "start")?;
-        let key = Key::top(k);
-        match k {
-            "series_id" => id = Some(uint(d, key)?),
-            "series_unique_id" => unique_id = Some(text(d, key)?),
-            "arm_date" => s.arm_date = Some(text(d, key)?),
-            "beam_center_x" => s.beam_center_x = Some(float(d, key)?),
-            "beam_center_y" => s.beam_center_y = Some(float(d, key)?),
-            "channels" => s.channels = texts(d, k)?,
-            "count_time" => s.count_time = Some(float(d, key)?),
-            "countrate_correction_enabled" => {
-                s.countrate_correction_enabled = Some(boolean(d, key)?)
+        let at = d.position();
+        match start_key(d, k, &mut s, &mut ids) {
+            Ok(()) => {}
+            // Structure that cannot be skipped, or ids that cannot be read: the message is
+            // unusable.
+            Err(e @ DecodeError::Malformed { .. }) => return Err(e),
+            Err(e) if k == "series_id" || k == "series_unique_id" => return Err(e),
+            Err(error) => {
+                d.set_position(at);
+                let raw = raw(d)?;
+                s.rejected.push(Rejected { key: k, raw, error });
             }
-            "countrate_correction_lookup_table" => {
-                s.countrate_correction_lookup_table = Some(typed_array(d, key, None)?)
-            }
-            "detector_description" => s.detector_description = Some(text(d, key)?),
-            "detector_serial_number" => s.detector_serial_number = Some(text(d, key)?),
-            "detector_translation" => s.detector_translation = Some(vector3(d, key)?),
-            "flatfield" => s.flatfield = array_map(d, k)?,
-            "flatfield_enabled" => s.flatfield_enabled = Some(boolean(d, key)?),
-            "frame_time" => s.frame_time = Some(float(d, key)?),
-            "goniometer" => s.goniometer = goniometer(d, k)?,
-            "image_dtype" => {
-                let name = text(d, key)?;
-                s.image_dtype =
-                    Some(dtype_from_name(name).ok_or_else(|| invalid(key, format!("{name:?}")))?);
-            }
-            "image_size_x" => s.image_size_x = Some(u32(d, key)?),
-            "image_size_y" => s.image_size_y = Some(u32(d, key)?),
-            "incident_energy" => s.incident_energy = Some(float(d, key)?),
-            "incident_wavelength" => s.incident_wavelength = Some(float(d, key)?),
-            "number_of_images" => s.number_of_images = Some(uint(d, key)?),
-            "pixel_mask" => s.pixel_mask = array_map(d, k)?,
-            "pixel_mask_enabled" => s.pixel_mask_enabled = Some(boolean(d, key)?),
-            "pixel_size_x" => s.pixel_size_x = Some(float(d, key)?),
-            "pixel_size_y" => s.pixel_size_y = Some(float(d, key)?),
-            "saturation_value" => s.saturation_value = Some(uint(d, key)?),
-            "sensor_material" => s.sensor_material = Some(text(d, key)?),
-            "sensor_thickness" => s.sensor_thickness = Some(float(d, key)?),
-            "threshold_energy" => s.threshold_energy = float_map(d, k)?,
-            "user_data" => s.user_data = Some(raw(d)?),
-            "virtual_pixel_interpolation_enabled" => {
-                s.virtual_pixel_interpolation_enabled = Some(boolean(d, key)?)
-            }
-            _ => s.extra.push((k, raw(d)?)),
         }
     }
-    s.series = series(MessageKind::Start, id, unique_id)?;
+    s.series = series(MessageKind::Start, ids.0, ids.1)?;
     Ok(s)
+}
+
+/// Reads the value of start key `k` into `s` (or `ids`); unknown keys go to `extra`.
+fn start_key<'b>(
+    d: &mut Decoder<'b>,
+    k: &'b str,
+    s: &mut Start<'b>,
+    ids: &mut (Option<u64>, Option<&'b str>),
+) -> Result<(), DecodeError> {
+    let key = Key::top(k);
+    match k {
+        "series_id" => ids.0 = Some(uint(d, key)?),
+        "series_unique_id" => ids.1 = Some(text(d, key)?),
+        "arm_date" => s.arm_date = Some(text(d, key)?),
+        "beam_center_x" => s.beam_center_x = Some(float(d, key)?),
+        "beam_center_y" => s.beam_center_y = Some(float(d, key)?),
+        "channels" => s.channels = texts(d, k)?,
+        "count_time" => s.count_time = Some(float(d, key)?),
+        "countrate_correction_enabled" => s.countrate_correction_enabled = Some(boolean(d, key)?),
+        "countrate_correction_lookup_table" => {
+            s.countrate_correction_lookup_table = Some(typed_array(d, key, None)?)
+        }
+        "detector_description" => s.detector_description = Some(text(d, key)?),
+        "detector_serial_number" => s.detector_serial_number = Some(text(d, key)?),
+        "detector_translation" => s.detector_translation = Some(vector3(d, key)?),
+        "flatfield" => s.flatfield = array_map(d, k)?,
+        "flatfield_enabled" => s.flatfield_enabled = Some(boolean(d, key)?),
+        "frame_time" => s.frame_time = Some(float(d, key)?),
+        "goniometer" => s.goniometer = goniometer(d, k)?,
+        "image_dtype" => {
+            let name = text(d, key)?;
+            s.image_dtype =
+                Some(dtype_from_name(name).ok_or_else(|| invalid(key, format!("{name:?}")))?);
+        }
+        "image_size_x" => s.image_size_x = Some(u32(d, key)?),
+        "image_size_y" => s.image_size_y = Some(u32(d, key)?),
+        "incident_energy" => s.incident_energy = Some(float(d, key)?),
+        "incident_wavelength" => s.incident_wavelength = Some(float(d, key)?),
+        "number_of_images" => s.number_of_images = Some(uint(d, key)?),
+        "pixel_mask" => s.pixel_mask = array_map(d, k)?,
+        "pixel_mask_enabled" => s.pixel_mask_enabled = Some(boolean(d, key)?),
+        "pixel_size_x" => s.pixel_size_x = Some(float(d, key)?),
+        "pixel_size_y" => s.pixel_size_y = Some(float(d, key)?),
+        "saturation_value" => s.saturation_value = Some(uint(d, key)?),
+        "sensor_material" => s.sensor_material = Some(text(d, key)?),
+        "sensor_thickness" => s.sensor_thickness = Some(float(d, key)?),
+        "threshold_energy" => s.threshold_energy = float_map(d, k)?,
+        "user_data" => s.user_data = Some(raw(d)?),
+        "virtual_pixel_interpolation_enabled" => {
+            s.virtual_pixel_interpolation_enabled = Some(boolean(d, key)?)
+        }
+        _ => s.extra.push((k, raw(d)?)),
+    }
+    Ok(())
 }
 
 /// `[numerator, denominator]`.

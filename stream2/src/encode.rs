@@ -1,6 +1,7 @@
 //! Encoding messages as a DECTRIS DCU does (§2 producer rules): the 55799 prefix, `type`
 //! first, the observed key order, definite lengths, integers at their smallest width and
-//! floats as f64. `start` keys after the ids are alphabetical, unknown (`extra`) keys last.
+//! floats as f64. `start` keys after the ids are alphabetical, unknown (`extra`) and
+//! rejected keys last.
 //!
 //! ```
 //! use detflow_stream2::{End, Message, Series, decode, encode};
@@ -292,6 +293,9 @@ fn start(s: &Start<'_>, out: &mut Vec<u8>) {
     );
     for (k, raw) in &s.extra {
         p.key(k).extend_from_slice(raw);
+    }
+    for r in &s.rejected {
+        p.key(r.key).extend_from_slice(r.raw);
     }
     p.finish();
 }

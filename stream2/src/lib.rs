@@ -34,7 +34,7 @@ pub use error::DecodeError;
 pub use json::user_data_json;
 pub use model::{
     Axis, Compression, End, Header, Image, Message, MessageKind, MultiDimArray, Payload, Rational,
-    Series, Start, TypedArray, dtype_from_name, dtype_name,
+    Rejected, Series, Start, TypedArray, dtype_from_name, dtype_name,
 };
 pub use payload::{CHUNK_HEADER_LEN, FramingError};
 

@@ -157,6 +157,22 @@ pub struct Start<'a> {
     /// Keys this crate does not know, with their raw CBOR value, in message order. The
     /// encoder appends them after the known keys.
     pub extra: Vec<(&'a str, &'a [u8])>,
+    /// Known keys whose value could not be used (a table of the wrong type or size, a
+    /// float sent as text): left out of the fields above, kept here with the reason, so
+    /// that one bad metadata key does not refuse a whole series. The series ids are never
+    /// rejected (a start without usable ids is an error). The encoder appends them last.
+    pub rejected: Vec<Rejected<'a>>,
+}
+
+/// A `start` key whose value was not usable: see [`Start::rejected`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// Its raw CBOR value, as received.
+    pub raw: &'a [u8],
+    /// Why it was not used.
+    pub error: crate::DecodeError,
 }
 
 /// The `image` message.

@@ -1,7 +1,7 @@
 //! Every way a message is refused, each by a hand-made message, and the error names the key
 //! and the value.
 
-use detflow_stream2::{DecodeError, FramingError, decode};
+use detflow_stream2::{DecodeError, FramingError, Message, decode};
 use minicbor::Encoder;
 
 type Enc = Encoder<Vec<u8>>;
@@ -341,28 +341,101 @@ fn bslz4_modifier_must_be_the_element_size() {
     );
 }
 
-#[test]
-fn start_table_errors_name_the_table() {
+/// A start message with the ids and `pairs` more pairs written by `rest`.
+fn start(pairs: u64, rest: impl FnOnce(&mut Enc)) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
-    e.map(4).unwrap().str("type").unwrap().str("start").unwrap();
-    e.str("series_id")
+    e.map(3 + pairs)
         .unwrap()
-        .u64(1)
+        .str("type")
         .unwrap()
-        .str("series_unique_id")
-        .unwrap()
-        .str("x")
+        .str("start")
         .unwrap();
-    e.str("pixel_mask")
-        .unwrap()
-        .map(1)
-        .unwrap()
-        .str("threshold_2")
-        .unwrap();
-    md(2, 2, 70, raw(15))(&mut e);
+    e.str("series_id").unwrap().u64(1).unwrap();
+    e.str("series_unique_id").unwrap().str("x").unwrap();
+    rest(&mut e);
+    e.into_writer()
+}
+
+#[test]
+fn a_bad_start_table_is_rejected_alone_naming_it() {
+    let msg = start(2, |e| {
+        e.str("pixel_mask")
+            .unwrap()
+            .map(1)
+            .unwrap()
+            .str("threshold_2")
+            .unwrap();
+        md(2, 2, 70, raw(15))(e);
+        e.str("count_time").unwrap().f64(0.5).unwrap();
+    });
+    let Message::Start(s) = decode(&msg).unwrap() else {
+        panic!("not a start")
+    };
+    assert_eq!(s.count_time, Some(0.5));
+    assert!(s.pixel_mask.is_empty());
+    assert_eq!(s.rejected.len(), 1);
+    let r = &s.rejected[0];
+    assert_eq!(r.key, "pixel_mask");
+    assert!(
+        matches!(&r.error, DecodeError::RawLength { key, len: 15, .. } if key == "pixel_mask.threshold_2"),
+        "{}",
+        r.error
+    );
+    // Re-encoded, the rejected value goes out as it came.
+    let mut out = Vec::new();
+    detflow_stream2::encode(&Message::Start(s.clone()), &mut out);
+    assert_eq!(decode(&out).unwrap(), Message::Start(s));
+}
+
+#[test]
+fn tickit_header_detail_all_tables_are_rejected_not_the_series() {
+    // tickit-devices' simulator sends base64 text bytes where DECTRIS sends typed arrays,
+    // and integers for the beam centre.
+    let msg = start(4, |e| {
+        e.str("countrate_correction_lookup_table")
+            .unwrap()
+            .bytes(b"AAAA")
+            .unwrap();
+        e.str("flatfield")
+            .unwrap()
+            .map(1)
+            .unwrap()
+            .str("threshold_1")
+            .unwrap()
+            .bytes(b"AAAA")
+            .unwrap();
+        e.str("beam_center_x").unwrap().u16(2000).unwrap();
+        e.str("image_size_x").unwrap().u16(4148).unwrap();
+    });
+    let Message::Start(s) = decode(&msg).unwrap() else {
+        panic!("not a start")
+    };
+    let keys: Vec<&str> = s.rejected.iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["countrate_correction_lookup_table", "flatfield"]);
+    assert_eq!(
+        (s.beam_center_x, s.image_size_x),
+        (Some(2000.0), Some(4148))
+    );
+}
+
+#[test]
+fn start_ids_are_never_rejected() {
+    let mut e = Encoder::new(Vec::new());
+    e.map(3).unwrap().str("type").unwrap().str("start").unwrap();
+    e.str("series_id").unwrap().str("one").unwrap();
+    e.str("series_unique_id").unwrap().str("x").unwrap();
     let err = decode(e.writer()).unwrap_err();
     assert!(
-        matches!(&err, DecodeError::RawLength { key, .. } if key == "pixel_mask.threshold_2"),
+        matches!(&err, DecodeError::WrongType { key, .. } if key == "series_id"),
         "{err}"
     );
+    // A value whose CBOR is broken cannot be skipped: the message is refused.
+    let mut msg = start(1, |e| {
+        e.str("flatfield").unwrap().map(1).unwrap();
+    });
+    msg.push(0xff);
+    assert!(matches!(
+        decode(&msg).unwrap_err(),
+        DecodeError::Malformed { .. }
+    ));
 }
