@@ -242,6 +242,119 @@ fn the_dectris_client_decodes_the_spec_sender() {
     }
 }
 
+// ---- DECTRIS's client decodes `detflow stream2-send` ----
+
+/// `detflow stream2-send` sends `frames` simulator frames per channel to DECTRIS's client;
+/// channel k of image i must be frame i of `detflow acquire --seed SEED+k --codec none`.
+fn dectris_client_reads_stream2_send(dtype: &str, compress: &str, channels: u64, detail: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (size, seed, frames) = ("96x64", 21u64, "4");
+    let endpoint = format!("tcp://127.0.0.1:{}", free_ports(1)[0]);
+    let got = dir.path().join("client.npz");
+    let client = dectris_client(&endpoint, &got);
+    let channels_arg = channels.to_string();
+    let seed_arg = seed.to_string();
+    let sender = Proc::spawn(
+        "detflow stream2-send",
+        common::detflow().args([
+            "stream2-send",
+            "--bind",
+            &endpoint,
+            "--size",
+            size,
+            "--dtype",
+            dtype,
+            "--mode",
+            "peaks",
+            "--seed",
+            &seed_arg,
+            "--frames",
+            frames,
+            "--compress",
+            compress,
+            "--channels",
+            &channels_arg,
+            "--header-detail",
+            detail,
+            "--user-data",
+            "--json",
+        ]),
+    );
+    let received = client.succeed();
+    let sent = sender.succeed();
+    let report: serde_json::Value = serde_json::from_str(sent.trim())
+        .unwrap_or_else(|e| panic!("stream2-send's report {sent:?}: {e}"));
+    assert_eq!(report["sent"], 4, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["consumer_connected"], true, "{report}");
+    let received: serde_json::Value =
+        serde_json::from_str(received.lines().last().unwrap_or_default()).unwrap();
+    let algorithms: Vec<&str> = match compress {
+        "none" => vec![],
+        c => vec![c],
+    };
+    assert_eq!(
+        received["compression"],
+        serde_json::json!(algorithms),
+        "{sent}"
+    );
+
+    let mut refs = Vec::new();
+    for k in 0..channels {
+        let name = format!("ref{k}");
+        let out = common::run(&[
+            "acquire",
+            "--seed",
+            &(seed + k).to_string(),
+            "--codec",
+            "none",
+            "--frames",
+            frames,
+            "--size",
+            size,
+            "--dtype",
+            dtype,
+            "--mode",
+            "peaks",
+            "--path",
+            path_str(dir.path()),
+            "--name",
+            &name,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        refs.push(dir.path().join(format!("{name}_0001.h5")));
+    }
+    let mut args = vec!["client-vs-files", path_str(&got), detail];
+    args.extend(refs.iter().map(|p| path_str(p)));
+    let v = check(&args);
+    assert_eq!(v["channels"].as_array().unwrap().len() as u64, channels);
+}
+
+#[test]
+fn dectris_client_decodes_stream2_send_u8_bslz4_three_channels() {
+    dectris_client_reads_stream2_send("u8", "bslz4", 3, "all");
+}
+
+#[test]
+fn dectris_client_decodes_stream2_send_u16_lz4_two_channels() {
+    dectris_client_reads_stream2_send("u16", "lz4", 2, "all");
+}
+
+#[test]
+fn dectris_client_decodes_stream2_send_u32_uncompressed() {
+    dectris_client_reads_stream2_send("u32", "none", 2, "basic");
+}
+
+#[test]
+fn dectris_client_decodes_stream2_send_u32_bslz4_four_channels() {
+    dectris_client_reads_stream2_send("u32", "bslz4", 4, "all");
+}
+
 // ---- tickit-devices' EIGER feeds `detflow acquire --backend stream2` ----
 
 /// tickit's EIGER on 127.0.0.1 (REST, legacy stream and Stream V2 ports all configurable, so

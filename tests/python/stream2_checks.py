@@ -6,8 +6,9 @@ line of what it checked:
   client-vs-expected CLIENT.npz EXPECTED.npz
       DECTRIS's client decoded what the spec sender sent (proves the sender standalone).
   client-vs-files CLIENT.npz HEADER_DETAIL REF_0.h5 [REF_1.h5 ...]
-      DECTRIS's client decoded what `detflow stream2-send` sent: channel k of image i equals
-      frame i of REF_k (written by `detflow acquire --seed S+k --codec none`).
+      DECTRIS's client decoded what `detflow stream2-send --user-data` sent: channel k of
+      image i equals frame i of REF_k (written by `detflow acquire --seed S+k --codec
+      none`), user_data is {"frame": i}, times are over 50 MHz.
   spec-file FILE.h5 EXPECTED.npz PASSTHROUGH
       `detflow acquire --backend stream2` stored what the spec sender sent: every channel,
       frames placed by image_id, gaps as the fill value with image_present 0, the start
@@ -81,6 +82,9 @@ def client_vs_files(client, header_detail, refs):
             assert got.dtype == frames[k].dtype, (i, name, got.dtype)
             assert np.array_equal(got, frames[k][i]), f"image {i} channel {name}: not frame {i} of {refs[k]}"
     assert sorted(m["image_id"] for m in messages[1:-1]) == list(range(n))
+    for m in messages[1:-1]:
+        assert m["user_data"] == {"frame": m["image_id"]}, m.get("user_data")
+        assert m["real_time"][1] == 50_000_000 and m["start_time"][1] == 50_000_000, m
     tables = ["pixel_mask", "flatfield", "countrate_correction_lookup_table"]
     if header_detail == "all":
         for name in names:

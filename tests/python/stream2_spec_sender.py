@@ -180,8 +180,7 @@ def build(args):
     for n in names:
         for i, p in enumerate(payloads[n]):
             if p is not None:
-                algorithm = args.compression
-                assert decompress(p, algorithm, elem_size=elem) == frames[n][i].tobytes(), (n, i)
+                assert decompress(p, args.compression, elem_size=elem) == frames[n][i].tobytes(), (n, i)
 
     series = {"series_id": 7, "series_unique_id": "01JSPECSENDERSERIES0000007"}
     other = {"series_id": 8, "series_unique_id": "01JSPECSENDERSERIES0000008"}
