@@ -258,6 +258,16 @@ fn print_summary(
         "frames          {} acquired, {} written, {} dropped",
         st.frames_acquired, st.frames_written, st.frames_dropped
     );
+    let lost = [
+        ("lost", st.frames_lost),
+        ("corrupted", st.frames_corrupted),
+        ("incomplete", st.frames_incomplete),
+        ("overrun", st.frames_overrun),
+    ];
+    if lost.iter().any(|(_, n)| *n > 0) {
+        let parts: Vec<String> = lost.iter().map(|(what, n)| format!("{n} {what}")).collect();
+        println!("not acquired    {}", parts.join(", "));
+    }
     println!(
         "rate            {:.1} fps, {:.1} MB/s over {:.3} s",
         st.fps, st.mb_per_s, st.elapsed_s

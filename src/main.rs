@@ -78,6 +78,18 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// Log to stderr at `default` unless RUST_LOG says otherwise.
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = match cli::show_defaults(Cli::command())
         .try_get_matches()
@@ -96,6 +108,14 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    // Log lines go to stderr: the daemon and the sender tell what they do (info); the other
+    // commands only what went wrong (warn: a bad Stream V2 message, a skipped table), beside
+    // their summary. RUST_LOG overrides either.
+    let level = match cli.command {
+        Command::Serve(_) | Command::Stream2Send(_) => "info",
+        _ => "warn",
+    };
+    init_logging(level);
     let result = match &cli.command {
         Command::Acquire(args) => acquire::acquire(args),
         Command::Bench(args) => bench::bench(args),

@@ -106,14 +106,6 @@ struct Report {
 }
 
 pub(crate) fn stream2_send(args: &Stream2SendArgs) -> anyhow::Result<ExitCode> {
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let mut d = DetectorSettings::default();
     args.detector.apply(&mut d)?;
     let channels = usize::from(args.channels);

@@ -7,8 +7,11 @@
 //! compressed, into the caller's buffer (a ring slot). Images are placed by their `image_id`.
 //! Faults are counted, never fatal: a malformed message, an image of another series, a
 //! repeated or out-of-range image, or a second `start` is one `Corrupted` error with a log
-//! line naming the series and image; images that never came are `FrameLost` errors, one
-//! each, once the series ends (its `end`, or the timeout without a message).
+//! line naming the series and image; images of the series that never came (whole or
+//! damaged) are `FrameLost` errors, one each, once the series ends (its `end`, or the
+//! timeout without a message). So `written + corrupted images of the series + lost =
+//! number_of_images`; a malformed message with no readable image id, or one of another
+//! series, is corrupted and no image of this one.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -77,6 +80,8 @@ pub struct Stream2Source {
     pending: Option<zmq::Message>,
     /// Image ids received so far.
     received: BTreeSet<u64>,
+    /// Image ids of this series that arrived damaged (counted corrupted, not lost).
+    damaged: BTreeSet<u64>,
     delivered: u64,
     last_message: Instant,
     started: bool,
@@ -208,6 +213,7 @@ impl Stream2Source {
             start: start.to_vec(),
             pending: Some(first),
             received: BTreeSet::new(),
+            damaged: BTreeSet::new(),
             delivered: 0,
             last_message: Instant::now(),
             started: false,
@@ -251,7 +257,8 @@ impl Stream2Source {
         self.ended = true;
         let expected = self.series.number_of_images.unwrap_or(0);
         let got = self.received.range(..expected).count() as u64;
-        self.lost_to_report = expected.saturating_sub(got);
+        let damaged = self.damaged.range(..expected).count() as u64;
+        self.lost_to_report = expected.saturating_sub(got + damaged);
         let s = &self.series;
         let level_lost = self.lost_to_report;
         if level_lost > 0 {
@@ -294,10 +301,16 @@ impl Stream2Source {
         if self.received.contains(&id) {
             return Err(self.corrupted(Some(id), "this image_id arrived before"));
         }
-        let (channels, end) =
-            copy_channels(&self.series, image, buf).map_err(|why| self.corrupted(Some(id), why))?;
+        let (channels, end) = match copy_channels(&self.series, image, buf) {
+            Ok(copied) => copied,
+            Err(why) => {
+                self.damaged.insert(id);
+                return Err(self.corrupted(Some(id), why));
+            }
+        };
         let user_data = match image.user_data {
             Some(u) if u.len() > MAX_USER_DATA || end + u.len() > buf.len() => {
+                self.damaged.insert(id);
                 return Err(self.corrupted(Some(id), "user_data larger than 64 KiB"));
             }
             Some(u) => {
@@ -469,7 +482,18 @@ impl ImageSource for Stream2Source {
         self.last_message = Instant::now();
         match detflow_stream2::decode(&msg) {
             Ok(m) => self.handle(m, buf),
-            Err(e) => Err(self.corrupted(None, format!("malformed message: {e}"))),
+            Err(e) => {
+                // An image of this series that arrived damaged is corrupted, not also lost.
+                let id = detflow_stream2::peek(&msg)
+                    .ok()
+                    .filter(|h| h.series.unique_id == self.series.unique_id)
+                    .and_then(|h| h.image_id)
+                    .filter(|id| !self.received.contains(id));
+                if let Some(id) = id {
+                    self.damaged.insert(id);
+                }
+                Err(self.corrupted(id, format!("malformed message: {e}")))
+            }
         }
     }
 }
