@@ -35,6 +35,7 @@ use detflow_hal::{FrameMeta, FrameShape};
 
 use crate::WriterError;
 use crate::codec::Codec;
+use crate::images::{ImageLayout, ImageWrite};
 use crate::layout;
 use crate::naming::{self, FileNaming};
 use crate::refs::{RefLog, RefPattern, RefSink, ValueRef};
@@ -291,12 +292,54 @@ pub struct CaptureSession {
     finished: bool,
     /// The `refs` JSON lines file.
     ref_sink: Option<RefSink>,
+    /// Images placed by number ([`CaptureSession::start_images`]).
+    image_layout: Option<ImageLayout>,
 }
 
 impl CaptureSession {
     /// Start a capture: expand and create the directory, check it, and (Stream without
     /// LazyOpen) open the first file. Refused settings leave nothing behind.
     pub fn start(settings: CaptureSettings, geometry: FrameGeometry) -> Result<Self, WriterError> {
+        Self::start_with(settings, geometry, None)
+    }
+
+    /// Start a capture of one detector series whose images are placed by number
+    /// ([`push_image`](Self::push_image)) in files with `image_layout`. Stream mode only, one
+    /// file for the series (`frames_per_file` 0, no reference pattern); `num_capture` is the
+    /// series' number of images (0: until stopped). Otherwise as [`start`](Self::start).
+    pub fn start_images(
+        settings: CaptureSettings,
+        geometry: FrameGeometry,
+        image_layout: ImageLayout,
+    ) -> Result<Self, WriterError> {
+        let refuse = |setting: &'static str, value: String| {
+            Err(WriterError::Setting {
+                setting,
+                value,
+                reason: "a detector series is written in Stream mode, one file per series".into(),
+            })
+        };
+        if settings.mode != WriteMode::Stream {
+            return refuse("mode", settings.mode.to_string());
+        }
+        if settings.frames_per_file != 0 {
+            return refuse("frames_per_file", settings.frames_per_file.to_string());
+        }
+        if let Some(p) = &settings.ref_pattern {
+            return refuse("ref-pattern", p.to_string());
+        }
+        image_layout.check()?;
+        if let Some(m) = &image_layout.metadata {
+            m.check()?;
+        }
+        Self::start_with(settings, geometry, Some(image_layout))
+    }
+
+    fn start_with(
+        settings: CaptureSettings,
+        geometry: FrameGeometry,
+        image_layout: Option<ImageLayout>,
+    ) -> Result<Self, WriterError> {
         let mut settings = settings;
         settings.mode = checked_write_mode(
             settings.mode,
@@ -393,6 +436,7 @@ impl CaptureSession {
             buffer: Vec::new(),
             finished: false,
             ref_sink,
+            image_layout,
         };
         if session.settings.mode == WriteMode::Stream && !session.settings.lazy_open {
             if let Err(e) = session.open_next() {
@@ -459,6 +503,7 @@ impl CaptureSession {
             flush_interval: s.flush_interval,
             temp_suffix: s.temp_suffix.clone(),
             overwrite: s.overwrite,
+            image_layout: self.image_layout.clone(),
             ..StreamSpec::new(path, self.geometry.shape, s.codec)
         }
     }
@@ -634,6 +679,68 @@ impl CaptureSession {
             }
         }
         Ok(Pushed::Accepted)
+    }
+
+    /// Take one image of the series, encoded, placed by its number
+    /// ([`StreamWriter::write_image`]); for a session made with
+    /// [`start_images`](Self::start_images). An image the file refuses (a repeated number, one
+    /// past `num_capture`, a wrong channel count or shape, a raw chunk of the wrong size) is
+    /// refused here too, with the capture going
+    /// on; other errors stop it as [`push`](Self::push) does. The capture is complete when
+    /// `num_capture` images are written.
+    pub fn push_image(
+        &mut self,
+        meta: &FrameMeta,
+        image: &ImageWrite<'_>,
+    ) -> Result<Pushed, WriterError> {
+        if self.finished {
+            return Err(WriterError::Closed);
+        }
+        if self.image_layout.is_none() {
+            return Err(WriterError::Setting {
+                setting: "image_layout",
+                value: "none".into(),
+                reason: format!(
+                    "image {}: the capture was started without an image layout",
+                    image.number
+                ),
+            });
+        }
+        if self.open.is_none() {
+            self.open_next()?;
+        }
+        let w = self.open.as_mut().expect("a file is open");
+        match w.write_image(meta, image) {
+            Ok(()) => {}
+            Err(
+                e @ (WriterError::Image { .. }
+                | WriterError::FrameMismatch { .. }
+                | WriterError::ChunkSize { .. }),
+            ) => {
+                self.status.write_message = e.to_string();
+                return Err(e);
+            }
+            Err(e) => return Err(self.fail(e)),
+        }
+        self.in_file += 1;
+        self.status.num_captured += 1;
+        let path = w.path().to_path_buf();
+        self.report(&path, std::iter::once(Some(image.number)))?;
+        let n = self.settings.num_capture;
+        if n > 0 && self.status.num_captured >= n {
+            self.close_open()?;
+            self.finished = true;
+            self.status.capturing = false;
+            return Ok(Pushed::Complete);
+        }
+        Ok(Pushed::Accepted)
+    }
+
+    /// Image positions never written (gaps) in the files of this capture, the open one
+    /// included.
+    pub fn missing_images(&self) -> u64 {
+        let closed: u64 = self.status.files.iter().map(|f| f.missing_images).sum();
+        closed + self.open.as_ref().map_or(0, StreamWriter::missing_images)
     }
 
     fn write_buffer(&mut self) -> Result<(), WriterError> {
