@@ -178,7 +178,7 @@ impl AcquisitionBuilder {
                             metadata: opened.metadata.clone(),
                         };
                         let session =
-                            CaptureSession::start_with(s.capture.clone(), geometry, Some(layout))?;
+                            CaptureSession::start_images(s.capture.clone(), geometry, layout)?;
                         Box::new(OwnedCapture::images(session))
                     }
                     None => Box::new(OwnedCapture::new(CaptureSession::start(

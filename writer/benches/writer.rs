@@ -8,11 +8,13 @@
 //! `cargo bench -p detflow-writer --bench writer`. Frames are 1024x1024 u16, raw chunks
 //! (`Codec::None`) and bslz4 chunks encoded beforehand, so the figure is HDF5 and I/O only.
 //! Each iteration opens a file, writes `FRAMES` frames (`DETFLOW_BENCH_FRAMES` overrides)
-//! and closes it.
+//! and closes it. The `image_layout` cases write the same bslz4 chunks with
+//! `write_image` (one channel, per-image fields on, images placed by number) beside
+//! `write_frame`, so the cost of placement and the per-image rows shows in the same run.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use detflow_hal::{ColorMode, EpicsTimestamp, FrameMeta, FrameShape, PixelType};
-use detflow_writer::{Codec, StreamSpec, StreamWriter};
+use detflow_writer::{Codec, ImageLayout, ImageWrite, StreamSpec, StreamWriter};
 
 const FRAMES: u64 = 400;
 
@@ -83,7 +85,57 @@ fn writer(c: &mut Criterion) {
             });
         }
     }
+    image_layout(&mut group, dir.path(), &raw);
     group.finish();
+}
+
+/// bslz4 chunks through `write_image` with a one-channel image layout and per-image fields.
+fn image_layout(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    dir: &std::path::Path,
+    raw: &[u8],
+) {
+    let codec = Codec::BitshuffleLz4;
+    let mut chunk = Vec::new();
+    codec.compressor(PixelType::U16).compress(raw, &mut chunk);
+    for (sink, in_memory) in [("null_sink", true), ("real_file", false)] {
+        group.bench_function(format!("{codec}/{sink}/image_layout"), |b| {
+            b.iter(|| {
+                let mut w = StreamWriter::create(StreamSpec {
+                    num_capture: frames(),
+                    overwrite: true,
+                    in_memory,
+                    image_layout: Some(ImageLayout {
+                        channels: vec!["threshold_1".into()],
+                        image_fields: true,
+                        metadata: None,
+                    }),
+                    ..StreamSpec::new(dir.join("bench.h5"), SHAPE, codec)
+                })
+                .expect("the file opens");
+                for k in 0..frames() {
+                    let meta = FrameMeta {
+                        unique_id: k + 1,
+                        timestamp: EpicsTimestamp::default(),
+                        unix_time_s: 0.0,
+                        shape: SHAPE,
+                    };
+                    let image = ImageWrite {
+                        number: k,
+                        channels: &[&chunk],
+                        image_id: k,
+                        real_time: Some((999_995, 50_000_000)),
+                        start_time: Some((k * 1_000_000, 50_000_000)),
+                        stop_time: Some((k * 1_000_000 + 999_995, 50_000_000)),
+                        user_data_cbor: None,
+                        user_data_json: None,
+                    };
+                    w.write_image(&meta, &image).expect("the image is written");
+                }
+                w.close().expect("the file closes")
+            })
+        });
+    }
 }
 
 criterion_group!(benches, writer);

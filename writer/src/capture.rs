@@ -230,30 +230,6 @@ pub fn checked_write_mode(
     Ok(mode)
 }
 
-/// Images placed by number go into one file as they come: Stream mode, no frames per file.
-fn check_image_capture(settings: &CaptureSettings) -> Result<(), WriterError> {
-    let refuse = |setting, value: String| WriterError::Setting {
-        setting,
-        value,
-        reason: "a detector's images are placed by number in one file: Stream mode, \
-                 frames per file 0, no reference pattern"
-            .into(),
-    };
-    if settings.mode != WriteMode::Stream {
-        return Err(refuse("write-mode", format!("{:?}", settings.mode)));
-    }
-    if settings.frames_per_file > 0 {
-        return Err(refuse(
-            "frames-per-file",
-            settings.frames_per_file.to_string(),
-        ));
-    }
-    if settings.ref_pattern.is_some() {
-        return Err(refuse("ref-pattern", "set".into()));
-    }
-    Ok(())
-}
-
 /// The frames a capture receives, known before the first one arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameGeometry {
@@ -316,7 +292,7 @@ pub struct CaptureSession {
     finished: bool,
     /// The `refs` JSON lines file.
     ref_sink: Option<RefSink>,
-    /// Images placed by number in channels ([`CaptureSession::push_image`]), or frames.
+    /// Images placed by number ([`CaptureSession::start_images`]).
     image_layout: Option<ImageLayout>,
 }
 
@@ -327,18 +303,43 @@ impl CaptureSession {
         Self::start_with(settings, geometry, None)
     }
 
-    /// [`start`](Self::start) a capture of images placed by number ([`push_image`](Self::push_image))
-    /// in the channels of `image_layout`, or of frames (`None`). Images go into one file:
-    /// Stream mode without frames per file.
-    pub fn start_with(
+    /// Start a capture of one detector series whose images are placed by number
+    /// ([`push_image`](Self::push_image)) in files with `image_layout`. Stream mode only, one
+    /// file for the series (`frames_per_file` 0, no reference pattern); `num_capture` is the
+    /// series' number of images (0: until stopped). Otherwise as [`start`](Self::start).
+    pub fn start_images(
+        settings: CaptureSettings,
+        geometry: FrameGeometry,
+        image_layout: ImageLayout,
+    ) -> Result<Self, WriterError> {
+        let refuse = |setting: &'static str, value: String| {
+            Err(WriterError::Setting {
+                setting,
+                value,
+                reason: "a detector series is written in Stream mode, one file per series".into(),
+            })
+        };
+        if settings.mode != WriteMode::Stream {
+            return refuse("mode", settings.mode.to_string());
+        }
+        if settings.frames_per_file != 0 {
+            return refuse("frames_per_file", settings.frames_per_file.to_string());
+        }
+        if let Some(p) = &settings.ref_pattern {
+            return refuse("ref-pattern", p.to_string());
+        }
+        image_layout.check()?;
+        if let Some(m) = &image_layout.metadata {
+            m.check()?;
+        }
+        Self::start_with(settings, geometry, Some(image_layout))
+    }
+
+    fn start_with(
         settings: CaptureSettings,
         geometry: FrameGeometry,
         image_layout: Option<ImageLayout>,
     ) -> Result<Self, WriterError> {
-        if let Some(layout) = &image_layout {
-            layout.check()?;
-            check_image_capture(&settings)?;
-        }
         let mut settings = settings;
         settings.mode = checked_write_mode(
             settings.mode,
@@ -680,11 +681,13 @@ impl CaptureSession {
         Ok(Pushed::Accepted)
     }
 
-    /// Take one image of a capture started with an image layout: written at its number, in
-    /// every channel. An image the file refuses (a number written before, or past
-    /// NumCapture: [`WriterError::Image`]) is not written and the capture goes on; any other
-    /// error stops it, as in [`push`](Self::push). The capture is complete once NumCapture
-    /// images are in.
+    /// Take one image of the series, encoded, placed by its number
+    /// ([`StreamWriter::write_image`]); for a session made with
+    /// [`start_images`](Self::start_images). An image the file refuses (a repeated number, one
+    /// past `num_capture`, a wrong channel count or shape, a raw chunk of the wrong size) is
+    /// refused here too, with the capture going
+    /// on; other errors stop it as [`push`](Self::push) does. The capture is complete when
+    /// `num_capture` images are written.
     pub fn push_image(
         &mut self,
         meta: &FrameMeta,
@@ -693,21 +696,38 @@ impl CaptureSession {
         if self.finished {
             return Err(WriterError::Closed);
         }
+        if self.image_layout.is_none() {
+            return Err(WriterError::Setting {
+                setting: "image_layout",
+                value: "none".into(),
+                reason: format!(
+                    "image {}: the capture was started without an image layout",
+                    image.number
+                ),
+            });
+        }
         if self.open.is_none() {
             self.open_next()?;
         }
         let w = self.open.as_mut().expect("a file is open");
         match w.write_image(meta, image) {
             Ok(()) => {}
-            Err(e @ WriterError::Image { .. }) => return Err(e),
+            Err(
+                e @ (WriterError::Image { .. }
+                | WriterError::FrameMismatch { .. }
+                | WriterError::ChunkSize { .. }),
+            ) => {
+                self.status.write_message = e.to_string();
+                return Err(e);
+            }
             Err(e) => return Err(self.fail(e)),
         }
         self.in_file += 1;
         self.status.num_captured += 1;
         let path = w.path().to_path_buf();
         self.report(&path, std::iter::once(Some(image.number)))?;
-        let s = &self.settings;
-        if s.num_capture > 0 && self.status.num_captured >= s.num_capture {
+        let n = self.settings.num_capture;
+        if n > 0 && self.status.num_captured >= n {
             self.close_open()?;
             self.finished = true;
             self.status.capturing = false;
@@ -716,9 +736,11 @@ impl CaptureSession {
         Ok(Pushed::Accepted)
     }
 
-    /// Positions of the open file's images that were never written (gaps so far).
+    /// Image positions never written (gaps) in the files of this capture, the open one
+    /// included.
     pub fn missing_images(&self) -> u64 {
-        self.open.as_ref().map_or(0, StreamWriter::missing_images)
+        let closed: u64 = self.status.files.iter().map(|f| f.missing_images).sum();
+        closed + self.open.as_ref().map_or(0, StreamWriter::missing_images)
     }
 
     fn write_buffer(&mut self) -> Result<(), WriterError> {

@@ -3,7 +3,8 @@
 //! [`StreamWriter::create`] builds the whole tree (see [`crate::layout`]) before the first
 //! frame, then starts SWMR if asked; nothing structural is added afterwards.
 //! [`StreamWriter::write_frame`] grows the image dataset by one frame and writes the encoded
-//! chunk with direct chunk write. Per-frame rows (the performance table, then the
+//! chunk with direct chunk write; with an image layout, [`StreamWriter::write_image`] writes
+//! one chunk per channel at the image's number instead, whatever the arrival order. Per-frame rows (the performance table, then the
 //! NDAttributes with `NDArrayUniqueId` last) are written in batches of at most
 //! [`ATTRIBUTE_BATCH`] frames, at each flush and at close, so memory does not grow with the
 //! run, a SWMR reader that sees an id can trust that frame, and a killed writer leaves
@@ -936,8 +937,9 @@ impl StreamWriter {
         }
     }
 
-    /// Make every frame written so far visible to readers: flush the image dataset, then
-    /// write and flush the pending per-frame rows with `NDArrayUniqueId` last. Fails with
+    /// Make every frame written so far visible to readers: flush the image datasets, then
+    /// write and flush the pending per-frame rows with `NDArrayUniqueId` (and with an image
+    /// layout `image_present`) last. Fails with
     /// [`WriterError::Vanished`] when the file was deleted or moved meanwhile.
     pub fn flush(&mut self) -> Result<(), WriterError> {
         self.last_flush = Instant::now();
@@ -948,6 +950,9 @@ impl StreamWriter {
         };
         let result = (|| -> hdf5::Result<()> {
             open.image.flush()?;
+            for channel in &open.channels {
+                channel.flush()?;
+            }
             open.per_frame.store(true)?;
             if !self.spec.swmr {
                 open.file.flush()?;

@@ -815,3 +815,156 @@ fn metadata_that_cannot_be_written_is_refused_before_the_file_exists() {
             .is_err()
     );
 }
+
+fn capture_settings(dir: &std::path::Path, num_capture: u64) -> detflow_writer::CaptureSettings {
+    detflow_writer::CaptureSettings {
+        num_capture,
+        codec: Codec::BitshuffleLz4,
+        naming: detflow_writer::FileNaming {
+            path: dir.to_str().unwrap().into(),
+            name: "series".into(),
+            number: 1,
+            auto_increment: true,
+            template: "%s%s_%3.3d.h5".parse().unwrap(),
+        },
+        ..detflow_writer::CaptureSettings::default()
+    }
+}
+
+fn geometry() -> detflow_writer::FrameGeometry {
+    detflow_writer::FrameGeometry {
+        shape: shape(),
+        dim_offset: [0, 0],
+        dim_binning: [1, 1],
+    }
+}
+
+fn three_channels() -> ImageLayout {
+    ImageLayout {
+        channels: CHANNELS.iter().map(|s| s.to_string()).collect(),
+        image_fields: true,
+        metadata: None,
+    }
+}
+
+fn push(
+    s: &mut detflow_writer::CaptureSession,
+    k: u64,
+) -> Result<detflow_writer::Pushed, WriterError> {
+    let c = chunks(Codec::BitshuffleLz4, k);
+    let refs: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+    s.push_image(
+        &meta(k),
+        &ImageWrite {
+            number: k,
+            channels: &refs,
+            image_id: k,
+            real_time: None,
+            start_time: None,
+            stop_time: None,
+            user_data_cbor: None,
+            user_data_json: None,
+        },
+    )
+}
+
+#[test]
+fn a_capture_session_writes_a_series_placed_by_number_and_completes_with_the_last_image() {
+    use detflow_writer::{CaptureSession, Pushed};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = CaptureSession::start_images(
+        capture_settings(dir.path(), 3),
+        geometry(),
+        three_channels(),
+    )
+    .unwrap();
+    assert_eq!(push(&mut s, 2).unwrap(), Pushed::Accepted);
+    assert_eq!(s.missing_images(), 2);
+    // A refused image leaves the capture going.
+    let e = push(&mut s, 2).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WriterError::Image {
+                number: 2,
+                refusal: ImageRefusal::Repeated
+            }
+        ),
+        "{e}"
+    );
+    assert!(!s.is_finished());
+    assert_eq!(push(&mut s, 0).unwrap(), Pushed::Accepted);
+    assert_eq!(push(&mut s, 1).unwrap(), Pushed::Complete);
+    let (status, result) = s.finish();
+    result.unwrap();
+    assert_eq!(status.num_captured, 3);
+    assert_eq!(status.files.len(), 1);
+    assert_eq!(
+        (status.files[0].frames, status.files[0].missing_images),
+        (3, 0)
+    );
+    let path = dir.path().join("series_001.h5");
+    assert_eq!(status.files[0].path, path);
+    let f = hdf5::File::open(&path).unwrap();
+    let present: Vec<u8> = f
+        .dataset(layout::IMAGE_PRESENT_PATH)
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(present, [1, 1, 1]);
+    let mut buf = Vec::new();
+    let diff = f.dataset(&channel_path("difference")).unwrap();
+    read_chunk(&diff, &[0, 0, 0], &mut buf).unwrap();
+    assert_eq!(buf, chunks(Codec::BitshuffleLz4, 0)[2]);
+}
+
+#[test]
+fn a_series_stopped_early_keeps_its_gap_counted() {
+    use detflow_writer::CaptureSession;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = CaptureSession::start_images(
+        capture_settings(dir.path(), 6),
+        geometry(),
+        three_channels(),
+    )
+    .unwrap();
+    for k in [0, 1, 3] {
+        push(&mut s, k).unwrap();
+    }
+    let (status, result) = s.finish();
+    result.unwrap();
+    assert_eq!(
+        (status.files[0].frames, status.files[0].missing_images),
+        (3, 1)
+    );
+
+    // Only Stream mode, one file per series.
+    let mut settings = capture_settings(dir.path(), 6);
+    settings.frames_per_file = 2;
+    let e = CaptureSession::start_images(settings, geometry(), three_channels()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WriterError::Setting {
+                setting: "frames_per_file",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A plain capture takes no images.
+    let mut settings = capture_settings(dir.path(), 2);
+    settings.naming.number = 2;
+    let mut plain = CaptureSession::start(settings, geometry()).unwrap();
+    let e = push(&mut plain, 0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WriterError::Setting {
+                setting: "image_layout",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
