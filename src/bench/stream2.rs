@@ -28,14 +28,21 @@ use super::{CpuBreakdown, cpu_seconds, raw_write_rate, sample_frames, settle};
 pub struct Stream2Row {
     /// `auto` (pass-through) or the codec images were encoded again with.
     pub codec: String,
-    /// Images written per second, wall time from the first message to the closed file.
+    /// Images written per second, wall time from connecting (the run's start, ring and
+    /// file made) to the closed file.
     pub fps: f64,
+    /// Images written per second from the first image to the last (the run's own rate,
+    /// without its start-up).
+    pub steady_fps: f64,
     /// Compressed bytes received per second, GB/s.
     pub gb_per_s: f64,
     /// A plain sequential write of the same compressed bytes, images per second.
     pub raw_fps: f64,
     /// fps / raw_fps.
     pub of_raw: f64,
+    /// The same messages over the same loopback into a receiver that drops them, images per
+    /// second: the transport's ceiling on this machine.
+    pub loopback_fps: f64,
     /// CPU per image by thread.
     pub cpu: CpuBreakdown,
     /// Images written / sent.
@@ -140,12 +147,18 @@ impl Series2 {
             timeout: "30".parse()?,
             expect: SeriesExpect::default(),
         };
+        // Messages made before the clock starts and handed to libzmq without a copy, as a
+        // DCU's are already in its memory: the sender costs the loopback's copies only.
+        let messages: Vec<zmq::Message> = self
+            .messages
+            .iter()
+            .map(|m| zmq::Message::from(m.clone()))
+            .collect();
         settle(dir);
-        let messages = &self.messages;
         let (summary, wall, cpu_s) = std::thread::scope(|scope| {
             let sender = scope.spawn(move || -> anyhow::Result<()> {
                 for m in messages {
-                    push.send(&m[..], 0)?;
+                    push.send(m, 0)?;
                 }
                 Ok(())
             });
@@ -172,17 +185,54 @@ impl Series2 {
         let written = summary.status.frames_written;
         settle(dir);
         let raw_fps = raw_write_rate(dir, &self.chunks, self.frames).context("raw write")?;
+        let loopback_fps = loopback_rate(&self.messages).context("loopback")?;
         let fps = written as f64 / wall;
         Ok(Stream2Row {
             codec: codec.to_owned(),
+            steady_fps: summary.status.fps,
             fps,
             gb_per_s: self.compressed_bytes as f64 / self.frames as f64 * fps / 1e9,
             raw_fps,
             of_raw: fps / raw_fps,
+            loopback_fps,
             cpu: CpuBreakdown::of(&summary.threads, cpu_s, written, wall),
             written,
         })
     }
+}
+
+/// Images per second the loopback carries alone: the same messages through a PUSH/PULL pair
+/// whose receiver drops them (no decoding, no ring, no file), the transport's own ceiling.
+fn loopback_rate(messages: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let context = zmq::Context::new();
+    let push = context.socket(zmq::PUSH)?;
+    push.set_sndhwm(64)?;
+    push.bind("tcp://127.0.0.1:*")?;
+    let endpoint = push
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("no endpoint"))?;
+    let pull = context.socket(zmq::PULL)?;
+    pull.set_rcvhwm(64)?;
+    pull.connect(&endpoint)?;
+    let owned: Vec<zmq::Message> = messages
+        .iter()
+        .map(|m| zmq::Message::from(m.clone()))
+        .collect();
+    let n = owned.len();
+    let t = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let sender = scope.spawn(move || -> anyhow::Result<()> {
+            for m in owned {
+                push.send(m, 0)?;
+            }
+            Ok(())
+        });
+        for _ in 0..n {
+            pull.recv_msg(0)?;
+        }
+        sender.join().expect("the sender thread ends")
+    })?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 fn encoded(msg: &Message<'_>) -> Vec<u8> {
@@ -194,14 +244,19 @@ fn encoded(msg: &Message<'_>) -> Vec<u8> {
 /// The table's line for a row.
 pub fn line(r: &Stream2Row) -> String {
     format!(
-        "stream2 {:<10} {:>8.0} fps {:>6.2} GB/s   raw {:>8.0} fps   of raw {:>5.2}   cpu ms/frame: receiver {:.3}, compressors {:.3}, writer {:.3}",
+        "stream2 {:<8} {:>6.0} fps ({:>6.0} steady) {:>5.2} GB/s  raw {:>6.0} fps  of raw {:>4.2} ({:>4.2} steady)  loopback {:>6.0} fps  of loopback {:>4.2}  cpu ms/frame: receiver {:.3}, compressors {:.3}, writer {:.3}, sender+zmq+other {:.3}",
         r.codec,
         r.fps,
+        r.steady_fps,
         r.gb_per_s,
         r.raw_fps,
         r.of_raw,
+        r.steady_fps / r.raw_fps,
+        r.loopback_fps,
+        r.fps / r.loopback_fps,
         r.cpu.detector_ms,
         r.cpu.compressors_ms,
-        r.cpu.writer_ms
+        r.cpu.writer_ms,
+        r.cpu.other_ms
     )
 }
