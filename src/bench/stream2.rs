@@ -129,12 +129,7 @@ impl Series2 {
     /// of its bytes beside it.
     pub fn measure(&self, dir: &Path, codec: &str) -> anyhow::Result<Stream2Row> {
         let context = zmq::Context::new();
-        let push = context.socket(zmq::PUSH)?;
-        push.set_sndhwm(64)?;
-        push.bind("tcp://127.0.0.1:*")?;
-        let endpoint = push
-            .get_last_endpoint()?
-            .map_err(|_| anyhow::anyhow!("no endpoint"))?;
+        let (push, endpoint) = bind_push(&context)?;
         let mut cfg = Config::default();
         cfg.writer.path = dir.to_string_lossy().into_owned();
         cfg.writer.name = format!("bench_stream2_{}", codec.replace(':', "_"));
@@ -201,16 +196,22 @@ impl Series2 {
     }
 }
 
-/// Images per second the loopback carries alone: the same messages through a PUSH/PULL pair
-/// whose receiver drops them (no decoding, no ring, no file), the transport's own ceiling.
-fn loopback_rate(messages: &[Vec<u8>]) -> anyhow::Result<f64> {
-    let context = zmq::Context::new();
+/// A PUSH socket bound on a free loopback port (queue of 64 images), and its endpoint.
+fn bind_push(context: &zmq::Context) -> anyhow::Result<(zmq::Socket, String)> {
     let push = context.socket(zmq::PUSH)?;
     push.set_sndhwm(64)?;
     push.bind("tcp://127.0.0.1:*")?;
     let endpoint = push
         .get_last_endpoint()?
         .map_err(|_| anyhow::anyhow!("no endpoint"))?;
+    Ok((push, endpoint))
+}
+
+/// Images per second the loopback carries alone: the same messages through a PUSH/PULL pair
+/// whose receiver drops them (no decoding, no ring, no file), the transport's own ceiling.
+fn loopback_rate(messages: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let context = zmq::Context::new();
+    let (push, endpoint) = bind_push(&context)?;
     let pull = context.socket(zmq::PULL)?;
     pull.set_rcvhwm(64)?;
     pull.connect(&endpoint)?;
