@@ -290,7 +290,7 @@ impl Ioc {
                 self.capture_done(&end.status, end.error.as_deref());
             }
             Closed::Later => {}
-            Closed::NotOpen => {
+            Closed::NotOpen | Closed::Disarmed => {
                 self.set(Pv::HdfCapture, 0);
                 self.set(Pv::HdfCaptureRbv, 0);
                 complete(&self.capture_waiters, None);

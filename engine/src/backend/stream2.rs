@@ -9,9 +9,15 @@
 //! repeated or out-of-range image, or a second `start` is one `Corrupted` error with a log
 //! line naming the series and image; images that never came are `FrameLost` errors, one
 //! each, once the series ends (its `end`, or the timeout without a message).
+//!
+//! A [`Stream2Link`] is the socket itself, kept across series: the daemon takes series after
+//! series from one link ([`Stream2Link::next_series`]), so nothing the detector sends between
+//! two series is lost to a reconnect, and a `start` that closes a series is kept as the start
+//! of the next.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use detflow_hal::{
@@ -63,18 +69,137 @@ pub struct SeriesInfo {
     pub frame_time: Option<f64>,
 }
 
-/// Receives one Stream V2 series.
-pub struct Stream2Source {
+/// The PULL socket connected to a detector, and the message to be handled first.
+struct Socketry {
     socket: zmq::Socket,
     _context: zmq::Context,
+    /// A message received but not handled yet (a series' first image, or the `start` that
+    /// closed the last series): the next one delivered.
+    pending: Option<zmq::Message>,
+}
+
+impl Socketry {
+    /// The pending message, or one from the socket within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Result<Option<zmq::Message>, zmq::Error> {
+        match self.pending.take() {
+            Some(m) => Ok(Some(m)),
+            None => recv(&self.socket, timeout),
+        }
+    }
+}
+
+/// A Stream V2 detector's endpoint, connected once and read series after series. Cloning it
+/// shares the socket; one series ([`Stream2Source`]) reads it at a time.
+#[derive(Clone)]
+pub struct Stream2Link {
+    inner: Arc<Mutex<Socketry>>,
     endpoint: String,
+}
+
+impl fmt::Debug for Stream2Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream2Link")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream2Link {
+    /// Connect a PULL socket to `endpoint`, queueing up to `rcvhwm` messages. ZeroMQ
+    /// connects in the background: no detector needs to be there yet.
+    pub fn connect(endpoint: &str, rcvhwm: i32) -> Result<Self, Stream2Error> {
+        let context = zmq::Context::new();
+        let err = socket_error(endpoint);
+        let socket = context.socket(zmq::PULL).map_err(&err)?;
+        socket.set_rcvhwm(rcvhwm).map_err(&err)?;
+        socket.set_linger(0).map_err(&err)?;
+        socket.connect(endpoint).map_err(&err)?;
+        Ok(Stream2Link {
+            inner: Arc::new(Mutex::new(Socketry {
+                socket,
+                _context: context,
+                pending: None,
+            })),
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// The endpoint connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Socketry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next series: wait up to `wait` for its `start` (`None` if none came; messages of
+    /// no series are skipped with a log line), then up to `silence` for its next message,
+    /// and check it against `expect`. The series then closes after `silence` without a
+    /// message.
+    pub fn next_series(
+        &self,
+        wait: Duration,
+        silence: Duration,
+        expect: SeriesExpect,
+    ) -> Result<Option<Stream2Source>, Stream2Error> {
+        let endpoint = &self.endpoint;
+        let err = socket_error(endpoint);
+        let (start, first) = {
+            let mut link = self.lock();
+            let Some(start) = wait_for_start(&mut link, wait, endpoint)? else {
+                return Ok(None);
+            };
+            let first =
+                link.next(silence)
+                    .map_err(&err)?
+                    .ok_or_else(|| Stream2Error::NoSeries {
+                        endpoint: endpoint.clone(),
+                        what: "image",
+                        timeout_s: silence.as_secs_f64(),
+                    })?;
+            // The first image is delivered first, by the source.
+            (start, first)
+        };
+        let series = series_info(&start, &first)?;
+        check_expect(&series, expect)?;
+        tracing::info!(
+            "series {} ({}) from {endpoint}: {} images of {}x{} {}, channels {:?}, {}",
+            series.id,
+            series.unique_id,
+            series
+                .number_of_images
+                .map_or("?".into(), |n| n.to_string()),
+            series.shape.width,
+            series.shape.height,
+            series.shape.pixel_type,
+            series.channels,
+            series.encoding
+        );
+        self.lock().pending = Some(first);
+        Ok(Some(Stream2Source {
+            link: self.clone(),
+            silence,
+            series,
+            start: start.to_vec(),
+            received: BTreeSet::new(),
+            delivered: 0,
+            last_message: Instant::now(),
+            started: false,
+            ended: false,
+            lost_to_report: 0,
+        }))
+    }
+}
+
+/// Receives one Stream V2 series.
+pub struct Stream2Source {
+    link: Stream2Link,
     /// A series silent this long is closed.
     silence: Duration,
     series: SeriesInfo,
     /// The `start` message as it came (its metadata is read from it for the file).
     start: Vec<u8>,
-    /// A message received while connecting, delivered first.
-    pending: Option<zmq::Message>,
     /// Image ids received so far.
     received: BTreeSet<u64>,
     delivered: u64,
@@ -88,7 +213,7 @@ pub struct Stream2Source {
 impl fmt::Debug for Stream2Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stream2Source")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.link.endpoint)
             .field("series", &self.series)
             .field("received", &self.received.len())
             .field("ended", &self.ended)
@@ -169,51 +294,13 @@ impl Stream2Source {
         silence: Duration,
         expect: SeriesExpect,
     ) -> Result<Self, Stream2Error> {
-        let context = zmq::Context::new();
-        let err = socket_error(endpoint);
-        let socket = context.socket(zmq::PULL).map_err(&err)?;
-        socket.set_rcvhwm(rcvhwm).map_err(&err)?;
-        socket.set_linger(0).map_err(&err)?;
-        socket.connect(endpoint).map_err(&err)?;
-        let no = |what| Stream2Error::NoSeries {
-            endpoint: endpoint.to_owned(),
-            what,
-            timeout_s: silence.as_secs_f64(),
-        };
-        let start = wait_for_start(&socket, silence, endpoint)?.ok_or_else(|| no("start"))?;
-        let first = recv(&socket, silence)
-            .map_err(&err)?
-            .ok_or_else(|| no("image"))?;
-        let series = series_info(&start, &first)?;
-        check_expect(&series, expect)?;
-        tracing::info!(
-            "series {} ({}) from {endpoint}: {} images of {}x{} {}, channels {:?}, {}",
-            series.id,
-            series.unique_id,
-            series
-                .number_of_images
-                .map_or("?".into(), |n| n.to_string()),
-            series.shape.width,
-            series.shape.height,
-            series.shape.pixel_type,
-            series.channels,
-            series.encoding
-        );
-        Ok(Stream2Source {
-            socket,
-            _context: context,
-            endpoint: endpoint.to_owned(),
-            silence,
-            series,
-            start: start.to_vec(),
-            pending: Some(first),
-            received: BTreeSet::new(),
-            delivered: 0,
-            last_message: Instant::now(),
-            started: false,
-            ended: false,
-            lost_to_report: 0,
-        })
+        Stream2Link::connect(endpoint, rcvhwm)?
+            .next_series(silence, silence, expect)?
+            .ok_or_else(|| Stream2Error::NoSeries {
+                endpoint: endpoint.to_owned(),
+                what: "start",
+                timeout_s: silence.as_secs_f64(),
+            })
     }
 
     /// The series being received.
@@ -237,11 +324,8 @@ impl Stream2Source {
 
     /// The next message: the pending one, or one from the socket within `timeout`.
     fn next_message(&mut self, timeout: Duration) -> Result<Option<zmq::Message>, ErrorKind> {
-        if let Some(m) = self.pending.take() {
-            return Ok(Some(m));
-        }
-        recv(&self.socket, timeout).map_err(|e| {
-            tracing::error!("stream2 {}: receive failed: {e}", self.endpoint);
+        self.link.lock().next(timeout).map_err(|e| {
+            tracing::error!("stream2 {}: receive failed: {e}", self.link.endpoint);
             ErrorKind::Other
         })
     }
@@ -467,10 +551,21 @@ impl ImageSource for Stream2Source {
             return Err(ErrorKind::Timeout);
         };
         self.last_message = Instant::now();
-        match detflow_stream2::decode(&msg) {
-            Ok(m) => self.handle(m, buf),
-            Err(e) => Err(self.corrupted(None, format!("malformed message: {e}"))),
+        let (result, next_start) = match detflow_stream2::decode(&msg) {
+            Ok(m) => {
+                let next_start = matches!(m, Message::Start(_));
+                (self.handle(m, buf), next_start)
+            }
+            Err(e) => (
+                Err(self.corrupted(None, format!("malformed message: {e}"))),
+                false,
+            ),
+        };
+        if next_start {
+            // The start that closed this series begins the next one on this link.
+            self.link.lock().pending = Some(msg);
         }
+        result
     }
 }
 
@@ -578,14 +673,14 @@ fn recv(socket: &zmq::Socket, timeout: Duration) -> Result<Option<zmq::Message>,
     socket.recv_msg(0).map(Some)
 }
 
-/// Skip messages until a `start` (logging what is skipped), within `silence` of each other.
+/// Skip messages until a `start` (logging what is skipped), within `wait` of each other.
 fn wait_for_start(
-    socket: &zmq::Socket,
-    silence: Duration,
+    link: &mut Socketry,
+    wait: Duration,
     endpoint: &str,
 ) -> Result<Option<zmq::Message>, Stream2Error> {
     loop {
-        let Some(msg) = recv(socket, silence).map_err(socket_error(endpoint))? else {
+        let Some(msg) = link.next(wait).map_err(socket_error(endpoint))? else {
             return Ok(None);
         };
         match detflow_stream2::peek(&msg) {
