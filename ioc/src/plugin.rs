@@ -251,6 +251,9 @@ impl Ioc {
             self.set_text(Pv::HdfWriteMessage, &why);
             return Err(why);
         }
+        if self.series_mode {
+            return self.arm_capture(settings);
+        }
         let shape = self.frame_shape()?;
         let acq = self.config.lock().unwrap().detector.acquisition(1, 1);
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
