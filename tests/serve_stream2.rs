@@ -454,6 +454,11 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
         id: 3,
         unique_id: "series-three",
     };
+    // Junk between series is skipped (and logged); the daemon goes on.
+    detector
+        .socket
+        .send(&[0xd9, 0xd9, 0xf7, 0xa1, 0xff][..], 0)
+        .unwrap();
     let sent = detector.send_series(&third, 4);
     c.completed(capture);
     let file = format!("{root}/eiger_004.h5");

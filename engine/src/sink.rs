@@ -917,6 +917,40 @@ mod tests {
     }
 
     #[test]
+    fn an_armed_capture_is_opened_by_a_frame_only_and_a_close_disarms_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = SharedCapture::new(true);
+        let settings = session(dir.path()).settings().clone();
+        assert!(plugin.arm(settings.clone(), CodecSetting::Auto));
+        assert!(plugin.is_open(), "Capture = 1 holds while armed");
+        assert!(
+            !plugin.arm(settings.clone(), CodecSetting::Auto),
+            "one at a time"
+        );
+        assert_eq!(plugin.codec(), None, "auto: the run's codec stays");
+        assert!(matches!(plugin.flush(), Flushed::NotOpen));
+        assert!(
+            plugin.take(false).is_none(),
+            "a flush or a close opens nothing"
+        );
+        assert!(plugin.take_to_close().is_none());
+        let Some(Taken::Armed(armed)) = plugin.take(true) else {
+            panic!("a frame takes it to open it")
+        };
+        // Capture = 0 while the writer holds it: it ends as the writer puts it back.
+        assert!(matches!(plugin.close(None), Closed::Later));
+        let end = plugin.rearm(armed).expect("ended");
+        assert_eq!(end.status.file_number, settings.naming.number);
+        assert!(end.status.full_file_name.as_os_str().is_empty(), "no file");
+        assert!(!plugin.is_open());
+        // Armed again, then closed before any frame: disarmed.
+        assert!(plugin.arm(settings, CodecSetting::Is(Codec::Lz4)));
+        assert_eq!(plugin.codec(), Some(Codec::Lz4));
+        assert!(matches!(plugin.close(None), Closed::Disarmed));
+        assert!(!plugin.is_open());
+    }
+
+    #[test]
     fn a_disabled_plugin_takes_no_frames_but_is_still_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let plugin = SharedCapture::new(false);
