@@ -385,6 +385,12 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
     );
     let mut c = d.client();
     assert_eq!(c.text("cam1:Manufacturer_RBV"), "DECTRIS Stream V2");
+    // The detector's chunks are passed through; a codec set decodes them, `auto` goes back.
+    assert_eq!(c.text("HDF1:Codec_RBV"), "auto");
+    c.put("HDF1:Compression", Put::Num(3.0));
+    assert_eq!(c.text("HDF1:Codec_RBV"), "");
+    c.put("HDF1:Codec", Put::Text("auto"));
+    assert_eq!(c.text("HDF1:Codec_RBV"), "auto");
     c.put("HDF1:FilePath", Put::Text(root));
     c.put("HDF1:FileName", Put::Text("eiger"));
     c.put("HDF1:FileTemplate", Put::Text("%s%s_%3.3d.h5"));

@@ -63,7 +63,7 @@ use detflow_writer::{CaptureSession, CaptureSettings, Codec, DataRoots, FileStat
 
 use detflow_engine::acquisition::geometry;
 use detflow_engine::backend::stream2::Stream2Link;
-use detflow_engine::config::{BackendConfig, Config};
+use detflow_engine::config::{BackendConfig, CodecSetting, Config};
 use detflow_engine::{
     Acquisition, Closed, Flushed, Observer, RunEvent, RunHandle, SharedCapture, State, Status,
     Summary,
@@ -370,6 +370,11 @@ impl Ioc {
             self.set_text(Pv::CamSerialNumberRbv, "");
         }
         self.post_codec(c.writer.codec.resolve(Codec::None));
+        if self.series_mode && c.writer.codec == CodecSetting::Auto {
+            // The detector's compressed images are written as they arrive.
+            self.set_text(Pv::HdfCodec, plugin::AUTO);
+            self.set_text(Pv::HdfCodecRbv, plugin::AUTO);
+        }
         // FilePath: the configured one, resolved under the first data root when seeded.
         let path = c.writer.path;
         self.set_text(Pv::HdfFilePath, &path);
@@ -558,8 +563,13 @@ impl Ioc {
             self.echo(pv, read.value(pv));
         } else if let Some(codec) = self.codec_setting(pv, &value) {
             let codec = codec.map_err(refuse)?;
-            self.config.lock().unwrap().writer.codec = codec.into();
+            self.config.lock().unwrap().writer.codec = codec;
             self.echo(pv, value);
+            if pv != Pv::HdfCodec && self.text(Pv::HdfCodecRbv) == plugin::AUTO {
+                // An areaDetector codec PV written: `auto` no longer holds.
+                self.set_text(Pv::HdfCodec, "");
+                self.set_text(Pv::HdfCodecRbv, "");
+            }
         } else {
             Self::check_state(pv, &value).map_err(refuse)?;
             self.echo(pv, value);
