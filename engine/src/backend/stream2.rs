@@ -76,6 +76,38 @@ struct Socketry {
     /// A message received but not handled yet (a series' first image, or the `start` that
     /// closed the last series): the next one delivered.
     pending: Option<zmq::Message>,
+    /// Messages of no series being received, skipped: the series they belong to and how
+    /// many (one log line for the first, one with the count when it changes).
+    skipped: Option<(String, u64)>,
+}
+
+impl Socketry {
+    /// Skip a message that came outside a series (of a series refused, stopped or ended),
+    /// logging the first of each series and the count at the end.
+    fn skip(&mut self, endpoint: &str, header: Option<detflow_stream2::Header<'_>>) {
+        let series = header.map_or_else(
+            || "malformed".to_owned(),
+            |h| format!("{} ({})", h.series.id, h.series.unique_id),
+        );
+        match &mut self.skipped {
+            Some((s, n)) if *s == series => *n += 1,
+            _ => {
+                self.log_skipped(endpoint);
+                tracing::warn!(
+                    "stream2 {endpoint}: skipping messages of series {series} outside a series \
+                     being received (before its start, or after it was refused or stopped)"
+                );
+                self.skipped = Some((series, 1));
+            }
+        }
+    }
+
+    /// Say how many messages were skipped since the last count.
+    fn log_skipped(&mut self, endpoint: &str) {
+        if let Some((series, n)) = self.skipped.take() {
+            tracing::warn!("stream2 {endpoint}: skipped {n} messages of series {series}");
+        }
+    }
 }
 
 impl Socketry {
@@ -119,6 +151,7 @@ impl Stream2Link {
                 socket,
                 _context: context,
                 pending: None,
+                skipped: None,
             })),
             endpoint: endpoint.to_owned(),
         })
@@ -684,14 +717,15 @@ fn wait_for_start(
             return Ok(None);
         };
         match detflow_stream2::peek(&msg) {
-            Ok(h) if h.kind == detflow_stream2::MessageKind::Start => return Ok(Some(msg)),
-            Ok(h) => tracing::warn!(
-                "stream2 {endpoint}: skipping an {} of series {} ({}) that came before its start",
-                h.kind.name(),
-                h.series.id,
-                h.series.unique_id
-            ),
-            Err(e) => tracing::error!("stream2 {endpoint}: skipping a malformed message: {e}"),
+            Ok(h) if h.kind == detflow_stream2::MessageKind::Start => {
+                link.log_skipped(endpoint);
+                return Ok(Some(msg));
+            }
+            Ok(h) => link.skip(endpoint, Some(h)),
+            Err(e) => {
+                tracing::debug!("stream2 {endpoint}: a malformed message: {e}");
+                link.skip(endpoint, None);
+            }
         }
     }
 }
