@@ -697,13 +697,31 @@ fn copy_channels(
     Ok((parts, at))
 }
 
-/// Receive one message within `timeout`, or `None`.
+/// Receive one message within `timeout`, or `None`. A signal handled meanwhile (SIGUSR1's
+/// flush, SIGTERM's clean stop) interrupts poll(2), which is never restarted: the wait goes
+/// on to its deadline.
 fn recv(socket: &zmq::Socket, timeout: Duration) -> Result<Option<zmq::Message>, zmq::Error> {
-    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    if socket.poll(zmq::POLLIN, ms)? == 0 {
-        return Ok(None);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        match socket.poll(zmq::POLLIN, ms) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(zmq::Error::EINTR) if !left.is_zero() => {}
+            Err(zmq::Error::EINTR) => return Ok(None),
+            Err(e) => return Err(e),
+        }
     }
-    socket.recv_msg(0).map(Some)
+    loop {
+        match socket.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => return Ok(Some(m)),
+            Err(zmq::Error::EINTR) => {}
+            // Polled readable, then taken by no one else: not expected; wait again later.
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Skip messages until a `start` (logging what is skipped), within `wait` of each other.
