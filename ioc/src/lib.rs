@@ -30,9 +30,10 @@
 //!   `Acquire = 0` stops waiting, never the detector.
 //!
 //! Threads: the CA server's (writes arrive on client threads and only ever block briefly),
-//! the engine's, the series listener (`--backend stream2`), one watcher per chain of runs (it reacts to the run's events: Acquire falls,
+//! the engine's, one watcher per chain of runs (it reacts to the run's events: Acquire falls,
 //! the run ends, the queued run starts; and posts rates on a 100 ms tick), one preview
-//! thread. Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
+//! thread, and with `--backend stream2` the series listener (which is the watcher of the
+//! series it starts). Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
 //! engine only to take its capture out or put it back: no HDF5 call is made under it);
 //! `config` is taken last and alone (a copy is made under it, nothing else). The engine's
 //! observer calls are made under no lock and only post PVs and complete waiters.
@@ -152,8 +153,8 @@ pub enum StartError {
         #[source]
         source: detflow_ca::ServerError,
     },
-    /// The preview thread (or the series listener) could not be started.
-    #[error("cannot start the preview thread")]
+    /// The preview thread or the series listener could not be started.
+    #[error("cannot start the preview thread or the series listener")]
     Thread(#[source] std::io::Error),
     /// The Stream V2 socket could not be made.
     #[error(transparent)]
@@ -278,8 +279,7 @@ impl Ioc {
             tracing::error!("the run did not end within 600 s; closing the capture anyway");
         }
         let listener = self.listener.lock().unwrap().take();
-        if let Some(listener) = listener.filter(|l| l.thread().id() != std::thread::current().id())
-        {
+        if let Some(listener) = listener {
             // It sees `stopping` within one wait for a start.
             let _ = listener.join();
         }

@@ -6,6 +6,8 @@
 
 use super::*;
 
+use std::sync::Weak;
+
 use detflow_engine::backend::{open_series, stream2};
 use detflow_engine::config::{CodecSetting, FrameSize, Seconds};
 use detflow_writer::WriteMode;
@@ -14,37 +16,20 @@ use detflow_writer::WriteMode;
 const LISTEN_SLICE: Duration = Duration::from_millis(200);
 
 impl Ioc {
-    /// Start the thread that takes series after series from `link`.
+    /// Start the thread that takes series after series from `link`. It holds the daemon only
+    /// while a series runs or it waits for one (one slice), so dropping the daemon ends it.
     pub(super) fn start_listener(
         self: &Arc<Self>,
         link: stream2::Stream2Link,
         silence: Duration,
     ) -> Result<(), StartError> {
-        let ioc = self.clone();
+        let ioc = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("detflow-series".into())
-            .spawn(move || ioc.listen(&link, silence))
+            .spawn(move || listen(&ioc, &link, silence))
             .map_err(StartError::Thread)?;
         *self.listener.lock().unwrap() = Some(thread);
         Ok(())
-    }
-
-    /// Wait for each series' start (in bounded slices, to see a shutdown), run it to its end,
-    /// and wait for the next, until the daemon shuts down.
-    fn listen(self: Arc<Self>, link: &stream2::Stream2Link, silence: Duration) {
-        tracing::info!("waiting for Stream V2 series from {}", link.endpoint());
-        while !self.stopping.load(Ordering::Acquire) {
-            let expect = stream2::SeriesExpect::default();
-            match link.next_series(LISTEN_SLICE, silence, expect) {
-                Ok(None) => {}
-                Ok(Some(source)) => self.run_series(source),
-                // A series that cannot be written is skipped; the next one may be fine.
-                Err(e) => {
-                    tracing::error!("{e}");
-                    self.set_text(Pv::CamStatusMessageRbv, &e.to_string());
-                }
-            }
-        }
     }
 
     /// Run one series into the plugin and follow it to its end.
@@ -230,5 +215,26 @@ impl Ioc {
         self.set(Pv::HdfWriteStatus, 0);
         self.set_text(Pv::HdfWriteMessage, "Waiting for a series");
         Ok(())
+    }
+}
+
+/// Wait for each series' start (in bounded slices, to see a shutdown), run it to its end, and
+/// wait for the next, until the daemon shuts down or is gone.
+fn listen(ioc: &Weak<Ioc>, link: &stream2::Stream2Link, silence: Duration) {
+    tracing::info!("waiting for Stream V2 series from {}", link.endpoint());
+    loop {
+        let Some(ioc) = ioc.upgrade() else { return };
+        if ioc.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        match link.next_series(LISTEN_SLICE, silence, stream2::SeriesExpect::default()) {
+            Ok(None) => {}
+            Ok(Some(source)) => ioc.run_series(source),
+            // A series that cannot be written is skipped; the next one may be fine.
+            Err(e) => {
+                tracing::error!("{e}");
+                ioc.set_text(Pv::CamStatusMessageRbv, &e.to_string());
+            }
+        }
     }
 }
