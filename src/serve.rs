@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use detflow_engine::Config;
-use detflow_engine::config::{self, FrameSize, ServeSettings};
+use detflow_engine::config::{self, BackendKeys, FrameSize, ServeSettings};
 use detflow_hal::PixelType;
 
 use crate::cli::Flags;
@@ -15,7 +15,9 @@ use crate::signals::{ABORT_EXIT, Signal, signals};
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// TOML settings: [detector], [backend], [ring], [writer] as for `acquire --config`, and
-    /// [serve] (prefix, data_roots, ca_port, interface, preview_rate).
+    /// [serve] (prefix, data_roots, ca_port, interface, preview_rate). With `--backend
+    /// stream2` the daemon receives the detector's series from start-up and writes each one
+    /// that arrives while HDF1:Capture = 1 to a file of its own.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -30,6 +32,8 @@ pub(crate) struct ServeArgs {
     /// Pixel type at start-up (cam1:DataType).
     #[arg(long, value_name = "TYPE", value_parser = config::parse::<PixelType>)]
     dtype: Option<PixelType>,
+    #[command(flatten, next_help_heading = "Backend")]
+    backend: Flags<BackendKeys>,
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +48,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         config.detector.dtype = dtype;
     }
     args.serve.apply(&mut config.serve)?;
+    config.backend.apply(args.backend.get()?)?;
     config
         .serve
         .data_roots

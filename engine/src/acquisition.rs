@@ -25,7 +25,7 @@ use crate::config::{BackendSpec, Config, Validated};
 use crate::detector::DetectorThread;
 use crate::error::{RunError, StartError};
 use crate::event::{Events, Observer, RunEnd, RunEvent, State};
-use crate::sink::{FrameSink, OwnedCapture, SharedCapture, SharedSink};
+use crate::sink::{FrameSink, OwnedCapture, SeriesFiles, SharedCapture, SharedSink};
 use crate::status::{Run, RunSetup, Status, Summary, ThreadGuard};
 use crate::writer::{Pipeline, Writer};
 
@@ -44,6 +44,7 @@ impl Acquisition {
             observer: None,
             sink: SinkChoice::Owned,
             backend: None,
+            opened: None,
             events: DEFAULT_EVENTS,
             ring_slots: None,
         }
@@ -66,6 +67,7 @@ pub struct AcquisitionBuilder {
     observer: Option<Arc<dyn Observer>>,
     sink: SinkChoice,
     backend: Option<Box<dyn Backend>>,
+    opened: Option<Opened>,
     events: usize,
     ring_slots: Option<usize>,
 }
@@ -76,6 +78,7 @@ impl std::fmt::Debug for AcquisitionBuilder {
             .field("config", &self.config)
             .field("observer", &self.observer.is_some())
             .field("backend", &self.backend.is_some())
+            .field("opened", &self.opened)
             .field("events", &self.events)
             .field("ring_slots", &self.ring_slots)
             .finish_non_exhaustive()
@@ -110,6 +113,14 @@ impl AcquisitionBuilder {
         self
     }
 
+    /// Frames come from a backend opened and configured already (a Stream V2 series the
+    /// daemon received: [`backend::open_series`]), with the metadata it gave, instead of the
+    /// backend the settings name.
+    pub fn opened(mut self, opened: Opened) -> Self {
+        self.opened = Some(opened);
+        self
+    }
+
     /// Room for `capacity` unread events (default [`DEFAULT_EVENTS`]); more are dropped.
     pub fn events(mut self, capacity: usize) -> Self {
         self.events = capacity;
@@ -133,10 +144,11 @@ impl AcquisitionBuilder {
             SinkChoice::Owned => self.config.validate()?,
             _ => self.config.validate_run()?,
         };
-        let from_settings = self.backend.is_none();
-        let opened = match self.backend {
-            Some(b) => backend::configure(b, settings.acquisition.clone())?,
-            None => open_backend(&settings)?,
+        let from_settings = self.backend.is_none() && self.opened.is_none();
+        let opened = match (self.opened, self.backend) {
+            (Some(opened), _) => opened,
+            (None, Some(b)) => backend::configure(b, settings.acquisition.clone())?,
+            (None, None) => open_backend(&settings)?,
         };
         // An image source's slot holds an image record: a header, then the image as it came;
         // the series says the codec `auto` means and how many images there are.
@@ -187,7 +199,18 @@ impl AcquisitionBuilder {
                     )?)),
                 }
             }
-            SinkChoice::Shared(plugin) => Box::new(SharedSink::new(plugin, s.capture.codec)),
+            SinkChoice::Shared(plugin) => {
+                let series = opened.backend.images().map(|images| SeriesFiles {
+                    geometry: geometry(&opened.acquisition, opened.shape),
+                    layout: ImageLayout {
+                        channels: images.channels,
+                        image_fields: true,
+                        metadata: opened.metadata.clone(),
+                    },
+                    number_of_images: images.number_of_images,
+                });
+                Box::new(SharedSink::new(plugin, s.capture.codec, series))
+            }
             SinkChoice::Custom(sink) => sink,
         };
         let launch = Launch {

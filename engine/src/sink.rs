@@ -3,6 +3,10 @@
 //! capture is complete), and the daemon's file plugin, a [`SharedCapture`] whose captures
 //! open and close while frames flow and outlive the run.
 //!
+//! A daemon that receives detector series (Stream V2) arms its plugin instead
+//! ([`SharedCapture::arm`]): the file opens at the first image of a series that reaches the
+//! writer, with the channels and metadata the series gives, and closes when the series ends.
+//!
 //! The writer thread is the only one that calls a sink, and the only one that talks to HDF5
 //! during a run. A [`SharedCapture`]'s lock is held only to take its session out or put it
 //! back: the writer writes with the session checked out, and a close or flush that a Channel
@@ -12,9 +16,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use detflow_hal::FrameMeta;
-use detflow_writer::{CaptureSession, Codec, FileStatus, ImageWrite, Pushed, WriterError};
+use detflow_writer::{
+    CaptureSession, CaptureSettings, Codec, FileStatus, FrameGeometry, ImageLayout, ImageWrite,
+    Pushed, WriterError,
+};
 
 use crate::compress::{CodecCell, Encoding};
+use crate::config::CodecSetting;
 use crate::error::RunError;
 use crate::event::Observer;
 use crate::status::Run;
@@ -219,8 +227,41 @@ enum Held {
     Empty,
     /// Open, and here.
     Here(Box<CaptureSession>),
-    /// Open, and taken out by a thread that writes or flushes it.
+    /// Capture = 1 with no file yet: the writer opens it at the next series' first image.
+    Armed(Box<ArmedCapture>),
+    /// Open (or armed), and taken out by a thread that writes or flushes it.
     Out,
+}
+
+/// A capture armed for the next series: the settings its file opens with, and the codec as
+/// set (`auto`: the series' own compression, passed through).
+#[derive(Debug, Clone)]
+struct ArmedCapture {
+    settings: CaptureSettings,
+    codec: CodecSetting,
+}
+
+impl ArmedCapture {
+    /// The readbacks of an armed capture that ends before its file opens.
+    fn status(&self, error: Option<&str>) -> FileStatus {
+        let naming = &self.settings.naming;
+        FileStatus {
+            file_path: naming.path.clone(),
+            file_number: naming.number,
+            write_ok: error.is_none(),
+            write_message: error.unwrap_or_default().to_owned(),
+            ..FileStatus::default()
+        }
+    }
+}
+
+/// What [`SharedCapture::take`] took out.
+#[derive(Debug)]
+enum Taken {
+    /// An open capture.
+    Session(Box<CaptureSession>),
+    /// An armed capture, for the writer to open (only taken for a frame).
+    Armed(Box<ArmedCapture>),
 }
 
 /// What was asked of a capture while it was taken out.
@@ -275,6 +316,8 @@ pub struct CaptureEnd {
 pub enum Closed {
     /// No capture was open.
     NotOpen,
+    /// The capture was armed and no file had opened: disarmed.
+    Disarmed,
     /// Closed on the calling thread.
     Now(Box<CaptureEnd>),
     /// The writer thread holds it: it closes it after its frame and tells the run's
@@ -351,12 +394,41 @@ impl SharedCapture {
         Ok(())
     }
 
+    /// Arm the plugin for the next series (Capture = 1 in a daemon that receives series):
+    /// its file opens with `settings` at the first image of a series that reaches the writer
+    /// (with that series' channels, metadata and, when 0, NumCapture its image count), and
+    /// closes when the series ends. `codec` `auto` writes the images as they arrive. False
+    /// (and nothing armed) while a capture is open or armed already.
+    #[must_use]
+    pub fn arm(&self, settings: CaptureSettings, codec: CodecSetting) -> bool {
+        let mut slot = self.lock();
+        if !matches!(slot.session, Held::Empty) {
+            return false;
+        }
+        slot.session = Held::Armed(Box::new(ArmedCapture { settings, codec }));
+        slot.asked = Asked::default();
+        slot.codec = match codec {
+            CodecSetting::Is(c) => {
+                self.codec.set(c);
+                Some(c)
+            }
+            // The run's codec stays: the series' compression, when the config says auto.
+            CodecSetting::Auto => None,
+        };
+        true
+    }
+
     /// Close the capture (Capture = 0, or shutting down), with `failure` as its error if
     /// given. No lock is held while its files are closed.
     pub fn close(&self, failure: Option<String>) -> Closed {
         let mut slot = self.lock();
         match std::mem::take(&mut slot.session) {
             Held::Empty => Closed::NotOpen,
+            Held::Armed(_) => {
+                slot.codec = None;
+                slot.asked = Asked::default();
+                Closed::Disarmed
+            }
             Held::Out => {
                 slot.session = Held::Out;
                 slot.asked.close = Some(failure);
@@ -383,6 +455,10 @@ impl SharedCapture {
             }
             Held::Empty => {
                 slot.session = Held::Empty;
+                return Flushed::NotOpen;
+            }
+            Held::Armed(armed) => {
+                slot.session = Held::Armed(armed);
                 return Flushed::NotOpen;
             }
         };
@@ -423,22 +499,41 @@ impl SharedCapture {
         }
     }
 
-    /// Take the session out. For a frame (`for_frame`), a disabled plugin gives none, and a
-    /// session a Channel Access thread holds is waited for; otherwise such a session is left
-    /// to that thread.
-    fn take(&self, for_frame: bool) -> Option<Box<CaptureSession>> {
+    /// Take the session out. For a frame (`for_frame`), a disabled plugin gives none, an
+    /// armed capture is given to be opened, and a session a Channel Access thread holds is
+    /// waited for; otherwise such a session is left to that thread.
+    fn take(&self, for_frame: bool) -> Option<Taken> {
+        self.take_waiting(for_frame, for_frame)
+    }
+
+    /// [`take`](Self::take) the session to close it when a series ended: a session a
+    /// Channel Access thread holds is waited for, whether the plugin is enabled or not; an
+    /// armed capture stays armed.
+    fn take_to_close(&self) -> Option<Box<CaptureSession>> {
+        match self.take_waiting(false, true)? {
+            Taken::Session(session) => Some(session),
+            Taken::Armed(_) => unreachable!("an armed capture is taken for frames only"),
+        }
+    }
+
+    fn take_waiting(&self, for_frame: bool, wait: bool) -> Option<Taken> {
         let mut slot = self.lock();
         loop {
             if for_frame && !slot.enabled {
                 return None;
             }
             match std::mem::replace(&mut slot.session, Held::Out) {
-                Held::Here(session) => return Some(session),
+                Held::Here(session) => return Some(Taken::Session(session)),
+                Held::Armed(armed) if for_frame => return Some(Taken::Armed(armed)),
+                Held::Armed(armed) => {
+                    slot.session = Held::Armed(armed);
+                    return None;
+                }
                 Held::Empty => {
                     slot.session = Held::Empty;
                     return None;
                 }
-                Held::Out if !for_frame => return None,
+                Held::Out if !wait => return None,
                 // A Channel Access thread is flushing it: the frame waits for it (the flush
                 // holds HDF5's own lock anyway). Bounded waits, each rechecked.
                 Held::Out => {
@@ -449,6 +544,39 @@ impl SharedCapture {
                         .0;
                 }
             }
+        }
+    }
+
+    /// Put back an armed capture the writer took and did not open, unless a close was asked
+    /// for meanwhile: then it ends, and its readbacks and failure are returned.
+    fn rearm(&self, armed: Box<ArmedCapture>) -> Option<CaptureEnd> {
+        let mut slot = self.lock();
+        if let Some(failure) = slot.asked.close.take() {
+            drop(slot);
+            return Some(self.end_unopened(&armed, failure));
+        }
+        slot.session = Held::Armed(armed);
+        drop(slot);
+        self.returned.notify_all();
+        None
+    }
+
+    /// An armed capture the writer took ends without a file (its open failed, or a close was
+    /// asked for): keep its readbacks as the last, let waiters on.
+    fn end_unopened(&self, armed: &ArmedCapture, failure: Option<String>) -> CaptureEnd {
+        let status = armed.status(failure.as_deref());
+        let mut slot = self.lock();
+        if matches!(slot.session, Held::Out) {
+            slot.session = Held::Empty;
+            slot.codec = None;
+            slot.asked = Asked::default();
+        }
+        slot.last = Some((status.clone(), failure.clone()));
+        drop(slot);
+        self.returned.notify_all();
+        CaptureEnd {
+            status,
+            error: failure,
         }
     }
 
@@ -486,17 +614,51 @@ impl SharedCapture {
     }
 }
 
+/// What the writer needs to open an armed capture's file for a series of images: where its
+/// frames sit, its channels and metadata, its image count.
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesFiles {
+    pub(crate) geometry: FrameGeometry,
+    pub(crate) layout: ImageLayout,
+    pub(crate) number_of_images: Option<u64>,
+}
+
 /// The writer's side of a [`SharedCapture`].
 #[derive(Debug)]
 pub(crate) struct SharedSink {
     plugin: Arc<SharedCapture>,
+    /// The run is one series of images (slots hold image records): an armed capture opens
+    /// its file for it, and the file closes when the run ends.
+    series: Option<SeriesFiles>,
+    /// An image of this series passed the plugin by: the series is written whole or not at
+    /// all, so a capture armed since waits for the next series.
+    passed_by: bool,
+}
+
+/// What became of an armed capture the writer took for a frame.
+enum Opening {
+    /// Its file is open.
+    Open(Box<CaptureSession>),
+    /// Not opened for this frame (encoded for another codec, or not a series); put back.
+    Passed,
+    /// It ended (the open failed, or a close was asked for meanwhile).
+    Ended,
 }
 
 impl SharedSink {
-    /// A sink for a run whose frames are encoded with `codec` while no capture is open.
-    pub(crate) fn new(plugin: Arc<SharedCapture>, codec: Codec) -> Self {
+    /// A sink for a run whose frames are encoded with `codec` while no capture is open;
+    /// `series` for a run of one detector series.
+    pub(crate) fn new(
+        plugin: Arc<SharedCapture>,
+        codec: Codec,
+        series: Option<SeriesFiles>,
+    ) -> Self {
         plugin.prefer(codec);
-        SharedSink { plugin }
+        SharedSink {
+            plugin,
+            series,
+            passed_by: false,
+        }
     }
 
     /// The writer ends the capture (no lock held) and tells the observer.
@@ -509,6 +671,103 @@ impl SharedSink {
     fn give_back(&self, session: Box<CaptureSession>, report: &SinkReport) {
         if let Some((session, failure)) = self.plugin.give_back(session) {
             self.end(session, failure, report);
+        }
+    }
+
+    /// Put an armed capture back; tell the observer if it ended meanwhile.
+    fn rearm(&self, armed: Box<ArmedCapture>, report: &SinkReport) -> Opening {
+        match self.plugin.rearm(armed) {
+            None => Opening::Passed,
+            Some(end) => {
+                report.capture_ended(&end.status, end.error.as_deref());
+                Opening::Ended
+            }
+        }
+    }
+
+    /// Open the file of an armed capture for this series, at a frame encoded with `codec`:
+    /// the codec as set (`auto`: as the images arrive), NumCapture 0 taken as the series'
+    /// image count, the series' channels and metadata.
+    fn open_armed(&self, armed: Box<ArmedCapture>, codec: Codec, report: &SinkReport) -> Opening {
+        let Some(series) = &self.series else {
+            return self.rearm(armed, report);
+        };
+        // Encoded before the capture's codec reached the compressors, or armed after this
+        // series began to pass by: the capture waits for the next series.
+        if self.passed_by || armed.codec.resolve(codec) != codec {
+            return self.rearm(armed, report);
+        }
+        let mut settings = armed.settings.clone();
+        settings.codec = codec;
+        if settings.num_capture == 0 {
+            settings.num_capture = series.number_of_images.unwrap_or(0);
+        }
+        let layout = series.layout.clone();
+        match CaptureSession::start_images(settings, series.geometry, layout) {
+            Ok(session) => {
+                tracing::info!(
+                    file = %session.status().full_file_name.display(),
+                    "capture file opened for the series"
+                );
+                report.files(session.status());
+                Opening::Open(Box::new(session))
+            }
+            Err(e) => {
+                let end = self.plugin.end_unopened(&armed, Some(e.to_string()));
+                report.capture_ended(&end.status, end.error.as_deref());
+                Opening::Ended
+            }
+        }
+    }
+
+    /// Write one frame into the open capture, opening an armed one for this series.
+    fn push_one(
+        &mut self,
+        frame: &FrameMeta,
+        chunk: &[u8],
+        codec: Codec,
+        report: &SinkReport,
+    ) -> Push {
+        let mut session = match self.plugin.take(true) {
+            None => return Push::Passed,
+            Some(Taken::Session(session)) => session,
+            Some(Taken::Armed(armed)) => match self.open_armed(armed, codec, report) {
+                Opening::Open(session) => session,
+                Opening::Passed => return Push::Passed,
+                Opening::Ended => return Push::Dropped(None),
+            },
+        };
+        if session.settings().codec != codec {
+            // Encoded before a capture with another codec opened.
+            self.give_back(session, report);
+            return Push::Passed;
+        }
+        let pushed = match self.series {
+            Some(_) => push_record(&mut session, frame, chunk),
+            None => session.push(frame, chunk),
+        };
+        match pushed {
+            Ok(Pushed::Accepted) => {
+                report.frame_captured(session.status());
+                self.give_back(session, report);
+                Push::Written
+            }
+            Ok(Pushed::Complete) => {
+                self.end(session, None, report);
+                Push::Written
+            }
+            // An image the file refuses (its number again, past NumCapture) is dropped; the
+            // capture goes on.
+            Err(e @ WriterError::Image { .. }) => {
+                tracing::error!("{e}: the image is dropped");
+                self.give_back(session, report);
+                Push::Dropped(None)
+            }
+            Err(e) => {
+                // The capture ends with the error; acquisition goes on.
+                self.end(session, Some(e.to_string()), report);
+                Push::Dropped(None)
+            }
         }
     }
 }
@@ -528,30 +787,11 @@ impl FrameSink for SharedSink {
     }
 
     fn push(&mut self, frame: &FrameMeta, chunk: &[u8], codec: Codec, report: &SinkReport) -> Push {
-        let Some(mut session) = self.plugin.take(true) else {
-            return Push::Passed;
-        };
-        if session.settings().codec != codec {
-            // Encoded before a capture with another codec opened.
-            self.give_back(session, report);
-            return Push::Passed;
+        let push = self.push_one(frame, chunk, codec, report);
+        if matches!(push, Push::Passed) {
+            self.passed_by = true;
         }
-        match session.push(frame, chunk) {
-            Ok(Pushed::Accepted) => {
-                report.frame_captured(session.status());
-                self.give_back(session, report);
-                Push::Written
-            }
-            Ok(Pushed::Complete) => {
-                self.end(session, None, report);
-                Push::Written
-            }
-            Err(e) => {
-                // The capture ends with the error; acquisition goes on.
-                self.end(session, Some(e.to_string()), report);
-                Push::Dropped(None)
-            }
-        }
+        push
     }
 
     fn flush_if_due(
@@ -563,7 +803,7 @@ impl FrameSink for SharedSink {
         if !asked && !idle {
             return Ok(());
         }
-        let Some(mut session) = self.plugin.take(false) else {
+        let Some(Taken::Session(mut session)) = self.plugin.take(false) else {
             return Ok(());
         };
         let flushed = if asked {
@@ -580,9 +820,17 @@ impl FrameSink for SharedSink {
     }
 
     fn finish(self: Box<Self>, report: &SinkReport) -> Result<(), RunError> {
+        if self.series.is_some() {
+            // One file per series: the series is over, so is its file (a capture still
+            // armed waits for the next series).
+            if let Some(session) = self.plugin.take_to_close() {
+                self.end(session, None, report);
+            }
+            return Ok(());
+        }
         // The capture outlives the run: make what was written visible to readers now.
         // (A capture a Channel Access thread is flushing is left to it.)
-        let Some(mut session) = self.plugin.take(false) else {
+        let Some(Taken::Session(mut session)) = self.plugin.take(false) else {
             return Ok(());
         };
         match session.flush() {
@@ -640,7 +888,9 @@ mod tests {
             plugin.open(session(other.path())).is_err(),
             "one capture at a time"
         );
-        let held = plugin.take(true).expect("the writer takes it for a frame");
+        let Some(Taken::Session(held)) = plugin.take(true) else {
+            panic!("the writer takes it for a frame")
+        };
         assert!(matches!(plugin.close(Some("told".into())), Closed::Later));
         assert!(plugin.is_open(), "open until the writer closes it");
         let (back, failure) = plugin.give_back(held).expect("to be closed by the writer");
@@ -657,11 +907,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plugin = SharedCapture::new(true);
         plugin.open(session(dir.path())).unwrap();
-        let held = plugin.take(true).unwrap();
+        let Some(Taken::Session(held)) = plugin.take(true) else {
+            panic!("taken")
+        };
         assert!(matches!(plugin.flush(), Flushed::Later));
         assert!(plugin.give_back(held).is_none(), "flushed and kept");
         assert!(matches!(plugin.flush(), Flushed::Done));
         assert!(matches!(plugin.close(None), Closed::Now(_)));
+    }
+
+    #[test]
+    fn an_armed_capture_is_opened_by_a_frame_only_and_a_close_disarms_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = SharedCapture::new(true);
+        let settings = session(dir.path()).settings().clone();
+        assert!(plugin.arm(settings.clone(), CodecSetting::Auto));
+        assert!(plugin.is_open(), "Capture = 1 holds while armed");
+        assert!(
+            !plugin.arm(settings.clone(), CodecSetting::Auto),
+            "one at a time"
+        );
+        assert_eq!(plugin.codec(), None, "auto: the run's codec stays");
+        assert!(matches!(plugin.flush(), Flushed::NotOpen));
+        assert!(
+            plugin.take(false).is_none(),
+            "a flush or a close opens nothing"
+        );
+        assert!(plugin.take_to_close().is_none());
+        let Some(Taken::Armed(armed)) = plugin.take(true) else {
+            panic!("a frame takes it to open it")
+        };
+        // Capture = 0 while the writer holds it: it ends as the writer puts it back.
+        assert!(matches!(plugin.close(None), Closed::Later));
+        let end = plugin.rearm(armed).expect("ended");
+        assert_eq!(end.status.file_number, settings.naming.number);
+        assert!(end.status.full_file_name.as_os_str().is_empty(), "no file");
+        assert!(!plugin.is_open());
+        // Armed again, then closed before any frame: disarmed.
+        assert!(plugin.arm(settings, CodecSetting::Is(Codec::Lz4)));
+        assert_eq!(plugin.codec(), Some(Codec::Lz4));
+        assert!(matches!(plugin.close(None), Closed::Disarmed));
+        assert!(!plugin.is_open());
     }
 
     #[test]
@@ -670,7 +956,9 @@ mod tests {
         let plugin = SharedCapture::new(false);
         plugin.open(session(dir.path())).unwrap();
         assert!(plugin.take(true).is_none());
-        let held = plugin.take(false).expect("for a flush");
+        let Some(Taken::Session(held)) = plugin.take(false) else {
+            panic!("for a flush")
+        };
         assert!(plugin.give_back(held).is_none());
         plugin.set_enabled(true);
         assert!(plugin.take(true).is_some());

@@ -30,6 +30,9 @@ impl Ioc {
     /// one, or, while a run is closing, queues one that its watcher starts when the old run
     /// ends. Never waits for a run: a put-callback completes when its run is over.
     pub(super) fn acquire(self: &Arc<Self>, on: bool, req: &WriteRequest) -> WriteReply {
+        if self.series_mode {
+            return self.acquire_series(on, req);
+        }
         let mut runs = self.runs.lock().unwrap();
         if !on {
             let cancelled = runs.queued.take();
@@ -84,14 +87,14 @@ impl Ioc {
         }
     }
 
-    fn post_run_started(&self) {
+    pub(super) fn post_run_started(&self) {
         self.set(Pv::CamAcquireRbv, 1);
         self.set(Pv::CamAcquireBusy, 1);
         self.set(Pv::CamDetectorStateRbv, 1);
         self.set_text(Pv::CamStatusMessageRbv, "Acquiring");
     }
 
-    fn post_refused(&self, message: &str) {
+    pub(super) fn post_refused(&self, message: &str) {
         tracing::warn!("acquire refused: {message}");
         self.set_text(Pv::CamStatusMessageRbv, message);
         self.set(Pv::CamDetectorStateRbv, 6);

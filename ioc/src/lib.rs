@@ -18,11 +18,22 @@
 //! - `HDF1:Capture = 1` opens a capture ([`CaptureSession`]) with the config's writer settings; it
 //!   lives across acquisitions until NumCapture frames are written or `Capture = 0`. Its
 //!   put-callback completes then.
+//! - With `--backend stream2` the detector starts itself: a listener thread (`series.rs`)
+//!   receives series after series on one link from start-up and runs each as one engine run
+//!   into the plugin. `Capture = 1` arms the plugin ([`SharedCapture::arm`]): the writer
+//!   opens the file at the series' first image (its channels and metadata are known only
+//!   then) and closes it when the series ends or NumCapture (0: the series' image count)
+//!   images are in; the capture is then complete. One file per series, written whole or not
+//!   at all; a series that arrives while Capture = 0 is counted as not captured. The cam's
+//!   size, type, timing and image count readbacks follow each series' `start`;
+//!   `Acquire = 1` waits for the running or next series and completes when it ends;
+//!   `Acquire = 0` stops waiting, never the detector.
 //!
 //! Threads: the CA server's (writes arrive on client threads and only ever block briefly),
 //! the engine's, one watcher per chain of runs (it reacts to the run's events: Acquire falls,
 //! the run ends, the queued run starts; and posts rates on a 100 ms tick), one preview
-//! thread. Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
+//! thread, and with `--backend stream2` the series listener (which is the watcher of the
+//! series it starts). Lock order: `runs` → `acquire_waiters`; `runs` → the plugin's lock (held by the
 //! engine only to take its capture out or put it back: no HDF5 call is made under it);
 //! `config` is taken last and alone (a copy is made under it, nothing else). The engine's
 //! observer calls are made under no lock and only post PVs and complete waiters.
@@ -34,6 +45,7 @@ mod cam;
 mod plugin;
 mod preview;
 pub mod pvs;
+mod series;
 mod settings;
 
 use plugin::with_slash;
@@ -51,7 +63,8 @@ use detflow_hal::{ColorMode, FrameMeta, FrameShape, PixelType};
 use detflow_writer::{CaptureSession, CaptureSettings, Codec, DataRoots, FileStatus};
 
 use detflow_engine::acquisition::geometry;
-use detflow_engine::config::Config;
+use detflow_engine::backend::stream2::Stream2Link;
+use detflow_engine::config::{BackendConfig, CodecSetting, Config};
 use detflow_engine::{
     Acquisition, Closed, Flushed, Observer, RunEvent, RunHandle, SharedCapture, State, Status,
     Summary,
@@ -104,6 +117,12 @@ pub struct Ioc {
     preview_free: Receiver<Vec<u8>>,
     preview_recycle: Sender<Vec<u8>>,
     last_preview: Mutex<Option<Instant>>,
+    /// Set by [`Ioc::shutdown`] (under `runs`): no series starts after it.
+    stopping: AtomicBool,
+    /// The thread that receives series (`--backend stream2`), joined at shutdown.
+    listener: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The detector sends series (`--backend stream2`): runs start when a series does.
+    series_mode: bool,
 }
 
 impl std::fmt::Debug for Ioc {
@@ -134,9 +153,12 @@ pub enum StartError {
         #[source]
         source: detflow_ca::ServerError,
     },
-    /// The preview thread could not be started.
-    #[error("cannot start the preview thread")]
+    /// The preview thread or the series listener could not be started.
+    #[error("cannot start the preview thread or the series listener")]
     Thread(#[source] std::io::Error),
+    /// The Stream V2 socket could not be made.
+    #[error(transparent)]
+    Stream2(detflow_engine::backend::stream2::Stream2Error),
 }
 
 impl Ioc {
@@ -149,6 +171,18 @@ impl Ioc {
         }
         let server = builder.build().map_err(StartError::Server)?;
         let config = seeded(std::mem::take(&mut opts.config), &opts.data_roots);
+        let link = match &config.backend {
+            BackendConfig::Stream2 {
+                connect,
+                rcvhwm,
+                timeout,
+                ..
+            } => Some((
+                Stream2Link::connect(connect, *rcvhwm).map_err(StartError::Stream2)?,
+                timeout.duration(),
+            )),
+            _ => None,
+        };
         let image = (
             image_native(config.detector.dtype),
             config.detector.size.pixels(),
@@ -183,10 +217,16 @@ impl Ioc {
             preview_free,
             preview_recycle,
             last_preview: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            listener: Mutex::new(None),
+            series_mode: link.is_some(),
             opts,
         });
         ioc.initial_values();
         ioc.hook_writes();
+        if let Some((link, silence)) = link {
+            ioc.start_listener(link, silence)?;
+        }
         {
             let ioc = Arc::downgrade(&ioc);
             std::thread::Builder::new()
@@ -218,12 +258,15 @@ impl Ioc {
     pub fn shutdown(&self) {
         let cancelled = {
             let mut runs = self.runs.lock().unwrap();
+            self.stopping.store(true, Ordering::Release);
             if let Some(run) = runs.current.as_ref() {
                 run.stop();
             }
-            runs.queued.take()
+            let mut cancelled = runs.queued.take().unwrap_or_default();
+            cancelled.extend(runs.awaiting.take().unwrap_or_default());
+            cancelled
         };
-        complete_all(cancelled.unwrap_or_default(), None);
+        complete_all(cancelled, None);
         // The watcher drains the run and closes its files, then says so (bounded: a disk
         // that hangs for ten minutes is given up on, and the capture closed regardless).
         let runs = self.runs.lock().unwrap();
@@ -234,6 +277,11 @@ impl Ioc {
         drop(runs);
         if waited.timed_out() {
             tracing::error!("the run did not end within 600 s; closing the capture anyway");
+        }
+        let listener = self.listener.lock().unwrap().take();
+        if let Some(listener) = listener {
+            // It sees `stopping` within one wait for a start.
+            let _ = listener.join();
         }
         self.end_capture(None);
         if let Some(server) = self.server.lock().unwrap().take() {
@@ -315,7 +363,18 @@ impl Ioc {
                 self.set_both(pv, value);
             }
         }
+        if self.series_mode {
+            // As the engine's Stream V2 source names it; Model follows each series' start.
+            self.set_text(Pv::CamManufacturerRbv, "DECTRIS Stream V2");
+            self.set_text(Pv::CamModelRbv, "Stream V2 detector");
+            self.set_text(Pv::CamSerialNumberRbv, "");
+        }
         self.post_codec(c.writer.codec.resolve(Codec::None));
+        if self.series_mode && c.writer.codec == CodecSetting::Auto {
+            // The detector's compressed images are written as they arrive.
+            self.set_text(Pv::HdfCodec, plugin::AUTO);
+            self.set_text(Pv::HdfCodecRbv, plugin::AUTO);
+        }
         // FilePath: the configured one, resolved under the first data root when seeded.
         let path = c.writer.path;
         self.set_text(Pv::HdfFilePath, &path);
@@ -504,8 +563,13 @@ impl Ioc {
             self.echo(pv, read.value(pv));
         } else if let Some(codec) = self.codec_setting(pv, &value) {
             let codec = codec.map_err(refuse)?;
-            self.config.lock().unwrap().writer.codec = codec.into();
+            self.config.lock().unwrap().writer.codec = codec;
             self.echo(pv, value);
+            if pv != Pv::HdfCodec && self.text(Pv::HdfCodecRbv) == plugin::AUTO {
+                // An areaDetector codec PV written: `auto` no longer holds.
+                self.set_text(Pv::HdfCodec, "");
+                self.set_text(Pv::HdfCodecRbv, "");
+            }
         } else {
             Self::check_state(pv, &value).map_err(refuse)?;
             self.echo(pv, value);
@@ -592,7 +656,9 @@ impl Ioc {
 fn seeded(mut config: Config, roots: &DataRoots) -> Config {
     let path = plugin::resolve(roots, &config.writer.path);
     config.writer.path = with_slash(&path.to_string_lossy());
-    config.detector.set_picture(config.detector.picture());
+    if !matches!(config.backend, BackendConfig::Stream2 { .. }) {
+        config.detector.set_picture(config.detector.picture());
+    }
     config.writer.refs = None;
     config.writer.ref_pattern = None;
     config.writer.vds = None;
@@ -635,6 +701,9 @@ struct Runs {
     /// `Acquire = 1` arrived while the current run was closing: its watcher starts a run
     /// when this one ends; these put-callbacks complete with that run.
     queued: Option<Vec<Completion>>,
+    /// A detector that sends series: `Acquire = 1` waits for the next series; these
+    /// put-callbacks complete when it ends.
+    awaiting: Option<Vec<Completion>>,
 }
 
 /// Where the cam's runs are.
@@ -682,9 +751,10 @@ impl Observer for Ioc {
             }
             image_enabled = on; // image1 comes last
         }
-        // The newest frame to image1, at most preview_rate a second; never waits.
+        // The newest frame to image1, at most preview_rate a second; never waits. (An image
+        // that arrived compressed is not decoded for it.)
         let rate = self.opts.preview_rate;
-        if rate <= 0.0 || !image_enabled {
+        if rate <= 0.0 || !image_enabled || bytes.is_empty() {
             return;
         }
         let due = {

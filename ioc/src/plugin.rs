@@ -4,9 +4,14 @@
 
 use super::*;
 
+use detflow_engine::config::CodecSetting;
+
 /// Why a Compression is refused.
 const UNSUPPORTED: &str = "not supported; use None, zlib, Blosc, BSLZ4, LZ4, or HDF1:Codec for \
                            bszstd and zstd";
+
+/// HDF1:Codec's name for [`CodecSetting::Auto`].
+pub(super) const AUTO: &str = "auto";
 
 /// The PVs that together name the codec.
 const CODEC_PVS: [Pv; 5] = [
@@ -109,10 +114,18 @@ impl Ioc {
 
     /// For a write to one of the codec's PVs (Compression, ZLevel, BloscCompressor,
     /// BloscLevel, our HDF1:Codec): the codec they name with it, each value checked by the
-    /// codec's own parser. `None` for any other PV.
-    pub(super) fn codec_setting(&self, pv: Pv, value: &Value) -> Option<Result<Codec, String>> {
+    /// codec's own parser; HDF1:Codec `auto` writes frames as they arrive (a detector's
+    /// compressed images passed through). `None` for any other PV.
+    pub(super) fn codec_setting(
+        &self,
+        pv: Pv,
+        value: &Value,
+    ) -> Option<Result<CodecSetting, String>> {
         if !CODEC_PVS.contains(&pv) {
             return None;
+        }
+        if pv == Pv::HdfCodec && value.as_text().is_some_and(|t| t.trim() == AUTO) {
+            return Some(Ok(CodecSetting::Auto));
         }
         let parse = |text: String| text.parse::<Codec>().map_err(|e| e.to_string());
         let checked = match pv {
@@ -128,7 +141,11 @@ impl Ioc {
             }
             _ => Ok(Codec::None),
         };
-        Some(checked.and_then(|_| self.codec_with(pv, value)))
+        Some(
+            checked
+                .and_then(|_| self.codec_with(pv, value))
+                .map(CodecSetting::Is),
+        )
     }
 
     /// The codec the plugin's Compression (or our HDF1:Codec) names, with `written` =
@@ -140,7 +157,10 @@ impl Ioc {
         };
         let ours = match written {
             Pv::HdfCodec => value.as_text().unwrap_or_default(),
-            _ => self.text(Pv::HdfCodecRbv),
+            // `auto` gives way to the areaDetector PV written.
+            _ => Some(self.text(Pv::HdfCodecRbv))
+                .filter(|t| t != AUTO)
+                .unwrap_or_default(),
         };
         if !ours.is_empty() {
             return ours
@@ -251,6 +271,9 @@ impl Ioc {
             self.set_text(Pv::HdfWriteMessage, &why);
             return Err(why);
         }
+        if self.series_mode {
+            return self.arm_capture(settings);
+        }
         let shape = self.frame_shape()?;
         let acq = self.config.lock().unwrap().detector.acquisition(1, 1);
         let session = CaptureSession::start(settings, geometry(&acq, shape)).map_err(|e| {
@@ -290,7 +313,7 @@ impl Ioc {
                 self.capture_done(&end.status, end.error.as_deref());
             }
             Closed::Later => {}
-            Closed::NotOpen => {
+            Closed::NotOpen | Closed::Disarmed => {
                 self.set(Pv::HdfCapture, 0);
                 self.set(Pv::HdfCaptureRbv, 0);
                 complete(&self.capture_waiters, None);

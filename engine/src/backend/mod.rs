@@ -301,6 +301,15 @@ pub fn open_stream2(
 ) -> Result<Opened, OpenError> {
     let source = stream2::Stream2Source::connect(endpoint, rcvhwm, silence, expect)
         .map_err(OpenError::Stream2)?;
+    open_series(source, acquisition)
+}
+
+/// A Stream V2 series received (its start and first image in): configured with the series'
+/// frame size, pixel type and image count over `acquisition`, with its metadata for the file.
+pub fn open_series(
+    source: stream2::Stream2Source,
+    acquisition: AcquisitionConfig,
+) -> Result<Opened, OpenError> {
     let metadata = source.metadata();
     let series = source.series();
     let acquisition = AcquisitionConfig {

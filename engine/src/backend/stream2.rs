@@ -12,9 +12,15 @@
 //! timeout without a message). So `written + corrupted images of the series + lost =
 //! number_of_images`; a malformed message with no readable image id, or one of another
 //! series, is corrupted and no image of this one.
+//!
+//! A [`Stream2Link`] is the socket itself, kept across series: the daemon takes series after
+//! series from one link ([`Stream2Link::next_series`]), so nothing the detector sends between
+//! two series is lost to a reconnect, and a `start` that closes a series is kept as the start
+//! of the next.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use detflow_hal::{
@@ -66,18 +72,171 @@ pub struct SeriesInfo {
     pub frame_time: Option<f64>,
 }
 
-/// Receives one Stream V2 series.
-pub struct Stream2Source {
+/// The PULL socket connected to a detector, and the message to be handled first.
+struct Socketry {
     socket: zmq::Socket,
     _context: zmq::Context,
+    /// A message received but not handled yet (a series' first image, or the `start` that
+    /// closed the last series): the next one delivered.
+    pending: Option<zmq::Message>,
+    /// Messages of no series being received, skipped: the series they belong to and how
+    /// many (one log line for the first, one with the count when it changes).
+    skipped: Option<(String, u64)>,
+}
+
+impl Socketry {
+    /// Skip a message that came outside a series (of a series refused, stopped or ended),
+    /// logging the first of each series and the count at the end.
+    fn skip(&mut self, endpoint: &str, header: Option<detflow_stream2::Header<'_>>) {
+        let series = header.map_or_else(
+            || "malformed".to_owned(),
+            |h| format!("{} ({})", h.series.id, h.series.unique_id),
+        );
+        match &mut self.skipped {
+            Some((s, n)) if *s == series => *n += 1,
+            _ => {
+                self.log_skipped(endpoint);
+                tracing::warn!(
+                    "stream2 {endpoint}: skipping messages of series {series} outside a series \
+                     being received (before its start, or after it was refused or stopped)"
+                );
+                self.skipped = Some((series, 1));
+            }
+        }
+    }
+
+    /// Say how many messages were skipped since the last count.
+    fn log_skipped(&mut self, endpoint: &str) {
+        if let Some((series, n)) = self.skipped.take() {
+            tracing::warn!("stream2 {endpoint}: skipped {n} messages of series {series}");
+        }
+    }
+}
+
+impl Socketry {
+    /// The pending message, or one from the socket within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Result<Option<zmq::Message>, zmq::Error> {
+        match self.pending.take() {
+            Some(m) => Ok(Some(m)),
+            None => recv(&self.socket, timeout),
+        }
+    }
+}
+
+/// A Stream V2 detector's endpoint, connected once and read series after series. Cloning it
+/// shares the socket; one series ([`Stream2Source`]) reads it at a time.
+#[derive(Clone)]
+pub struct Stream2Link {
+    inner: Arc<Mutex<Socketry>>,
     endpoint: String,
+}
+
+impl fmt::Debug for Stream2Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream2Link")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream2Link {
+    /// Connect a PULL socket to `endpoint`, queueing up to `rcvhwm` messages. ZeroMQ
+    /// connects in the background: no detector needs to be there yet.
+    pub fn connect(endpoint: &str, rcvhwm: i32) -> Result<Self, Stream2Error> {
+        let context = zmq::Context::new();
+        let err = socket_error(endpoint);
+        let socket = context.socket(zmq::PULL).map_err(&err)?;
+        socket.set_rcvhwm(rcvhwm).map_err(&err)?;
+        socket.set_linger(0).map_err(&err)?;
+        socket.connect(endpoint).map_err(&err)?;
+        Ok(Stream2Link {
+            inner: Arc::new(Mutex::new(Socketry {
+                socket,
+                _context: context,
+                pending: None,
+                skipped: None,
+            })),
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// The endpoint connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Socketry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next series: wait up to `wait` for its `start` (`None` if none came; messages of
+    /// no series are skipped with a log line), then up to `silence` for its next message,
+    /// and check it against `expect`. The series then closes after `silence` without a
+    /// message.
+    pub fn next_series(
+        &self,
+        wait: Duration,
+        silence: Duration,
+        expect: SeriesExpect,
+    ) -> Result<Option<Stream2Source>, Stream2Error> {
+        let endpoint = &self.endpoint;
+        let err = socket_error(endpoint);
+        let (start, first) = {
+            let mut link = self.lock();
+            let Some(start) = wait_for_start(&mut link, wait, endpoint)? else {
+                return Ok(None);
+            };
+            let first =
+                link.next(silence)
+                    .map_err(&err)?
+                    .ok_or_else(|| Stream2Error::NoSeries {
+                        endpoint: endpoint.clone(),
+                        what: "image",
+                        timeout_s: silence.as_secs_f64(),
+                    })?;
+            // The first image is delivered first, by the source.
+            (start, first)
+        };
+        let series = series_info(&start, &first)?;
+        check_expect(&series, expect)?;
+        tracing::info!(
+            "series {} ({}) from {endpoint}: {} images of {}x{} {}, channels {:?}, {}",
+            series.id,
+            series.unique_id,
+            series
+                .number_of_images
+                .map_or("?".into(), |n| n.to_string()),
+            series.shape.width,
+            series.shape.height,
+            series.shape.pixel_type,
+            series.channels,
+            series.encoding
+        );
+        self.lock().pending = Some(first);
+        Ok(Some(Stream2Source {
+            link: self.clone(),
+            silence,
+            series,
+            start: start.to_vec(),
+            received: BTreeSet::new(),
+            damaged: BTreeSet::new(),
+            delivered: 0,
+            last_message: Instant::now(),
+            started: false,
+            ended: false,
+            lost_to_report: 0,
+        }))
+    }
+}
+
+/// Receives one Stream V2 series.
+pub struct Stream2Source {
+    link: Stream2Link,
     /// A series silent this long is closed.
     silence: Duration,
     series: SeriesInfo,
     /// The `start` message as it came (its metadata is read from it for the file).
     start: Vec<u8>,
-    /// A message received while connecting, delivered first.
-    pending: Option<zmq::Message>,
     /// Image ids received so far.
     received: BTreeSet<u64>,
     /// Image ids of this series that arrived damaged (counted corrupted, not lost).
@@ -93,7 +252,7 @@ pub struct Stream2Source {
 impl fmt::Debug for Stream2Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stream2Source")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.link.endpoint)
             .field("series", &self.series)
             .field("received", &self.received.len())
             .field("ended", &self.ended)
@@ -174,52 +333,13 @@ impl Stream2Source {
         silence: Duration,
         expect: SeriesExpect,
     ) -> Result<Self, Stream2Error> {
-        let context = zmq::Context::new();
-        let err = socket_error(endpoint);
-        let socket = context.socket(zmq::PULL).map_err(&err)?;
-        socket.set_rcvhwm(rcvhwm).map_err(&err)?;
-        socket.set_linger(0).map_err(&err)?;
-        socket.connect(endpoint).map_err(&err)?;
-        let no = |what| Stream2Error::NoSeries {
-            endpoint: endpoint.to_owned(),
-            what,
-            timeout_s: silence.as_secs_f64(),
-        };
-        let start = wait_for_start(&socket, silence, endpoint)?.ok_or_else(|| no("start"))?;
-        let first = recv(&socket, silence)
-            .map_err(&err)?
-            .ok_or_else(|| no("image"))?;
-        let series = series_info(&start, &first)?;
-        check_expect(&series, expect)?;
-        tracing::info!(
-            "series {} ({}) from {endpoint}: {} images of {}x{} {}, channels {:?}, {}",
-            series.id,
-            series.unique_id,
-            series
-                .number_of_images
-                .map_or("?".into(), |n| n.to_string()),
-            series.shape.width,
-            series.shape.height,
-            series.shape.pixel_type,
-            series.channels,
-            series.encoding
-        );
-        Ok(Stream2Source {
-            socket,
-            _context: context,
-            endpoint: endpoint.to_owned(),
-            silence,
-            series,
-            start: start.to_vec(),
-            pending: Some(first),
-            received: BTreeSet::new(),
-            damaged: BTreeSet::new(),
-            delivered: 0,
-            last_message: Instant::now(),
-            started: false,
-            ended: false,
-            lost_to_report: 0,
-        })
+        Stream2Link::connect(endpoint, rcvhwm)?
+            .next_series(silence, silence, expect)?
+            .ok_or_else(|| Stream2Error::NoSeries {
+                endpoint: endpoint.to_owned(),
+                what: "start",
+                timeout_s: silence.as_secs_f64(),
+            })
     }
 
     /// The series being received.
@@ -243,11 +363,8 @@ impl Stream2Source {
 
     /// The next message: the pending one, or one from the socket within `timeout`.
     fn next_message(&mut self, timeout: Duration) -> Result<Option<zmq::Message>, ErrorKind> {
-        if let Some(m) = self.pending.take() {
-            return Ok(Some(m));
-        }
-        recv(&self.socket, timeout).map_err(|e| {
-            tracing::error!("stream2 {}: receive failed: {e}", self.endpoint);
+        self.link.lock().next(timeout).map_err(|e| {
+            tracing::error!("stream2 {}: receive failed: {e}", self.link.endpoint);
             ErrorKind::Other
         })
     }
@@ -480,8 +597,11 @@ impl ImageSource for Stream2Source {
             return Err(ErrorKind::Timeout);
         };
         self.last_message = Instant::now();
-        match detflow_stream2::decode(&msg) {
-            Ok(m) => self.handle(m, buf),
+        let (result, next_start) = match detflow_stream2::decode(&msg) {
+            Ok(m) => {
+                let next_start = matches!(m, Message::Start(_));
+                (self.handle(m, buf), next_start)
+            }
             Err(e) => {
                 // An image of this series that arrived damaged is corrupted, not also lost.
                 let id = detflow_stream2::peek(&msg)
@@ -492,9 +612,15 @@ impl ImageSource for Stream2Source {
                 if let Some(id) = id {
                     self.damaged.insert(id);
                 }
-                Err(self.corrupted(id, format!("malformed message: {e}")))
+                let e = self.corrupted(id, format!("malformed message: {e}"));
+                (Err(e), false)
             }
+        };
+        if next_start {
+            // The start that closed this series begins the next one on this link.
+            self.link.lock().pending = Some(msg);
         }
+        result
     }
 }
 
@@ -593,34 +719,53 @@ fn copy_channels(
     Ok((parts, at))
 }
 
-/// Receive one message within `timeout`, or `None`.
+/// Receive one message within `timeout`, or `None`. A signal handled meanwhile (SIGUSR1's
+/// flush, SIGTERM's clean stop) interrupts poll(2), which is never restarted: the wait goes
+/// on to its deadline.
 fn recv(socket: &zmq::Socket, timeout: Duration) -> Result<Option<zmq::Message>, zmq::Error> {
-    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    if socket.poll(zmq::POLLIN, ms)? == 0 {
-        return Ok(None);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        match socket.poll(zmq::POLLIN, ms) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(zmq::Error::EINTR) if !left.is_zero() => {}
+            Err(zmq::Error::EINTR) => return Ok(None),
+            Err(e) => return Err(e),
+        }
     }
-    socket.recv_msg(0).map(Some)
+    loop {
+        match socket.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => return Ok(Some(m)),
+            Err(zmq::Error::EINTR) => {}
+            // Polled readable, then taken by no one else: not expected; wait again later.
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
-/// Skip messages until a `start` (logging what is skipped), within `silence` of each other.
+/// Skip messages until a `start` (logging what is skipped), within `wait` of each other.
 fn wait_for_start(
-    socket: &zmq::Socket,
-    silence: Duration,
+    link: &mut Socketry,
+    wait: Duration,
     endpoint: &str,
 ) -> Result<Option<zmq::Message>, Stream2Error> {
     loop {
-        let Some(msg) = recv(socket, silence).map_err(socket_error(endpoint))? else {
+        let Some(msg) = link.next(wait).map_err(socket_error(endpoint))? else {
             return Ok(None);
         };
         match detflow_stream2::peek(&msg) {
-            Ok(h) if h.kind == detflow_stream2::MessageKind::Start => return Ok(Some(msg)),
-            Ok(h) => tracing::warn!(
-                "stream2 {endpoint}: skipping an {} of series {} ({}) that came before its start",
-                h.kind.name(),
-                h.series.id,
-                h.series.unique_id
-            ),
-            Err(e) => tracing::error!("stream2 {endpoint}: skipping a malformed message: {e}"),
+            Ok(h) if h.kind == detflow_stream2::MessageKind::Start => {
+                link.log_skipped(endpoint);
+                return Ok(Some(msg));
+            }
+            Ok(h) => link.skip(endpoint, Some(h)),
+            Err(e) => {
+                tracing::debug!("stream2 {endpoint}: a malformed message: {e}");
+                link.skip(endpoint, None);
+            }
         }
     }
 }
