@@ -220,7 +220,8 @@ fn replay_source(file: &std::path::Path, dataset: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct BackendKeys {
     /// Where frames come from: sim (the simulated detector), replay (an HDF5 dataset, see
-    /// --replay) or udp (a datagram stream, see --udp-listen).
+    /// --replay), udp (a datagram stream, see --udp-listen) or stream2 (a DECTRIS Stream V2
+    /// detector, see --stream2-connect).
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendKind>,
