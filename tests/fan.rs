@@ -639,3 +639,64 @@ fn a_bind_that_cannot_hold_the_ranks_is_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn block_policy_waits_for_a_slow_rank_and_loses_nothing() {
+    // Rank 1 reads nothing until the fan says it waits for it; then every image of both
+    // ranks arrives, none dropped. The sender queues without limit, so that the wait goes
+    // back to it without losses there either.
+    let from = format!("tcp://127.0.0.1:{}", free_port());
+    let args = [
+        "--policy", "block", "--series", "1", "--sndhwm", "4", "--rcvhwm", "2",
+    ];
+    let (fan, endpoints) = fan(&from, 2, &args);
+    let reader = consumer(&fan, 0, &endpoints[0], 1000);
+    let stalled = connect(&fan, 1, &endpoints[1], 1, Some(64 << 10));
+    let rank0 = std::thread::spawn(move || {
+        let msgs = receive_series(&reader);
+        let ids: Vec<u64> = msgs[1..msgs.len() - 1]
+            .iter()
+            .map(|m| image_id(m))
+            .collect();
+        ids
+    });
+    let sender = Proc::spawn(&[
+        "stream2-send",
+        "--json",
+        "--bind",
+        &from,
+        "--size",
+        "256x256",
+        "--dtype",
+        "u32",
+        "--compress",
+        "none",
+        "--frames",
+        "120",
+        "--sndhwm",
+        "0",
+        "--wait-for-consumer",
+        "60",
+        "--send-timeout",
+        "60",
+    ]);
+    fan.wait_log(&["rank 1: the fan waits for it (--policy block)"]);
+    let msgs1 = receive_series(&stalled);
+    let report = fan.next_json();
+    let ids0 = rank0.join().unwrap();
+    for p in [sender, fan] {
+        let (status, err) = p.finish();
+        assert!(status.success(), "{err}");
+    }
+    let ids1: Vec<u64> = msgs1[1..msgs1.len() - 1]
+        .iter()
+        .map(|m| image_id(m))
+        .collect();
+    assert_eq!(ids0, (0..120).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(ids1, (1..120).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(report["images_in"], 120);
+    for k in 0..2 {
+        assert_eq!(report["ranks"][k]["sent"], 60, "{report}");
+        assert_eq!(report["ranks"][k]["dropped"], 0, "{report}");
+    }
+}
