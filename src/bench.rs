@@ -357,7 +357,8 @@ pub struct ScalePoint {
     pub fps: f64,
 }
 
-fn cpu_seconds() -> f64 {
+/// CPU time of this process so far (every thread, user and system), in seconds.
+pub(crate) fn cpu_seconds() -> f64 {
     // SAFETY: rusage is plain old data that getrusage fills; RUSAGE_SELF takes no pointer
     // besides it.
     let ru = unsafe {

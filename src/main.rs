@@ -11,6 +11,7 @@ use clap::{CommandFactory as _, FromArgMatches, Parser, Subcommand};
 mod acquire;
 mod bench;
 mod cli;
+mod fan;
 mod serve;
 mod signals;
 mod stream2_send;
@@ -19,6 +20,7 @@ mod vds;
 
 use acquire::AcquireArgs;
 use bench::BenchArgs;
+use fan::FanArgs;
 use serve::ServeArgs;
 use stream2_send::Stream2SendArgs;
 use udp_send::UdpSendArgs;
@@ -63,6 +65,11 @@ enum Command {
     /// as a DCU sends them, frames from the simulator (as `acquire` makes them) or a replay.
     /// Images no consumer can take are dropped and counted, as a DCU does.
     Stream2Send(Stream2SendArgs),
+    /// Deal one detector's Stream V2 stream to N writer ranks: PULL from the detector, one
+    /// PUSH socket per rank on BASEPORT + k; image block image_id / B goes to rank
+    /// block % N, bytes as received; start and end go to every rank with detflow_rank,
+    /// detflow_ranks and detflow_frames_per_block added. Per-rank counts at each end.
+    Fan(FanArgs),
     /// Build a master HDF5 file whose virtual dataset stitches value references together
     /// (one point per reference), e.g.
     /// `detflow vds --out master.h5 h5file:///data/scan_0001.h5::/entry/data/data[0] ...`.
@@ -123,11 +130,11 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    // Log lines go to stderr: the daemon and the sender tell what they do (info); the other
+    // Log lines go to stderr: the daemon, the sender and the fan tell what they do (info); the other
     // commands only what went wrong (warn: a bad Stream V2 message, a skipped table), beside
     // their summary. RUST_LOG overrides either.
     let level = match cli.command {
-        Command::Serve(_) | Command::Stream2Send(_) => "info",
+        Command::Serve(_) | Command::Stream2Send(_) | Command::Fan(_) => "info",
         _ => "warn",
     };
     init_logging(level);
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::UdpSend(args) => udp_send::udp_send(args),
         Command::Stream2Send(args) => stream2_send::stream2_send(args),
+        Command::Fan(args) => fan::fan(args),
         Command::Vds(args) => vds::vds(args),
         Command::Serve(args) => serve::serve(args),
     };

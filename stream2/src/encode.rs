@@ -32,7 +32,8 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
     }
 }
 
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+/// A CBOR head: major type `major`, argument `n` at its smallest width.
+pub(crate) fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
     match n {
         0..=23 => out.push(m | n as u8),

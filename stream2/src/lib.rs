@@ -5,7 +5,8 @@
 //! receiver [`decode`]s each ZeroMQ message; an image channel's compressed byte string is a
 //! slice of that message, already checked against the dimensions and walked block by block,
 //! ready for HDF5 direct chunk write. [`peek`] reads just enough to route a message. The
-//! [`encode()`] side reproduces the DCU's byte layout (spec §2, §7).
+//! [`encode()`] side reproduces the DCU's byte layout (spec §2, §7). [`fan`] holds what a
+//! fan-out adds to the stream for N writers: the block rule and the keys of each rank.
 //!
 //! ```
 //! use detflow_stream2::{Message, decode};
@@ -23,6 +24,7 @@
 mod decode;
 pub mod encode;
 mod error;
+pub mod fan;
 mod json;
 mod model;
 mod payload;

@@ -920,3 +920,70 @@ fn floats_as_f16_and_ints_decode() {
     assert_eq!(s.extra, vec![("magic_number", &[0x0b][..])]);
     assert_eq!(peek(&bytes).unwrap().kind, MessageKind::Start);
 }
+
+/// `msg` (a definite map, maybe behind the 55799 prefix) rewritten as an indefinite map.
+fn indefinite(msg: &[u8]) -> Vec<u8> {
+    let at = if msg.starts_with(&SELF_DESCRIBED) {
+        3
+    } else {
+        0
+    };
+    let head_len = match msg[at] {
+        0xa0..=0xb7 => 1,
+        0xb8 => 2,
+        0xb9 => 3,
+        0xba => 5,
+        _ => 9,
+    };
+    [&msg[..at], &[0xbf], &msg[at + head_len..], &[0xff]].concat()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// A start from any encoder (with or without the prefix, a definite or an indefinite
+    /// map) gains exactly the fan's three keys: it decodes to the same start with them last
+    /// in `extra`, and `RankKeys::from_start` reads them back.
+    #[test]
+    fn starts_gain_exactly_the_fan_keys(
+        s in owned_start(),
+        st in style(),
+        indefinite_map in any::<bool>(),
+        (ranks, rank) in (1u64..=u64::MAX).prop_flat_map(|n| (Just(n), 0..n)),
+        frames_per_block in 1u64..=u64::MAX,
+    ) {
+        use detflow_stream2::fan::{Deal, RankKeys};
+        let m = s.message();
+        let mut msg = other_encoding(&m, st);
+        if indefinite_map {
+            msg = indefinite(&msg);
+        }
+        let keys = RankKeys::new(rank, Deal::new(ranks, frames_per_block).unwrap()).unwrap();
+        let mut out = Vec::new();
+        keys.add_to(&msg, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(out.starts_with(&SELF_DESCRIBED), st.prefix);
+        let head = out[if st.prefix { 3 } else { 0 }];
+        prop_assert_eq!(head == 0xbf, indefinite_map);
+        let Message::Start(got) = decode(&out).map_err(|e| TestCaseError::fail(e.to_string()))? else {
+            return Err(TestCaseError::fail("not a start"));
+        };
+        prop_assert_eq!(RankKeys::from_start(&got), Ok(Some(keys)));
+        let n = got.extra.len();
+        prop_assert!(n >= 3);
+        let added: Vec<(&str, Vec<u8>)> =
+            got.extra[n - 3..].iter().map(|(k, v)| (*k, v.to_vec())).collect();
+        let want: Vec<(&str, Vec<u8>)> = keys
+            .pairs()
+            .iter()
+            .map(|(k, v)| {
+                let mut e = Encoder::new(Vec::new());
+                e.u64(*v).unwrap();
+                (*k, e.into_writer())
+            })
+            .collect();
+        prop_assert_eq!(added, want);
+        let mut without = got.clone();
+        without.extra.truncate(n - 3);
+        prop_assert_eq!(normalised(Message::Start(without)), normalised(m));
+    }
+}
