@@ -483,6 +483,12 @@ impl SharedCapture {
             status.write_ok = false;
             status.write_message.clone_from(message);
         }
+        self.ended(status, failure)
+    }
+
+    /// A capture the caller took out has ended with `status`: the slot is empty again, the
+    /// readbacks are kept as the last, waiters go on.
+    fn ended(&self, status: FileStatus, failure: Option<String>) -> CaptureEnd {
         let mut slot = self.lock();
         if matches!(slot.session, Held::Out) {
             // Ours: the caller took it out.
@@ -564,20 +570,7 @@ impl SharedCapture {
     /// An armed capture the writer took ends without a file (its open failed, or a close was
     /// asked for): keep its readbacks as the last, let waiters on.
     fn end_unopened(&self, armed: &ArmedCapture, failure: Option<String>) -> CaptureEnd {
-        let status = armed.status(failure.as_deref());
-        let mut slot = self.lock();
-        if matches!(slot.session, Held::Out) {
-            slot.session = Held::Empty;
-            slot.codec = None;
-            slot.asked = Asked::default();
-        }
-        slot.last = Some((status.clone(), failure.clone()));
-        drop(slot);
-        self.returned.notify_all();
-        CaptureEnd {
-            status,
-            error: failure,
-        }
+        self.ended(armed.status(failure.as_deref()), failure)
     }
 
     /// Put a taken session back, unless a close was asked for meanwhile: then it is given
