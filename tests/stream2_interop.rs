@@ -357,6 +357,28 @@ fn dectris_client_decodes_stream2_send_u32_bslz4_four_channels() {
 
 // ---- tickit-devices' EIGER feeds `detflow acquire --backend stream2` ----
 
+/// Wait until a TCP connection to or from 127.0.0.1:`port` is established (the kernel's
+/// table, /proc/net/tcp), polled until `deadline` has passed; panics then.
+fn wait_established(port: u16, deadline: Duration) {
+    let until = std::time::Instant::now() + deadline;
+    let hex = format!(":{port:04X}");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let up = table.lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[3] == "01" && (f[1].ends_with(&hex) || f[2].ends_with(&hex))
+        });
+        if up {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no connection to port {port} within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// tickit's EIGER on 127.0.0.1 (REST, legacy stream and Stream V2 ports all configurable, so
 /// no network namespace is needed), armed and triggered over SIMPLON REST for 3 images. It
 /// replays a real EIGER2 16M bslz4 frame (4362 x 4148 u16, 513 kB): the file's chunks must be
@@ -401,6 +423,9 @@ fn tickit_eiger_feeds_acquire() {
             "--json",
         ]),
     );
+    // tickit drops a message its stream socket has no consumer for: arm only once the
+    // receiver's connection to that port is up (tickit may take a while to bind it).
+    wait_established(cbor, Duration::from_secs(120));
     let images = 3u64;
     let drive = std::panic::catch_unwind(|| {
         detflow_test_support::run_step(
