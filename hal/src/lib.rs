@@ -52,8 +52,10 @@ use core::time::Duration;
 
 #[cfg(feature = "std")]
 pub mod conformance;
+mod deal;
 mod image;
 mod time;
+pub use deal::Deal;
 pub use image::{
     ChannelNames, ChannelPart, ChunkError, FrameEncoding, ImageMeta, ImageSource, ImageTimes,
     MAX_CHANNEL_NAME, MAX_CHANNELS, Ticks,

@@ -307,8 +307,12 @@ impl CaptureSession {
     /// ([`push_image`](Self::push_image)) in files with `image_layout`. Stream mode only, one
     /// file for the series (`frames_per_file` 0, no reference pattern); `num_capture` is the
     /// series' number of images (0: until stopped). Otherwise as [`start`](Self::start).
+    ///
+    /// A rank's share of a series ([`DetectorMetadata::rank`](crate::DetectorMetadata::rank))
+    /// is named with the rank after the file name, odin-data's way: FileName `scan` becomes
+    /// `scan_r2`, so rank 2 writes `scan_r2_0001.h5` with the default FileTemplate.
     pub fn start_images(
-        settings: CaptureSettings,
+        mut settings: CaptureSettings,
         geometry: FrameGeometry,
         image_layout: ImageLayout,
     ) -> Result<Self, WriterError> {
@@ -331,6 +335,9 @@ impl CaptureSession {
         image_layout.check()?;
         if let Some(m) = &image_layout.metadata {
             m.check()?;
+            if let Some(share) = m.rank {
+                settings.naming.name = format!("{}_r{}", settings.naming.name, share.rank);
+            }
         }
         Self::start_with(settings, geometry, Some(image_layout))
     }

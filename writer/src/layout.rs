@@ -60,6 +60,10 @@
 //!                                        or not convertible
 //!         series_id                      u64
 //!         series_unique_id, arm_date     strings
+//!         detflow_rank, detflow_ranks,   u64 each, in a rank's file only (`detflow fan`): the
+//!         detflow_frames_per_block,      rank, the ranks, the block and the whole series'
+//!         detflow_number_of_images       image count; position i holds image
+//!                                        Deal::image_id(rank, i), and image_id says it
 //!         series_user_data               u8 (bytes,): the start message's raw CBOR user_data
 //!         series_user_data_json          string
 //!         <name>                         NXcollection per name the metadata mentions (may be

@@ -56,7 +56,7 @@ pub use codec::{Codec, CodecError, Compressor, FilterSpec};
 pub use images::{ImageLayout, ImageRefusal, ImageWrite};
 pub use lock::{remove_own_reserves, remove_stale_reserves};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
-pub use nxmx::{DetectorMetadata, Table};
+pub use nxmx::{DetectorMetadata, RankShare, Table};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use roots::{DataRoots, OutsideRoots};
 pub use sink::read_chunk;

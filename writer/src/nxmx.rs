@@ -3,7 +3,7 @@
 //!
 //! Where each value goes is in [`crate::layout`]; values that are `None` or empty are left out.
 
-use detflow_hal::PixelType;
+use detflow_hal::{Deal, PixelType};
 use hdf5::{Group, H5Type};
 
 use crate::images::{ImageLayout, check_link_name};
@@ -68,6 +68,30 @@ pub struct DetectorMetadata {
     pub user_data_cbor: Option<Vec<u8>>,
     /// The same as JSON, when it converts.
     pub user_data_json: Option<String>,
+    /// This file is one rank's share of a series dealt over several writers (`detflow fan`).
+    pub rank: Option<RankShare>,
+}
+
+/// Which images of a series one rank's file holds: those the [`Deal`] gives rank `rank`,
+/// image `deal.image_id(rank, i)` at position `i`. Written under `detectorSpecific` as
+/// `detflow_rank`, `detflow_ranks`, `detflow_frames_per_block` and, when known,
+/// `detflow_number_of_images` (the whole series'), so that a master file can be built from
+/// the rank files alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankShare {
+    /// This rank, `0..deal.ranks()`.
+    pub rank: u64,
+    /// How the series' images are dealt.
+    pub deal: Deal,
+    /// Images in the whole series, when the detector says.
+    pub number_of_images: Option<u64>,
+}
+
+impl RankShare {
+    /// The series image at position `index` of this rank's file.
+    pub fn image_id(&self, index: u64) -> Option<u64> {
+        self.deal.image_id(self.rank, index)
+    }
 }
 
 /// A decoded array: dimensions (slowest first), element type, little-endian bytes.
@@ -175,7 +199,7 @@ pub(crate) fn write(
         write_translation(detector, t)?;
     }
     if !meta.goniometer.is_empty() {
-        write_goniometer(entry, spec.num_capture, &meta.goniometer)?;
+        write_goniometer(entry, spec.num_capture, &meta.goniometer, meta.rank)?;
     }
     Ok(())
 }
@@ -284,6 +308,22 @@ fn write_specific(specific: &Group, meta: &DetectorMetadata) -> hdf5::Result<()>
             sink::write_string_dataset(specific, name, v)?;
         }
     }
+    if let Some(r) = meta.rank {
+        let total = r.number_of_images.map(|n| ("detflow_number_of_images", n));
+        for (name, value) in [
+            ("detflow_rank", r.rank),
+            ("detflow_ranks", r.deal.ranks()),
+            ("detflow_frames_per_block", r.deal.frames_per_block()),
+        ]
+        .into_iter()
+        .chain(total)
+        {
+            specific
+                .new_dataset::<u64>()
+                .create(name)?
+                .write_scalar(&value)?;
+        }
+    }
     if let Some(cbor) = &meta.user_data_cbor {
         let ds = specific
             .new_dataset::<u8>()
@@ -355,13 +395,15 @@ fn write_translation(detector: &Group, t: [f64; 3]) -> hdf5::Result<()> {
     Ok(())
 }
 
-/// `/entry/sample/transformations/<axis>`: the angle of each image, start + i × increment
-/// for i in 0..num_capture (the start alone when num_capture is 0), and
+/// `/entry/sample/transformations/<axis>`: the angle of each image, start + id × increment
+/// for the image id at each position 0..num_capture (the position itself, or the series
+/// image a rank's position holds; the start alone when num_capture is 0), and
 /// `<axis>_increment_set`.
 fn write_goniometer(
     entry: &Group,
     num_capture: u64,
     axes: &[(String, f64, f64)],
+    rank: Option<RankShare>,
 ) -> hdf5::Result<()> {
     let sample = entry.create_group("sample")?;
     sink::write_string_attr(&sample, "NX_class", "NXsample")?;
@@ -369,7 +411,8 @@ fn write_goniometer(
     sink::write_string_attr(&group, "NX_class", "NXtransformations")?;
     for (axis, start, increment) in axes {
         let angles: Vec<f64> = (0..num_capture.max(1))
-            .map(|i| start + i as f64 * increment)
+            .map(|i| rank.map_or(Some(i), |r| r.image_id(i)).unwrap_or(i))
+            .map(|id| start + id as f64 * increment)
             .collect();
         let ds = group
             .new_dataset::<f64>()

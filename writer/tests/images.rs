@@ -557,6 +557,7 @@ fn full_metadata() -> detflow_writer::DetectorMetadata {
         }),
         user_data_cbor: Some(vec![0x82, 0x01, 0x61, b'x']),
         user_data_json: Some("[1, \"x\"]".into()),
+        rank: None,
     }
 }
 

@@ -941,6 +941,7 @@ fn metadata_of(s: &Start<'_>) -> DetectorMetadata {
         countrate_correction_lookup_table: lut,
         user_data_cbor: s.user_data.map(<[u8]>::to_vec),
         user_data_json: s.user_data.and_then(detflow_stream2::user_data_json),
+        rank: None,
     }
 }
 
