@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use clap::Args;
 use detflow_engine::config::{DetectorSettings, Seconds};
 use detflow_stream2::{End, Image, Message, Rational, Series, encode};
@@ -26,6 +27,11 @@ use source::{Frames, Read};
 /// Long help of `--skip`.
 const SKIP_HELP: &str = "Image ids not sent, comma-separated (e.g. 3,7): the consumer sees \
     gaps in image_id, as when a DCU drops images. They count as skipped, not as sent or dropped.";
+
+/// Long help of `--pause-before`.
+const PAUSE_HELP: &str = "Before image ID, log that the series is paused and wait for a line \
+    (or the end of input) on stdin, then go on: a hand on the detector at a known image, e.g. \
+    to stop a consumer and see exactly what it loses. Ctrl-C ends the wait; the end is still sent.";
 
 #[derive(Debug, Args)]
 #[command(args_override_self = true)]
@@ -67,6 +73,9 @@ pub(crate) struct Stream2SendArgs {
     /// Image ids not sent, comma-separated.
     #[arg(long, value_name = "LIST", value_delimiter = ',', hide_short_help = true, long_help = SKIP_HELP)]
     skip: Vec<u64>,
+    /// Before image ID, wait for a line on stdin.
+    #[arg(long, value_name = "ID", hide_short_help = true, long_help = PAUSE_HELP)]
+    pause_before: Option<u64>,
     /// Send the frames of an HDF5 dataset instead of the simulator's, `FILE[::DATASET]` as
     /// `acquire --replay` takes it (default dataset /entry/data/data); its frame size and
     /// pixel type replace --size and --dtype.
@@ -268,6 +277,9 @@ impl Images<'_> {
         let exposure = series::ticks(frames.acquisition.exposure.as_secs_f64());
         let mut image_id = 0u64;
         loop {
+            if self.args.pause_before == Some(image_id) {
+                pause(image_id, stopped)?;
+            }
             let meta = match frames.read(&mut bufs, stopped)? {
                 Read::Done => return Ok(()),
                 Read::Lost(why) => {
@@ -331,6 +343,31 @@ impl Images<'_> {
             }
         }
     }
+}
+
+/// `--pause-before`: wait for a line (or the end of input) on stdin, or a stop.
+fn pause(image_id: u64, stopped: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    // Tests wait for this line before they act on the paused series.
+    tracing::info!(
+        image_id,
+        "paused before image {image_id}: waiting for a line on stdin (--pause-before)"
+    );
+    let mut stdin = [zmq::PollItem::from_fd(0, zmq::POLLIN)];
+    loop {
+        match zmq::poll(&mut stdin, -1) {
+            Ok(_) => break,
+            // A signal: Ctrl-C ends the wait, anything else goes back to it.
+            Err(zmq::Error::EINTR) if stopped() => return Ok(()),
+            Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for a line on stdin (--pause-before)"),
+        }
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading stdin (--pause-before)")?;
+    tracing::info!(image_id, "going on from image {image_id}");
+    Ok(())
 }
 
 /// A series_unique_id unique to this run: the arm time and the process.
