@@ -427,3 +427,99 @@ fn a_replayed_file_is_sent_in_every_channel() {
         }
     }
 }
+
+#[test]
+fn distinct_frames_repeat_the_first_frames_encoded_once() {
+    // 12 images from 5 distinct frames, two channels; image 2 skipped, so its frame is
+    // still made for images 7 and 12 - 5 = 7.
+    let (child, endpoint, stderr) = sender(&[
+        "--size",
+        "40x24",
+        "--frames",
+        "12",
+        "--seed",
+        "3",
+        "--channels",
+        "2",
+        "--distinct-frames",
+        "5",
+        "--skip",
+        "2",
+        "--wait-for-consumer",
+        "60",
+        "--send-timeout",
+        "60",
+    ]);
+    let consumer = pull(&endpoint, 1000);
+    let msgs = receive_series(&consumer);
+    let (out, err) = finish(child, &stderr);
+    assert!(out.status.success(), "{err}");
+    let report = common::summary(&out);
+    assert_eq!(
+        (&report["sent"], &report["skipped"]),
+        (&11.into(), &1.into())
+    );
+    let made: Vec<Vec<Vec<u8>>> = (0..2)
+        .map(|k| sim_frames(40, 24, PixelType::U16, 3 + k, 5))
+        .collect();
+    let ids: Vec<u64> = (0..12).filter(|&i| i != 2).collect();
+    assert_eq!(msgs.len(), ids.len() + 2, "start, the images, end");
+    for (m, &id) in msgs[1..msgs.len() - 1].iter().zip(&ids) {
+        let Message::Image(img) = decode(m).unwrap() else {
+            panic!("not an image")
+        };
+        assert_eq!(img.image_id, id);
+        for (k, (_, array)) in img.data.iter().enumerate() {
+            let got = pixels(&array.array, PixelType::U16);
+            assert_eq!(got, made[k][(id % 5) as usize], "image {id} channel {k}");
+        }
+    }
+}
+
+#[test]
+fn pause_before_holds_the_series_until_a_line_on_stdin() {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let mut child = common::detflow()
+        .args(["stream2-send", "--json", "--bind", &endpoint])
+        .args(["--size", "40x24", "--frames", "6", "--pause-before", "3"])
+        .args(["--wait-for-consumer", "60", "--send-timeout", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the detflow binary runs");
+    let (tx, stderr) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let consumer = pull(&endpoint, 1000);
+    let id = |m: &zmq::Message| detflow_stream2::peek(m).unwrap().image_id;
+    let first: Vec<_> = (0..4).map(|_| consumer.recv_msg(0).unwrap()).collect();
+    assert_eq!(
+        first.iter().map(id).collect::<Vec<_>>(),
+        [None, Some(0), Some(1), Some(2)]
+    );
+    let deadline = Duration::from_millis(RECV_DEADLINE_MS as u64);
+    let paused = std::iter::from_fn(|| stderr.recv_timeout(deadline).ok())
+        .find(|l| l.contains("paused before image 3"))
+        .expect("stream2-send logs the pause");
+    // Paused: image 3 has not been sent, so nothing more has arrived.
+    assert_eq!(
+        consumer.recv_msg(zmq::DONTWAIT).map(|m| id(&m)),
+        Err(zmq::Error::EAGAIN),
+        "after {paused}"
+    );
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "go on").unwrap();
+    let rest: Vec<_> = (0..4).map(|_| consumer.recv_msg(0).unwrap()).collect();
+    assert_eq!(
+        rest.iter().map(id).collect::<Vec<_>>(),
+        [Some(3), Some(4), Some(5), None]
+    );
+    let (out, err) = finish(child, &stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(common::summary(&out)["sent"], 6);
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use detflow_engine::config::{DetectorSettings, Seconds};
-use detflow_stream2::{End, Image, Message, Rational, Series, encode};
+use detflow_stream2::{End, Image, Message, MultiDimArray, Rational, Series, encode};
 use serde::Serialize;
 
 use crate::cli::Flags;
@@ -27,6 +27,12 @@ use source::{Frames, Read};
 /// Long help of `--skip`.
 const SKIP_HELP: &str = "Image ids not sent, comma-separated (e.g. 3,7): the consumer sees \
     gaps in image_id, as when a DCU drops images. They count as skipped, not as sent or dropped.";
+
+/// Long help of `--distinct-frames`.
+const DISTINCT_HELP: &str = "Make and encode only the first N frames, then send image i with \
+    frame i % N (its own image_id and times): the detector then costs little more than the \
+    messages' copies, so that a bench on one machine measures the consumers, not the simulator \
+    and the encoder (benches/scale_out.sh).";
 
 /// Long help of `--pause-before`.
 const PAUSE_HELP: &str = "Before image ID, log that the series is paused and wait for a line \
@@ -76,6 +82,10 @@ pub(crate) struct Stream2SendArgs {
     /// Before image ID, wait for a line on stdin.
     #[arg(long, value_name = "ID", hide_short_help = true, long_help = PAUSE_HELP)]
     pause_before: Option<u64>,
+    /// Make (and encode) only the first N frames; image i carries frame i % N.
+    #[arg(long, value_name = "N", hide_short_help = true, long_help = DISTINCT_HELP,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    distinct_frames: Option<u64>,
     /// Send the frames of an HDF5 dataset instead of the simulator's, `FILE[::DATASET]` as
     /// `acquire --replay` takes it (default dataset /entry/data/data); its frame size and
     /// pixel type replace --size and --dtype.
@@ -223,6 +233,7 @@ fn run(
     let t0 = Instant::now();
     let images = Images {
         args,
+        number_of_images,
         names: &names,
         series,
         arm_s,
@@ -250,6 +261,8 @@ fn run(
 /// The image messages of one series.
 struct Images<'a> {
     args: &'a Stream2SendArgs,
+    /// The series' image count (0: until stopped).
+    number_of_images: u64,
     names: &'a [String],
     series: Series<'a>,
     arm_s: f64,
@@ -273,12 +286,41 @@ impl Images<'_> {
             .iter()
             .map(|_| ChannelEncoder::new(self.args.compress, shape.pixel_type))
             .collect();
-        let (mut msg, mut user_data) = (Vec::new(), Vec::new());
-        let exposure = series::ticks(frames.acquisition.exposure.as_secs_f64());
+        let mut out = Outgoing {
+            exposure: series::ticks(frames.acquisition.exposure.as_secs_f64()),
+            msg: Vec::new(),
+            user_data: Vec::new(),
+        };
+        // --distinct-frames: each channel's encoded bytes of the frames made so far (None:
+        // lost by the detector).
+        let mut made: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
+        let distinct = self.args.distinct_frames.unwrap_or(u64::MAX);
+        let caching = self.args.distinct_frames.is_some();
         let mut image_id = 0u64;
         loop {
             if self.args.pause_before == Some(image_id) {
                 pause(image_id, stopped)?;
+            }
+            let id = image_id;
+            if id >= distinct {
+                if stopped() || (self.number_of_images > 0 && id >= self.number_of_images) {
+                    return Ok(());
+                }
+                image_id += 1;
+                if skip.contains(&id) {
+                    report.skipped += 1;
+                    continue;
+                }
+                let Some(again) = &made[(id % distinct) as usize] else {
+                    report.lost += 1;
+                    continue;
+                };
+                let data = again.iter().zip(&encoders).zip(self.names);
+                let data =
+                    data.map(|((bytes, enc), name)| (name.as_str(), enc.array(bytes, shape)));
+                let stop = series::ticks(series::now().0 - self.arm_s);
+                self.send(id, stop, data.collect(), &mut out, push, report)?;
+                continue;
             }
             let meta = match frames.read(&mut bufs, stopped)? {
                 Read::Done => return Ok(()),
@@ -286,15 +328,20 @@ impl Images<'_> {
                     tracing::warn!(image_id, "frame lost by the detector: {why}");
                     report.lost += 1;
                     image_id += 1;
+                    if caching {
+                        made.push(None);
+                    }
                     continue;
                 }
                 Read::Frame(meta) => meta,
             };
-            let id = image_id;
             image_id += 1;
-            if skip.contains(&id) {
+            let skipped = skip.contains(&id);
+            if skipped {
                 report.skipped += 1;
-                continue;
+                if !caching {
+                    continue;
+                }
             }
             // The frame is read out at the end of its exposure.
             let stop = series::ticks(meta.unix_time_s - self.arm_s);
@@ -302,47 +349,78 @@ impl Images<'_> {
                 .iter()
                 .zip(chunks.iter_mut())
                 .zip(encoders.iter_mut())
-                .zip(self.names);
-            let image = Image {
-                series: self.series,
-                image_id: id,
-                real_time: Some(Rational {
-                    numerator: exposure,
-                    denominator: TICKS_PER_S,
-                }),
-                start_time: Some(Rational {
-                    numerator: stop.saturating_sub(exposure),
-                    denominator: TICKS_PER_S,
-                }),
-                stop_time: Some(Rational {
-                    numerator: stop,
-                    denominator: TICKS_PER_S,
-                }),
-                series_date: Some(self.arm_date),
-                user_data: self.args.user_data.then(|| {
-                    series::frame_user_data(id, &mut user_data);
-                    user_data.as_slice()
-                }),
-                data: data
-                    .map(|(((frame, out), enc), name)| {
-                        (name.as_str(), enc.encode(frame, out, shape))
-                    })
-                    .collect(),
-            };
-            msg.clear();
-            encode(&Message::Image(image), &mut msg);
-            match push.send_image(&msg)? {
-                Sent::Queued => {
-                    report.sent += 1;
-                    report.bytes += msg.len() as u64;
-                }
-                Sent::Dropped => {
-                    report.dropped += 1;
-                    tracing::debug!(image_id = id, "dropped: no consumer could take it");
-                }
+                .zip(self.names)
+                .map(|(((frame, out), enc), name)| (name.as_str(), enc.encode(frame, out, shape)))
+                .collect();
+            if !skipped {
+                self.send(id, stop, data, &mut out, push, report)?;
+            }
+            if caching {
+                let encoded = match self.args.compress {
+                    Compress::None => &bufs,
+                    _ => &chunks,
+                };
+                made.push(Some(encoded.clone()));
             }
         }
     }
+
+    /// Encode image `id` read out at `stop` (ticks since arm) with the channels' `data`,
+    /// and send it.
+    fn send(
+        &self,
+        id: u64,
+        stop: u64,
+        data: Vec<(&str, MultiDimArray<'_>)>,
+        out: &mut Outgoing,
+        push: &Push,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let exposure = out.exposure;
+        let image = Image {
+            series: self.series,
+            image_id: id,
+            real_time: Some(Rational {
+                numerator: exposure,
+                denominator: TICKS_PER_S,
+            }),
+            start_time: Some(Rational {
+                numerator: stop.saturating_sub(exposure),
+                denominator: TICKS_PER_S,
+            }),
+            stop_time: Some(Rational {
+                numerator: stop,
+                denominator: TICKS_PER_S,
+            }),
+            series_date: Some(self.arm_date),
+            user_data: self.args.user_data.then(|| {
+                series::frame_user_data(id, &mut out.user_data);
+                out.user_data.as_slice()
+            }),
+            data,
+        };
+        out.msg.clear();
+        encode(&Message::Image(image), &mut out.msg);
+        match push.send_image(&out.msg)? {
+            Sent::Queued => {
+                report.sent += 1;
+                report.bytes += out.msg.len() as u64;
+            }
+            Sent::Dropped => {
+                report.dropped += 1;
+                tracing::debug!(image_id = id, "dropped: no consumer could take it");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The buffers an image message is encoded with, reused from image to image.
+struct Outgoing {
+    /// The exposure, in ticks.
+    exposure: u64,
+    msg: Vec<u8>,
+    user_data: Vec<u8>,
 }
 
 /// `--pause-before`: wait for a line (or the end of input) on stdin, or a stop.

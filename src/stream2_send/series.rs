@@ -192,25 +192,28 @@ impl ChannelEncoder {
         out: &'a mut Vec<u8>,
         shape: FrameShape,
     ) -> MultiDimArray<'a> {
-        let elem = self.pixel_type.size() as u64;
+        match self.compress {
+            Compress::None => return self.array(frame, shape),
+            Compress::Bslz4 => self.bslz4.compress(frame, out),
+            Compress::Lz4 => lz4_dcu(frame, out),
+        }
+        self.array(out, shape)
+    }
+
+    /// The channel's array of `bytes` already encoded (the frame itself when uncompressed).
+    pub(crate) fn array<'a>(&self, bytes: &'a [u8], shape: FrameShape) -> MultiDimArray<'a> {
         let payload = match self.compress {
-            Compress::None => Payload::Raw(frame),
-            Compress::Bslz4 => {
-                self.bslz4.compress(frame, out);
-                Payload::Compressed {
-                    compression: Compression::Bslz4,
-                    elem_size: elem,
-                    bytes: out,
-                }
-            }
-            Compress::Lz4 => {
-                lz4_dcu(frame, out);
-                Payload::Compressed {
-                    compression: Compression::Lz4,
-                    elem_size: 0,
-                    bytes: out,
-                }
-            }
+            Compress::None => Payload::Raw(bytes),
+            Compress::Bslz4 => Payload::Compressed {
+                compression: Compression::Bslz4,
+                elem_size: self.pixel_type.size() as u64,
+                bytes,
+            },
+            Compress::Lz4 => Payload::Compressed {
+                compression: Compression::Lz4,
+                elem_size: 0,
+                bytes,
+            },
         };
         MultiDimArray {
             dims: [u64::from(shape.height), u64::from(shape.width)],
