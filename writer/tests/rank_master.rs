@@ -465,7 +465,12 @@ fn files_not_of_one_series_are_refused_before_anything_is_created() {
         &["no detectorSpecific/detflow_rank", "not a rank file"],
     );
     let absent = d.join("absent_r1_0001.h5");
-    refused(std::slice::from_ref(&absent), &spec, &absent, &["no such file"]);
+    refused(
+        std::slice::from_ref(&absent),
+        &spec,
+        &absent,
+        &["no such file"],
+    );
     // What the caller says must agree with the files too.
     let given = RankMasterSpec {
         series: RankSeries {
