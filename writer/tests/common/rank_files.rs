@@ -33,6 +33,8 @@ pub struct TestSeries {
     pub unique_id: String,
     /// Pixel type.
     pub dtype: PixelType,
+    /// The number in the file names (`NAME_r{k}_0001.h5` for 1).
+    pub file_number: i32,
 }
 
 impl TestSeries {
@@ -45,6 +47,7 @@ impl TestSeries {
             channels: vec!["threshold_1".into(), "threshold_2".into()],
             unique_id: "series-a".into(),
             dtype: PixelType::U16,
+            file_number: 1,
         }
     }
 
@@ -79,7 +82,7 @@ fn settings(dir: &Path, name: &str, series: &TestSeries, num_capture: u64) -> Ca
         naming: FileNaming {
             path: dir.to_str().unwrap().into(),
             name: name.into(),
-            number: 1,
+            number: series.file_number,
             auto_increment: true,
             template: "%s%s_%4.4d.h5".parse().unwrap(),
         },
@@ -164,7 +167,7 @@ fn write(
     status.files.last().unwrap().path.clone()
 }
 
-/// Rank `rank`'s file `dir/NAME_r{rank}_0001.h5`, holding the rank's images for which
+/// Rank `rank`'s file `dir/NAME_r{rank}_0001.h5` (with the series' file number), holding the rank's images for which
 /// `keep(id)` is true, each at its position in the rank.
 pub fn write_rank(
     dir: &Path,
