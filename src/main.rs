@@ -134,9 +134,11 @@ fn main() -> ExitCode {
     };
     // Log lines go to stderr: the daemon, the sender and the fan tell what they do (info); the other
     // commands only what went wrong (warn: a bad Stream V2 message, a skipped table), beside
-    // their summary. RUST_LOG overrides either.
+    // their summary, and a Stream V2 receiver which series (and which rank of it) it takes.
+    // RUST_LOG overrides either.
     let level = match cli.command {
         Command::Serve(_) | Command::Stream2Send(_) | Command::Fan(_) => "info",
+        Command::Acquire(_) => "warn,detflow_engine::backend::stream2=info",
         _ => "warn",
     };
     init_logging(level);

@@ -18,6 +18,7 @@ use detflow_ca::Eca;
 use detflow_ca::probe::Probe;
 use detflow_ca::proto::{Header, cmd};
 use detflow_hal::PixelType;
+use detflow_stream2::fan::RankKeys;
 use detflow_stream2::{
     Compression, End, Image, Message, MultiDimArray, Payload, Rational, Series, Start, TypedArray,
 };
@@ -54,8 +55,18 @@ impl Detector {
     }
 
     fn send(&self, msg: &Message<'_>) {
+        self.send_as(msg, None);
+    }
+
+    /// Send `msg`, with the fan's keys for `rank` added when given.
+    fn send_as(&self, msg: &Message<'_>, rank: Option<RankKeys>) {
         let mut bytes = Vec::new();
         detflow_stream2::encode(msg, &mut bytes);
+        if let Some(keys) = rank {
+            let mut with_keys = Vec::new();
+            keys.add_to(&bytes, &mut with_keys).unwrap();
+            bytes = with_keys;
+        }
         self.socket
             .send(bytes, 0)
             .expect("the daemon takes the message in time");
@@ -64,8 +75,19 @@ impl Detector {
     /// Send a series of `images` images, 2 channels of bslz4; the chunks sent, by image and
     /// channel.
     fn send_series(&self, series: &Series<'_>, images: u64) -> Vec<Vec<Vec<u8>>> {
+        self.send_share(series, images, None)
+    }
+
+    /// Send what `detflow fan` sends `rank` of a series of `images` (its start and end with
+    /// the rank keys, its images only), or the whole series; the chunks sent, in order.
+    fn send_share(
+        &self,
+        series: &Series<'_>,
+        images: u64,
+        rank: Option<RankKeys>,
+    ) -> Vec<Vec<Vec<u8>>> {
         let channels = vec!["threshold_1", "threshold_2"];
-        self.send(&Message::Start(Start {
+        let start = Message::Start(Start {
             series: *series,
             channels: channels.clone(),
             image_size_x: Some(16),
@@ -78,10 +100,14 @@ impl Detector {
             detector_serial_number: Some("E-02-0042"),
             threshold_energy: vec![("threshold_1", 6000.0), ("threshold_2", 9000.0)],
             ..Start::default()
-        }));
+        });
+        self.send_as(&start, rank);
         let mut compressor = Codec::BitshuffleLz4.compressor(PixelType::U16);
-        let sent: Vec<Vec<Vec<u8>>> = (0..images)
-            .map(|i| {
+        let mine = |i: &u64| rank.is_none_or(|r| r.deal.rank_of(*i) == r.rank);
+        let ids: Vec<u64> = (0..images).filter(mine).collect();
+        let sent: Vec<Vec<Vec<u8>>> = ids
+            .iter()
+            .map(|&i| {
                 (0..channels.len())
                     .map(|c| {
                         let mut chunk = Vec::new();
@@ -91,7 +117,7 @@ impl Detector {
                     .collect()
             })
             .collect();
-        for (i, chunks) in sent.iter().enumerate() {
+        for (&i, chunks) in ids.iter().zip(&sent) {
             let data = chunks
                 .iter()
                 .zip(&channels)
@@ -110,16 +136,16 @@ impl Detector {
                 .collect();
             self.send(&Message::Image(Image {
                 series: *series,
-                image_id: i as u64,
+                image_id: i,
                 start_time: Some(Rational {
-                    numerator: i as u64 * 100_000,
+                    numerator: i * 100_000,
                     denominator: 50_000_000,
                 }),
                 data,
                 ..Image::default()
             }));
         }
-        self.send(&Message::End(End { series: *series }));
+        self.send_as(&Message::End(End { series: *series }), rank);
         sent
     }
 }
@@ -472,6 +498,32 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
     assert_eq!(c.num("HDF1:NumCaptured_RBV"), 4.0);
     assert_eq!(c.num("HDF1:FileNumber_RBV"), 5.0);
     assert_chunks_sent(&file, &sent);
+    assert_eq!(c.num("cam1:DroppedFrames_RBV"), 0.0, "{}", d.log());
+
+    // Behind `detflow fan`, as rank 2 of 3 in blocks of 2: its share of 13 images (4, 5, 10,
+    // 11) in a file named with the rank, in order.
+    let capture = c.put_nowait("HDF1:Capture", Put::Num(1.0));
+    assert_eq!(c.num("HDF1:Capture_RBV"), 1.0);
+    let fourth = Series {
+        id: 4,
+        unique_id: "series-four",
+    };
+    let keys = RankKeys::new(2, detflow_hal::Deal::new(3, 2).unwrap());
+    let sent = detector.send_share(&fourth, 13, keys);
+    assert_eq!(sent.len(), 4);
+    c.completed(capture);
+    let file = format!("{root}/eiger_r2_005.h5");
+    assert_eq!(c.text("HDF1:FullFileName_RBV"), file);
+    assert_eq!(c.num("HDF1:NumCaptured_RBV"), 4.0);
+    assert_eq!(c.num("cam1:NumImages_RBV"), 4.0, "the rank's share");
+    assert_chunks_sent(&file, &sent);
+    let ids: Vec<u64> = hdf5::File::open(&file)
+        .unwrap()
+        .dataset("/entry/instrument/detector/detectorSpecific/image_id")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(ids, [4, 5, 10, 11]);
     assert_eq!(c.num("cam1:DroppedFrames_RBV"), 0.0, "{}", d.log());
 
     // SIGTERM while it waits for the next series: the listener stops, the daemon exits 0.

@@ -31,6 +31,7 @@ struct Header {
     magic: u32,
     channels: u32,
     number: u64,
+    image_id: u64,
     /// Byte range of the user data in the record; empty when there is none.
     user_start: u64,
     user_end: u64,
@@ -45,6 +46,7 @@ const _: () = assert!(size_of::<Header>() <= HEADER_BYTES);
 #[derive(Debug, Clone)]
 pub(crate) struct Record<'a> {
     pub(crate) number: u64,
+    pub(crate) image_id: u64,
     pub(crate) times: ImageTimes,
     /// One chunk per channel, with the encoding the backend said (a re-encoded record
     /// carries the pool's codec instead: see [`crate::compress`]).
@@ -79,7 +81,7 @@ fn from_ticks(pair: &[u64]) -> Option<Ticks> {
     })
 }
 
-fn header(number: u64, times: &ImageTimes, channels: usize) -> Header {
+fn header(number: u64, image_id: u64, times: &ImageTimes, channels: usize) -> Header {
     let [r0, r1] = ticks(times.real);
     let [s0, s1] = ticks(times.start);
     let [e0, e1] = ticks(times.stop);
@@ -87,6 +89,7 @@ fn header(number: u64, times: &ImageTimes, channels: usize) -> Header {
         magic: MAGIC,
         channels: channels as u32,
         number,
+        image_id,
         times: [r0, r1, s0, s1, e0, e1],
         ..Header::zeroed()
     }
@@ -95,7 +98,7 @@ fn header(number: u64, times: &ImageTimes, channels: usize) -> Header {
 /// Write the header of the image `meta` describes, whose bytes the backend wrote into
 /// `slot[HEADER_BYTES..]` (its ranges are relative to that), and return the record's length.
 pub(crate) fn seal(slot: &mut [u8], meta: &ImageMeta) -> usize {
-    let mut h = header(meta.number, &meta.times, meta.channels.len());
+    let mut h = header(meta.number, meta.image_id, &meta.times, meta.channels.len());
     let mut end = HEADER_BYTES;
     for (p, part) in h.parts.iter_mut().zip(&meta.channels) {
         p.encoding = encoding_code(part.encoding);
@@ -119,7 +122,12 @@ pub(crate) fn rebuild<E>(
     out: &mut Vec<u8>,
     mut encode: impl FnMut(usize, &[u8], &mut Vec<u8>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut h = header(record.number, &record.times, record.channels.len());
+    let mut h = header(
+        record.number,
+        record.image_id,
+        &record.times,
+        record.channels.len(),
+    );
     out.clear();
     out.resize(HEADER_BYTES, 0);
     for (i, (p, (_, chunk))) in h.parts.iter_mut().zip(&record.channels).enumerate() {
@@ -155,6 +163,7 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Record<'_>> {
     };
     Some(Record {
         number: h.number,
+        image_id: h.image_id,
         times: ImageTimes {
             real: from_ticks(&h.times[0..2]),
             start: from_ticks(&h.times[2..4]),
@@ -210,6 +219,7 @@ mod tests {
                 },
             },
             number: 41,
+            image_id: 125,
             channels,
             times,
             user_data: Some(8..10),
@@ -217,7 +227,7 @@ mod tests {
         let len = seal(&mut slot, &meta);
         assert_eq!(len, HEADER_BYTES + 10);
         let r = read(&slot[..len]).unwrap();
-        assert_eq!((r.number, r.times), (41, times));
+        assert_eq!((r.number, r.image_id, r.times), (41, 125, times));
         assert_eq!(r.channels[0], (FrameEncoding::BitshuffleLz4, &b"0123"[..]));
         assert_eq!(r.channels[1], (FrameEncoding::Lz4, &b"4567"[..]));
         assert_eq!(r.user_data, Some(&b"89"[..]));
@@ -231,7 +241,10 @@ mod tests {
         .unwrap();
         let again = read(&out).unwrap();
         assert_eq!(again.channels[1].1, b"45674567");
-        assert_eq!((again.number, again.user_data), (41, Some(&b"89"[..])));
+        assert_eq!(
+            (again.number, again.image_id, again.user_data),
+            (41, 125, Some(&b"89"[..]))
+        );
         assert!(read(&slot[..HEADER_BYTES + 5]).is_none(), "a cut record");
         assert!(read(b"not a record").is_none());
     }

@@ -150,7 +150,7 @@ pub(crate) fn push_record(
     let image = ImageWrite {
         number: record.number,
         channels: &channels,
-        image_id: record.number,
+        image_id: record.image_id,
         real_time: pair(record.times.real),
         start_time: pair(record.times.start),
         stop_time: pair(record.times.stop),

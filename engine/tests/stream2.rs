@@ -420,3 +420,86 @@ fn header_detail_all_tables_and_the_nxmx_fields_reach_the_file() {
     assert_eq!(scalar("/entry/instrument/beam/incident_wavelength"), 1.0);
     assert_eq!(scalar(&format!("{det}/count_time")), 0.001);
 }
+
+/// `msg` encoded, with the fan's keys for `rank` of `deal` added to its top-level map.
+fn through_fan(msg: &Message<'_>, keys: detflow_stream2::fan::RankKeys) -> Vec<u8> {
+    let (mut plain, mut out) = (Vec::new(), Vec::new());
+    detflow_stream2::encode(msg, &mut plain);
+    keys.add_to(&plain, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_rank_writes_its_share_at_its_positions_with_the_series_image_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::bind();
+    let cfg = config(dir.path(), &sender.endpoint, "auto");
+    // 14 images dealt to 3 ranks in blocks of 2: rank 1 gets 2, 3, 8 and 9.
+    let deal = detflow_hal::Deal::new(3, 2).unwrap();
+    let keys = detflow_stream2::fan::RankKeys::new(1, deal).unwrap();
+    let feeder = std::thread::spawn(move || {
+        sender.send_bytes(&through_fan(
+            &Message::Start(start(14, &CHANNELS[..2])),
+            keys,
+        ));
+        let all: Vec<_> = (0..14)
+            .map(|i| image_chunks(i, 2, Codec::BitshuffleLz4))
+            .collect();
+        // Rank 1's images but 9 (lost on the way), and image 0, which is rank 0's.
+        for i in [2u64, 8, 0, 3] {
+            let msg = Message::Image(image(i, &all[i as usize], Compression::Bslz4));
+            sender.send(&msg);
+        }
+        sender.send_bytes(&through_fan(&end(), keys));
+        (sender, all)
+    });
+    let mut run = Acquisition::builder(cfg).start().unwrap();
+    assert!(matches!(run.wait(), RunEnd::Complete));
+    let s = run.summary();
+    let (_sender, sent) = feeder.join().unwrap();
+    let st = &s.status;
+    assert_eq!(
+        (st.frames_written, st.frames_lost, st.frames_corrupted),
+        (3, 1, 1),
+        "3 of rank 1's 4 written, image 9 lost, image 0 (rank 0's) refused: {s:?}"
+    );
+    let path = &st.files[0];
+    assert_eq!(
+        path.file_name().unwrap(),
+        "series_r1_0001.h5",
+        "the rank in the name"
+    );
+    let file = hdf5::File::open(path).unwrap();
+    for (c, name) in ["/entry/data/data", "/entry/data/threshold_2"]
+        .iter()
+        .enumerate()
+    {
+        let ds = file.dataset(name).unwrap();
+        for (position, id) in [(0u64, 2usize), (1, 3), (2, 8)] {
+            let mut chunk = Vec::new();
+            detflow_writer::read_chunk(&ds, &[position, 0, 0], &mut chunk).unwrap();
+            assert_eq!(chunk, sent[id][c], "{name} position {position}");
+        }
+    }
+    let present: Vec<u8> = file
+        .dataset("/entry/data/image_present")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(present, [1, 1, 1], "position 3 (image 9) never came");
+    let specific = file
+        .group("/entry/instrument/detector/detectorSpecific")
+        .unwrap();
+    let ids: Vec<u64> = specific.dataset("image_id").unwrap().read_raw().unwrap();
+    assert_eq!(ids, [2, 3, 8], "the series' image ids, not the positions");
+    let scalar = |name: &str| -> u64 { specific.dataset(name).unwrap().read_scalar().unwrap() };
+    assert_eq!(
+        [
+            scalar("detflow_rank"),
+            scalar("detflow_ranks"),
+            scalar("detflow_frames_per_block"),
+            scalar("detflow_number_of_images"),
+        ],
+        [1, 3, 2, 14]
+    );
+}

@@ -231,6 +231,10 @@ pub struct ImageMeta {
     /// The detector's number of this image in its series, from 0: where it belongs in the
     /// file, whatever order images arrive in and whichever were lost.
     pub number: u64,
+    /// The detector's id of the image in the whole series: `number` itself, except for a
+    /// writer that gets a share of the series (a rank behind `detflow fan`), whose file
+    /// places image `image_id` at `number`, its position among the share.
+    pub image_id: u64,
     /// One part per channel, in the order of [`ImageSource::channel_names`].
     pub channels: heapless::Vec<ChannelPart, MAX_CHANNELS>,
     /// The detector's timing of the image.
@@ -260,7 +264,8 @@ pub trait ImageSource: Detector {
     /// The most bytes one image can take in the buffer: every channel and its user data.
     fn max_image_bytes(&self) -> usize;
 
-    /// Images in the series, when the detector says (numbers run from 0 to this, less one).
+    /// Images in the series, or in this source's share of it (a rank's), when the detector
+    /// says: [`ImageMeta::number`]s run from 0 to this, less one.
     fn series_images(&self) -> Option<u64> {
         None
     }

@@ -125,7 +125,8 @@ impl Ioc {
                 self.set_both(s.pv, (s.read)(&config).value(s.pv));
             }
         }
-        let images = series.number_of_images.unwrap_or(0).min(i32::MAX as u64) as i32;
+        // A rank behind `detflow fan` acquires its share of the series.
+        let images = series.images_here().unwrap_or(0).min(i32::MAX as u64) as i32;
         for (pv, value) in [
             (Pv::CamNumImages, images),
             (Pv::CamMaxSizeXRbv, shape.width as i32),

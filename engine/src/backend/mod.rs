@@ -316,7 +316,7 @@ pub fn open_series(
         roi: Roi::full(series.shape.width, series.shape.height),
         pixel_type: series.shape.pixel_type,
         num_images: series
-            .number_of_images
+            .images_here()
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(acquisition.num_images),
         ..acquisition

@@ -13,6 +13,11 @@
 //! number_of_images`; a malformed message with no readable image id, or one of another
 //! series, is corrupted and no image of this one.
 //!
+//! Behind `detflow fan`, whose `start` carries the rank keys ([`RankKeys`]), the receiver is
+//! one rank of N: it takes only its rank's images, places image `id` at
+//! `deal.index_in_rank(id)` of its file (its id is kept in the file's `image_id`), and counts
+//! an image of another rank as corrupted; the count above is then the rank's share.
+//!
 //! A [`Stream2Link`] is the socket itself, kept across series: the daemon takes series after
 //! series from one link ([`Stream2Link::next_series`]), so nothing the detector sends between
 //! two series is lost to a reconnect, and a `start` that closes a series is kept as the start
@@ -28,9 +33,10 @@ use detflow_hal::{
     ErrorType, FrameEncoding, FrameMeta, FrameShape, ImageMeta, ImageSource, ImageTimes, PixelType,
     SensorInfo, Ticks,
 };
+use detflow_stream2::fan::RankKeys;
 use detflow_stream2::{Compression, Image, Message, Payload, Rational, Start};
 
-use detflow_writer::{Codec, DetectorMetadata, Table};
+use detflow_writer::{Codec, DetectorMetadata, RankShare, Table};
 
 use super::BackendError;
 
@@ -70,6 +76,37 @@ pub struct SeriesInfo {
     pub count_time: Option<f64>,
     /// `frame_time` in seconds.
     pub frame_time: Option<f64>,
+    /// This writer's share when `detflow fan` deals the series over several ranks: the rank
+    /// and the deal its `start` carried.
+    pub rank: Option<RankKeys>,
+}
+
+impl SeriesInfo {
+    /// The images this writer gets: the series' `number_of_images`, or a rank's share of it.
+    pub fn images_here(&self) -> Option<u64> {
+        let n = self.number_of_images?;
+        Some(self.rank.map_or(n, |r| r.deal.images_of_rank(r.rank, n)))
+    }
+
+    /// Where image `id` goes in this writer's file: its id, or its position among a rank's
+    /// images; `Err` says why it is not this writer's.
+    fn position(&self, id: u64) -> Result<u64, String> {
+        let Some(RankKeys { rank, deal }) = self.rank else {
+            return Ok(id);
+        };
+        match deal.rank_of(id) {
+            r if r == rank => Ok(deal.index_in_rank(id)),
+            r => Err(format!(
+                "image_id {id} is rank {r}'s of {}, and this writer is rank {rank}",
+                deal.ranks()
+            )),
+        }
+    }
+
+    /// Is image `id` one this writer should get?
+    fn is_mine(&self, id: u64) -> bool {
+        self.position(id).is_ok()
+    }
 }
 
 /// The PULL socket connected to a detector, and the message to be handled first.
@@ -199,6 +236,17 @@ impl Stream2Link {
         };
         let series = series_info(&start, &first)?;
         check_expect(&series, expect)?;
+        if let Some(RankKeys { rank, deal }) = series.rank {
+            tracing::info!(
+                "series {} ({}) from {endpoint}: rank {rank} of {}, blocks of {}: {} of its \
+                 images are this writer's",
+                series.id,
+                series.unique_id,
+                deal.ranks(),
+                deal.frames_per_block(),
+                series.images_here().map_or("?".into(), |n| n.to_string()),
+            );
+        }
         tracing::info!(
             "series {} ({}) from {endpoint}: {} images of {}x{} {}, channels {:?}, {}",
             series.id,
@@ -372,9 +420,10 @@ impl Stream2Source {
     /// The series is over: the images that never came are reported lost, one by one.
     fn finish(&mut self, why: &str) {
         self.ended = true;
-        let expected = self.series.number_of_images.unwrap_or(0);
-        let got = self.received.range(..expected).count() as u64;
-        let damaged = self.damaged.range(..expected).count() as u64;
+        let expected = self.series.images_here().unwrap_or(0);
+        let all = self.series.number_of_images.unwrap_or(0);
+        let got = self.received.range(..all).count() as u64;
+        let damaged = self.damaged.range(..all).count() as u64;
         self.lost_to_report = expected.saturating_sub(got + damaged);
         let s = &self.series;
         let level_lost = self.lost_to_report;
@@ -418,6 +467,10 @@ impl Stream2Source {
         if self.received.contains(&id) {
             return Err(self.corrupted(Some(id), "this image_id arrived before"));
         }
+        let number = match s.position(id) {
+            Ok(number) => number,
+            Err(why) => return Err(self.corrupted(Some(id), why)),
+        };
         let (channels, end) = match copy_channels(&self.series, image, buf) {
             Ok(copied) => copied,
             Err(why) => {
@@ -448,7 +501,8 @@ impl Stream2Source {
                 unix_time_s: now.as_secs_f64(),
                 shape: self.series.shape,
             },
-            number: id,
+            number,
+            image_id: id,
             channels,
             times: ImageTimes {
                 real: image.real_time.map(ticks),
@@ -572,7 +626,7 @@ impl ImageSource for Stream2Source {
     }
 
     fn series_images(&self) -> Option<u64> {
-        self.series.number_of_images
+        self.series.images_here()
     }
 
     fn read_image(&mut self, buf: &mut [u8], timeout: Duration) -> Result<ImageMeta, ErrorKind> {
@@ -608,7 +662,7 @@ impl ImageSource for Stream2Source {
                     .ok()
                     .filter(|h| h.series.unique_id == self.series.unique_id)
                     .and_then(|h| h.image_id)
-                    .filter(|id| !self.received.contains(id));
+                    .filter(|id| !self.received.contains(id) && self.series.is_mine(*id));
                 if let Some(id) = id {
                     self.damaged.insert(id);
                 }
@@ -809,6 +863,8 @@ fn series_info(start: &[u8], first: &[u8]) -> Result<SeriesInfo, Stream2Error> {
         .ok_or_else(|| unusable(id, "no image_dtype, and no image to tell it".into()))?;
     let encoding = first_array.map_or(FrameEncoding::Raw, |(_, a)| encoding_of(&a.array.payload));
     let channels = channels_of(&s, first_image.as_ref());
+    let rank = RankKeys::from_start(&s)
+        .map_err(|e| unusable(id, format!("its start's fan-out keys: {e}")))?;
     if channels.is_empty() || channels.len() > detflow_hal::MAX_CHANNELS {
         return Err(unusable(
             id,
@@ -840,6 +896,7 @@ fn series_info(start: &[u8], first: &[u8]) -> Result<SeriesInfo, Stream2Error> {
         description: s.detector_description.map(str::to_owned),
         count_time: s.count_time,
         frame_time: s.frame_time,
+        rank,
     })
 }
 
@@ -941,7 +998,14 @@ fn metadata_of(s: &Start<'_>) -> DetectorMetadata {
         countrate_correction_lookup_table: lut,
         user_data_cbor: s.user_data.map(<[u8]>::to_vec),
         user_data_json: s.user_data.and_then(detflow_stream2::user_data_json),
-        rank: None,
+        rank: RankKeys::from_start(s)
+            .ok()
+            .flatten()
+            .map(|RankKeys { rank, deal }| RankShare {
+                rank,
+                deal,
+                number_of_images: s.number_of_images,
+            }),
     }
 }
 

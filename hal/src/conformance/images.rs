@@ -328,6 +328,7 @@ mod tests {
                     shape: SHAPE,
                 },
                 number: *number,
+                image_id: *number,
                 channels,
                 times: ImageTimes::default(),
                 user_data: None,
