@@ -183,8 +183,32 @@ pub fn build_rank_master(
         File::create_excl(&out)
     }
     .map_err(ctx("create the master file"))?;
+    let written = fill_master(&file, &plan, &infos, &fill, &mut notes, &out)
+        .and_then(|()| file.close().map_err(ctx("close the master file")));
+    if let Err(e) = written {
+        // A master half written would only stand in the way of the next attempt.
+        let _ = std::fs::remove_file(&out);
+        return Err(e);
+    }
+    Ok(report(out, &plan, &infos, fill.1, notes))
+}
+
+/// Everything in the master: its groups, the series metadata of the lowest rank file read,
+/// the virtual datasets.
+fn fill_master(
+    file: &File,
+    plan: &Plan,
+    infos: &[RankFileInfo],
+    fill: &(OwnedDynValue, f64),
+    notes: &mut Vec<String>,
+    out: &Path,
+) -> Result<(), WriterError> {
+    let ctx = |what: &'static str| {
+        let path = out.to_path_buf();
+        move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
+    };
     let nxdata =
-        vds::parents(&file, "entry/data", true).map_err(ctx("create the master's groups"))?;
+        vds::parents(file, "entry/data", true).map_err(ctx("create the master's groups"))?;
     let first_read = plan.read.iter().flatten().next().map(|&i| &infos[i]);
     if let Some(info) = first_read {
         let (src, _) = probe::open(&info.path).map_err(|reason| WriterError::RankFile {
@@ -193,7 +217,7 @@ pub fn build_rank_master(
         })?;
         let copied = copy::series_metadata(
             &src,
-            &file,
+            file,
             &plan.channels,
             plan.deal,
             info.rank,
@@ -204,9 +228,7 @@ pub fn build_rank_master(
     } else {
         notes.push("no rank file was read: the master has no series metadata".into());
     }
-    write_master(&file, &nxdata, &plan, &fill.0).map_err(ctx("write the virtual datasets"))?;
-    file.close().map_err(ctx("close the master file"))?;
-    Ok(report(out, &plan, &infos, fill.1, notes))
+    write_master(file, &nxdata, plan, fill).map_err(ctx("write the virtual datasets"))
 }
 
 /// Check the files against each other and against what the spec says; decide the master.
@@ -414,7 +436,7 @@ fn write_master(
     file: &File,
     nxdata: &Group,
     plan: &Plan,
-    fill: &OwnedDynValue,
+    fill: &(OwnedDynValue, f64),
 ) -> hdf5::Result<()> {
     let entry = file.group(layout::ENTRY)?;
     let instrument = copy::nx_group(&entry, layout::INSTRUMENT, "NXinstrument")?;
@@ -428,13 +450,16 @@ fn write_master(
             0 => layout::IMAGE_PATH.to_owned(),
             _ => format!("{}/{channel}", layout::DETECTOR_PATH),
         };
-        let ds = virtual_dataset(nxdata, name, &pixels, &[rows, cols], fill, &source, plan)?;
+        let ds = virtual_dataset(nxdata, name, &pixels, &[rows, cols], &fill.0, &source, plan)?;
         vds::text_attr(
             &ds,
             "description",
             "virtual dataset: every rank file's images in image_id order",
         )?;
         vds::text_attr(&ds, "source_paths", source_paths(plan))?;
+        ds.new_attr_builder()
+            .with_data(&[fill.1])
+            .create("fill_value")?;
         if i > 0 {
             sink::write_string_attr(&ds, "channel", channel)?;
         }
