@@ -275,6 +275,38 @@ fn plan(
     }
     .ok_or_else(|| missing("channel list"))?;
 
+    let read = by_rank(infos, deal)?;
+    let mut mapped = Vec::with_capacity(read.len());
+    let mut sources = Vec::with_capacity(read.len());
+    for (rank, found) in read.iter().enumerate() {
+        let (source, positions) = rank_source(
+            rank as u64,
+            *found,
+            infos,
+            spec,
+            master_dir,
+            number_of_images,
+            deal,
+            notes,
+        )?;
+        sources.push(source);
+        mapped.push(positions);
+    }
+    Ok(Plan {
+        deal,
+        number_of_images,
+        dtype,
+        frame_shape,
+        channels,
+        series_unique_id: unique.value.flatten(),
+        read,
+        sources,
+        mapped,
+    })
+}
+
+/// Which file (index into `infos`) each rank has; two files of one rank are refused.
+fn by_rank(infos: &[RankFileInfo], deal: Deal) -> Result<Vec<Option<usize>>, WriterError> {
     let mut read = vec![None; deal.ranks() as usize];
     for (i, info) in infos.iter().enumerate() {
         if let Some(other) = read[info.rank as usize].replace(i) {
@@ -288,54 +320,55 @@ fn plan(
             });
         }
     }
-    let mut sources = Vec::with_capacity(read.len());
-    let mut mapped = Vec::with_capacity(read.len());
-    for (rank, found) in read.iter().enumerate() {
-        let path = match found {
-            Some(i) => Some(infos[*i].path.clone()),
-            None => spec
-                .expected_files
-                .get(rank)
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-        };
-        let images = deal.images_of_rank(rank as u64, number_of_images);
-        let positions = found.map_or(images, |i| infos[i].positions.min(images));
-        mapped.push(positions);
-        if positions < images {
-            notes.push(format!(
-                "rank {rank}: {} has {positions} of the rank's {images} positions now (a file \
-                 sized as images arrive): mapped up to there, the rest reads as the fill \
-                 value; build the master again once the file is complete",
-                path.as_deref().unwrap_or(Path::new("?")).display()
-            ));
-        }
-        match (&path, found) {
-            (None, _) => notes.push(format!(
-                "rank {rank}: no file given; its {images} images are unmapped (fill value)"
-            )),
-            (Some(p), None) => notes.push(format!(
-                "rank {rank}: no file read; mapped to {} where its {images} images read as \
-                 the fill value until it is written",
-                p.display()
-            )),
-            _ => {}
-        }
-        sources.push(match path {
-            Some(p) => Some((source_name(&p, master_dir)?, p)),
-            None => None,
-        });
+    Ok(read)
+}
+
+/// Rank `rank`'s source (its file read, else its expected file, else none) and how many of
+/// its positions are mapped; what is unusual is noted.
+#[allow(clippy::too_many_arguments)]
+fn rank_source(
+    rank: u64,
+    found: Option<usize>,
+    infos: &[RankFileInfo],
+    spec: &RankMasterSpec,
+    master_dir: &Path,
+    number_of_images: u64,
+    deal: Deal,
+    notes: &mut Vec<String>,
+) -> Result<(Option<(String, PathBuf)>, u64), WriterError> {
+    let path = match found {
+        Some(i) => Some(infos[i].path.clone()),
+        None => spec
+            .expected_files
+            .get(rank as usize)
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+    };
+    let images = deal.images_of_rank(rank, number_of_images);
+    let positions = found.map_or(images, |i| infos[i].positions.min(images));
+    if positions < images {
+        notes.push(format!(
+            "rank {rank}: {} has {positions} of the rank's {images} positions now (a file \
+             sized as images arrive): mapped up to there, the rest reads as the fill \
+             value; build the master again once the file is complete",
+            path.as_deref().unwrap_or(Path::new("?")).display()
+        ));
     }
-    Ok(Plan {
-        deal,
-        number_of_images,
-        dtype,
-        frame_shape,
-        channels,
-        series_unique_id: unique.value.flatten(),
-        read,
-        sources,
-        mapped,
-    })
+    match (&path, found) {
+        (None, _) => notes.push(format!(
+            "rank {rank}: no file given; its {images} images are unmapped (fill value)"
+        )),
+        (Some(p), None) => notes.push(format!(
+            "rank {rank}: no file read; mapped to {} where its {images} images read as \
+             the fill value until it is written",
+            p.display()
+        )),
+        _ => {}
+    }
+    let source = match path {
+        Some(p) => Some((source_name(&p, master_dir)?, p)),
+        None => None,
+    };
+    Ok((source, positions))
 }
 
 /// A value all rank files (and the spec) must share, with who said it first.
