@@ -74,7 +74,9 @@ enum Command {
     /// (one point per reference), e.g.
     /// `detflow vds --out master.h5 h5file:///data/scan_0001.h5::/entry/data/data[0] ...`.
     /// When no virtual dataset can be made, the master holds the references as strings and
-    /// says why (a warning here; the exit status is still 0).
+    /// says why (a warning here; the exit status is still 0). With `--rank-files`, the
+    /// master of a series `fan` dealt to N rank writers:
+    /// `detflow vds --out scan_master.h5 --rank-files scan_r*_0001.h5`.
     Vds(VdsArgs),
     /// Run as a daemon: an areaDetector IOC (ADSimDetector cam1:, NDFileHDF5 HDF1:,
     /// NDStdArrays image1:) over Channel Access that ophyd, apstools and ophyd-async drive.

@@ -1,4 +1,5 @@
-//! `detflow vds`: a master file whose virtual dataset stitches value references together.
+//! `detflow vds`: a master file whose virtual dataset stitches value references together,
+//! or (`--rank-files`) the master of a series dealt to N rank writers by `detflow fan`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,16 @@ pub(crate) struct VdsArgs {
     /// Value references, one per point: h5file:///abs/file.h5[::dataset][[i] or [a:b]].
     #[arg(value_name = "REF")]
     refs: Vec<String>,
+    /// Build the master of a series `detflow fan` dealt to N ranks from their files
+    /// (NAME_r{k}_0001.h5, in any order; a rank may be missing): every channel in image_id
+    /// order, image_present and image_id, the series metadata. Files of different series
+    /// are refused.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["refs", "from_refs", "dtype", "size", "source_dataset"])]
+    rank_files: Vec<PathBuf>,
+    /// With --rank-files: the series' number of images, for rank files that do not record
+    /// it (detflow_number_of_images).
+    #[arg(long, value_name = "N", requires = "rank_files")]
+    number_of_images: Option<u64>,
 }
 
 pub(crate) fn print_master(m: &detflow_writer::MasterReport) {
@@ -72,7 +83,67 @@ pub(crate) fn print_master(m: &detflow_writer::MasterReport) {
     }
 }
 
+/// The master over rank files as text: the master, one line per rank, the totals.
+pub(crate) fn print_rank_master(m: &detflow_writer::RankMasterReport) {
+    println!(
+        "master          {} {:?} {}, {} ranks x {} images per block, channels {}",
+        m.out.display(),
+        m.shape,
+        m.dtype,
+        m.ranks,
+        m.frames_per_block,
+        m.channels.join(", ")
+    );
+    for r in &m.rank_files {
+        let file = r
+            .file
+            .as_ref()
+            .map_or_else(|| "(no file)".into(), |f| f.display().to_string());
+        println!(
+            "  rank {:<4} {:>8}/{:<8} present  {file}",
+            r.rank, r.images_present, r.images_expected
+        );
+    }
+    println!(
+        "present         {} of {} images ({} missing, {} paths)",
+        m.images_present, m.number_of_images, m.images_missing, m.source_paths
+    );
+    for note in &m.notes {
+        eprintln!("detflow: note: {note}");
+    }
+}
+
+fn rank_master(args: &VdsArgs) -> anyhow::Result<ExitCode> {
+    if args.dataset != detflow_writer::layout::LINK_PATH {
+        anyhow::bail!(
+            "--dataset {:?}: a master over rank files puts the first channel at {}",
+            args.dataset,
+            detflow_writer::layout::LINK_PATH
+        );
+    }
+    let spec = detflow_writer::RankMasterSpec {
+        series: detflow_writer::RankSeries {
+            number_of_images: args.number_of_images,
+            ..Default::default()
+        },
+        fill: args.fill,
+        overwrite: args.overwrite,
+        ..detflow_writer::RankMasterSpec::new(&args.out)
+    };
+    let report = detflow_writer::build_rank_master(&args.rank_files, &spec)
+        .with_context(|| format!("cannot build the master file {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_rank_master(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
+    if !args.rank_files.is_empty() {
+        return rank_master(args);
+    }
     let mut refs = Vec::new();
     let mut described = None;
     if let Some(path) = &args.from_refs {
@@ -110,7 +181,10 @@ pub(crate) fn vds(args: &VdsArgs) -> anyhow::Result<ExitCode> {
     }
     refs.extend(args.refs.iter().cloned());
     if refs.is_empty() {
-        anyhow::bail!("no references given: list them after the options, or use --from-refs");
+        anyhow::bail!(
+            "no references given: list them after the options, use --from-refs, or give \
+             --rank-files"
+        );
     }
     if let (Some(dtype), Some(size)) = (&args.dtype, &args.size) {
         let dtype = detflow_writer::refs::pixel_type_from_name(dtype).with_context(|| {

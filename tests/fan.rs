@@ -5,6 +5,8 @@
 //! every rank's series. Traffic stays on 127.0.0.1; every wait has a deadline.
 
 mod common;
+#[path = "../writer/tests/common/rank_files.rs"]
+mod rank_files;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -699,4 +701,89 @@ fn block_policy_waits_for_a_slow_rank_and_loses_nothing() {
         assert_eq!(report["ranks"][k]["sent"], 60, "{report}");
         assert_eq!(report["ranks"][k]["dropped"], 0, "{report}");
     }
+}
+
+#[test]
+fn fan_master_maps_the_series_rank_files_and_an_absent_rank_by_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = rank_files::TestSeries::new(Codec::None);
+    // Ranks 0 and 2 wrote their files; rank 1's is not there when the series ends.
+    rank_files::write_rank(dir.path(), "scan", &series, 0, |_| true);
+    rank_files::write_rank(dir.path(), "scan", &series, 2, |_| true);
+    let master = dir.path().join("scan_master.h5");
+    let (det, from) = detector();
+    let extra = [
+        "--frames-per-block",
+        "4",
+        "--series",
+        "1",
+        "--master",
+        master.to_str().unwrap(),
+        "--master-wait",
+        "0.2",
+    ];
+    let (fan, _) = fan(&from, 3, &extra);
+    let s = Series {
+        id: 7,
+        unique_id: &series.unique_id,
+    };
+    let mut start = Vec::new();
+    encode(
+        &Message::Start(Start {
+            series: s,
+            number_of_images: Some(50),
+            image_size_x: Some(rank_files::W),
+            image_size_y: Some(rank_files::H),
+            image_dtype: Some(PixelType::U16),
+            channels: series.channels.iter().map(String::as_str).collect(),
+            ..Start::default()
+        }),
+        &mut start,
+    );
+    det.send(&start[..], 0).unwrap();
+    let mut end = Vec::new();
+    encode(&Message::End(End { series: s }), &mut end);
+    det.send(&end[..], 0).unwrap();
+    let report = fan.next_json();
+    let (status, err) = fan.finish();
+    assert!(status.success(), "fan: {err}");
+    let m = &report["master"];
+    assert_eq!(m["out"], master.to_str().unwrap(), "{report}");
+    assert_eq!(m["number_of_images"], 50);
+    assert_eq!(m["images_present"], 34);
+    assert_eq!(m["series_unique_id"], "series-a");
+    let r1 = &m["rank_files"][1];
+    assert_eq!(r1["read"], false);
+    assert_eq!(r1["missing"], 16);
+    let expected_r1 = dir.path().join("scan_r1_0001.h5");
+    assert_eq!(r1["file"], expected_r1.to_str().unwrap());
+    assert!(err.contains("master: rank 1 0/16 images present"), "{err}");
+    assert!(err.contains("no file of rank 1"), "{err}");
+    // Rank 1's file appears: the master reads it.
+    rank_files::write_rank(dir.path(), "scan", &series, 1, |_| true);
+    let present: Vec<u8> = hdf5::File::open(&master)
+        .unwrap()
+        .dataset("/entry/data/image_present")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(present, vec![1u8; 50]);
+    // A second run does not replace the master.
+    let o = common::run(&[
+        "fan",
+        "--from",
+        &from,
+        "--ranks",
+        "3",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--master",
+        master.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("invalid master") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
 }

@@ -1,13 +1,17 @@
 //! `detflow fan`: one detector's Stream V2 stream dealt to N writer ranks, as DLS's EigerFan
 //! and odin-data's frame processors do. It PULLs the detector's messages and PUSHes each
 //! image, bytes as received, to the rank its `image_id`'s block belongs to; `start` and
-//! `end` go to every rank with the rank, N and the block size added as keys.
+//! `end` go to every rank with the rank, N and the block size added as keys. With
+//! `--master`, each series' end also makes the master file over the ranks' files.
 
+mod master;
 mod ranks;
 mod report;
 mod stop;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,8 +19,9 @@ use clap::{Args, ValueEnum};
 use detflow_engine::ConfigError;
 use detflow_engine::config::Seconds;
 use detflow_stream2::fan::Deal;
-use detflow_stream2::{End, Message, MessageKind, Series, encode, peek};
+use detflow_stream2::{End, Message, MessageKind, Series, decode, encode, peek};
 
+use master::{MasterJob, MasterPath, SeriesShape};
 use ranks::{Ranks, Sent};
 use report::{EndedBy, SeriesReport};
 use stop::Stop;
@@ -26,6 +31,18 @@ const BIND_HELP: &str = "Where the ranks' PUSH sockets listen, tcp://ADDR:BASEPO
     on BASEPORT + k (each writer connects a PULL socket to its port, e.g. `detflow acquire \
     --backend stream2 --stream2-connect tcp://FAN:PORT`). Port 0: each rank on a port the \
     OS picks, logged at start.";
+
+/// Long help of `--master`.
+const MASTER_HELP: &str = "At each series' end, write the master file PATH (DIR/NAME_master.h5) \
+    over the ranks' files DIR/NAME_r{k}_*.h5 of that series (found by its series_unique_id; \
+    the fan's node must see them, e.g. on a shared filesystem): every channel in image_id \
+    order, image_present and image_id, the series metadata. The fan waits up to \
+    --master-wait for every rank's file to be there and closed; a rank whose file is not \
+    there is mapped by the name the other ranks' files have (NAME_r{k}_0001.h5 when none \
+    is there) and reads as the fill value until it appears. PATH is one file: an existing \
+    one (from an earlier run or series) is not replaced without --overwrite, so with several \
+    series per run give --overwrite or run one fan per series. Built on a thread of its \
+    own: the fan goes on taking the detector's messages meanwhile.";
 
 /// Messages received in one go before the stop request and the consumers are looked at.
 const BATCH: usize = 64;
@@ -74,13 +91,35 @@ pub(crate) struct FanArgs {
     /// Exit 0 after this many series (their `end`); without it, run until SIGINT/SIGTERM.
     #[arg(long, value_name = "N")]
     series: Option<u64>,
-    /// Print one JSON object per series on stdout instead of text.
+    /// Print one JSON object per series on stdout instead of text (with --master, the
+    /// master's report as its `master` member).
     #[arg(long)]
     json: bool,
+    /// The master file made at each series' end over the ranks' files, DIR/NAME_master.h5.
+    #[arg(long, value_name = "PATH", long_help = MASTER_HELP)]
+    master: Option<PathBuf>,
+    /// How long --master waits for the ranks' files to be there and closed.
+    #[arg(long, value_name = "S", default_value = "10", requires = "master")]
+    master_wait: Seconds,
+    /// Replace an existing --master file.
+    #[arg(long, requires = "master")]
+    overwrite: bool,
 }
 
 pub(crate) fn fan(args: &FanArgs) -> anyhow::Result<ExitCode> {
     let endpoints = rank_endpoints(&args.bind, args.ranks)?;
+    let master = args.master.as_deref().map(MasterPath::parse).transpose()?;
+    if let Some(m) = master
+        .as_ref()
+        .filter(|m| !args.overwrite && m.path.exists())
+    {
+        return Err(ConfigError::new(
+            "master",
+            m.path.display(),
+            "the file exists; give --overwrite to replace it, or another path",
+        )
+        .into());
+    }
     let deal = Deal::new(args.ranks.into(), args.frames_per_block)
         .ok_or_else(|| ConfigError::new("frames-per-block", args.frames_per_block, "at least 1"))?;
     let stop = Stop::install()?;
@@ -111,8 +150,15 @@ pub(crate) fn fan(args: &FanArgs) -> anyhow::Result<ExitCode> {
         series: None,
         done: 0,
         bad_warned: None,
+        master,
+        masters: Vec::new(),
     };
-    fan.run(&pull, &stop)
+    let exit = fan.run(&pull, &stop);
+    // Every master under way is written (or has failed, logged) before the fan exits.
+    for m in fan.masters.drain(..) {
+        let _ = m.join();
+    }
+    exit
 }
 
 /// `--bind tcp://ADDR:BASEPORT` as one endpoint per rank.
@@ -153,10 +199,12 @@ struct Running {
     cpu0: f64,
     images_in: u64,
     bad: u64,
+    /// What the master needs to know of the series (`--master`).
+    shape: SeriesShape,
 }
 
 impl Running {
-    fn new(series: &Series<'_>) -> Self {
+    fn new(series: &Series<'_>, shape: SeriesShape) -> Self {
         Running {
             id: series.id,
             unique_id: series.unique_id.to_owned(),
@@ -164,6 +212,7 @@ impl Running {
             cpu0: crate::bench::cpu_seconds(),
             images_in: 0,
             bad: 0,
+            shape,
         }
     }
 }
@@ -183,6 +232,10 @@ struct Fan<'a> {
     done: u64,
     /// When a bad message was last logged, and how many came since.
     bad_warned: Option<(Instant, u64)>,
+    /// `--master`.
+    master: Option<MasterPath>,
+    /// The masters being built, one thread each.
+    masters: Vec<JoinHandle<()>>,
 }
 
 impl Fan<'_> {
@@ -232,7 +285,17 @@ impl Fan<'_> {
         match header.kind {
             MessageKind::Image => {
                 let image_id = header.image_id.unwrap_or_default();
-                self.running(&header.series, "image").images_in += 1;
+                let master = self.master.is_some();
+                let run = self.running(&header.series, "image");
+                run.images_in += 1;
+                if master {
+                    run.shape.images_seen = run.shape.images_seen.max(image_id + 1);
+                    if run.shape.wants_image()
+                        && let Ok(Message::Image(image)) = decode(&msg)
+                    {
+                        run.shape.learn(&image);
+                    }
+                }
                 if self.ranks.send_image(image_id, msg, stop)? == Sent::Stopped {
                     tracing::warn!(image_id, "stopped while the image waited for its rank");
                 }
@@ -249,7 +312,11 @@ impl Fan<'_> {
                     self.finish(prev, EndedBy::NextStart)?;
                 }
                 self.ranks.reset_counts();
-                self.series = Some(Running::new(&header.series));
+                let shape = match decode(&msg) {
+                    Ok(Message::Start(start)) => SeriesShape::from_start(&start),
+                    _ => SeriesShape::default(),
+                };
+                self.series = Some(Running::new(&header.series, shape));
                 tracing::info!(
                     series_id = header.series.id,
                     unique_id = header.series.unique_id,
@@ -286,7 +353,7 @@ impl Fan<'_> {
     fn running(&mut self, series: &Series<'_>, what: &str) -> &mut Running {
         self.series.get_or_insert_with(|| {
             tracing::warn!(series_id = series.id, "{what} of series {} without its start (the fan started late, or the start was lost)", series.id);
-            Running::new(series)
+            Running::new(series, SeriesShape::default())
         })
     }
 
@@ -309,9 +376,10 @@ impl Fan<'_> {
         }
     }
 
-    /// Print the series' summary.
+    /// Print the series' summary; with `--master`, build the master on a thread that then
+    /// prints it (with `--json`, in the series' object).
     fn finish(&mut self, run: Running, ended_by: EndedBy) -> anyhow::Result<()> {
-        let report = SeriesReport {
+        let mut report = SeriesReport {
             series_id: run.id,
             series_unique_id: run.unique_id,
             ended_by,
@@ -320,6 +388,7 @@ impl Fan<'_> {
             elapsed_s: run.t0.elapsed().as_secs_f64(),
             cpu_s: crate::bench::cpu_seconds() - run.cpu0,
             ranks: SeriesReport::ranks_of(&self.ranks.ranks),
+            master: None,
         };
         let dropped: u64 = report.ranks.iter().map(|r| r.dropped).sum();
         tracing::info!(
@@ -330,7 +399,36 @@ impl Fan<'_> {
             "series {} done",
             report.series_id
         );
-        report.print(self.args.json)
+        let Some(at) = self.master.clone() else {
+            return report.print(self.args.json);
+        };
+        let json = self.args.json;
+        if !json {
+            report.print(false)?;
+        }
+        let job = MasterJob {
+            at,
+            deal: self.ranks.deal(),
+            unique_id: report.series_unique_id.clone(),
+            shape: run.shape,
+            wait: self.args.master_wait.duration(),
+            overwrite: self.args.overwrite,
+        };
+        let thread = std::thread::Builder::new().name("master".into());
+        let handle = thread
+            .spawn(move || {
+                let outcome = job.run();
+                if let Err(e) = &outcome {
+                    tracing::error!(master = %job.at.path.display(), "master {} not written: {e}", job.at.path.display());
+                }
+                report.master = Some(report::MasterOutcome::of(&job.at.path, outcome));
+                if let Err(e) = report.print_master(json) {
+                    tracing::error!("cannot print the master's report: {e}");
+                }
+            })
+            .context("cannot start the master's thread")?;
+        self.masters.push(handle);
+        Ok(())
     }
 
     /// Stopped by a signal: a series under way gets an `end` made by the fan, so that every

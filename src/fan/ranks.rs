@@ -185,6 +185,11 @@ impl Ranks {
         })
     }
 
+    /// How images are dealt.
+    pub(crate) fn deal(&self) -> Deal {
+        self.deal
+    }
+
     /// The monitors, to wait on beside the detector's socket.
     pub(crate) fn monitor_items(&self) -> impl Iterator<Item = zmq::PollItem<'_>> {
         self.ranks

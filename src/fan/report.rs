@@ -1,6 +1,9 @@
 //! What one series went through the fan: per rank the images sent, dropped and their bytes,
 //! printed as one line per rank, or with `--json` as one JSON object per series on stdout.
 
+use std::path::{Path, PathBuf};
+
+use detflow_writer::RankMasterReport;
 use serde::Serialize;
 
 use super::ranks::Rank;
@@ -47,6 +50,36 @@ pub(crate) struct SeriesReport {
     /// CPU time of the whole fan process (its thread and libzmq's) over the series.
     pub(crate) cpu_s: f64,
     pub(crate) ranks: Vec<RankReport>,
+    /// `--master`: the master's report, or why it was not written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) master: Option<MasterOutcome>,
+}
+
+/// The master of a series: its report, or why it was not written.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub(crate) enum MasterOutcome {
+    /// Written.
+    Written(Box<RankMasterReport>),
+    /// Not written.
+    Failed {
+        /// The master file.
+        out: PathBuf,
+        /// Why.
+        error: String,
+    },
+}
+
+impl MasterOutcome {
+    pub(crate) fn of(out: &Path, outcome: Result<RankMasterReport, String>) -> Self {
+        match outcome {
+            Ok(r) => MasterOutcome::Written(Box::new(r)),
+            Err(error) => MasterOutcome::Failed {
+                out: out.to_path_buf(),
+                error,
+            },
+        }
+    }
 }
 
 impl SeriesReport {
@@ -64,6 +97,22 @@ impl SeriesReport {
                 end_sent: r.counts.end_sent,
             })
             .collect()
+    }
+
+    /// Print the master's outcome: with `json`, the whole series' object (the summary
+    /// waited for it); else the master's lines (the summary is out already).
+    pub(crate) fn print_master(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            return self.print(true);
+        }
+        match &self.master {
+            Some(MasterOutcome::Written(m)) => crate::vds::print_rank_master(m),
+            Some(MasterOutcome::Failed { out, error }) => {
+                println!("master          {} NOT written: {error}", out.display());
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// Print on stdout: one JSON object, or a line for the series and one per rank.

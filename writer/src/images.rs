@@ -246,13 +246,14 @@ pub(crate) fn create_channels(
     Ok(extra)
 }
 
-/// `/entry/data/image_present`: 1 where an image arrived, 0 (the fill value) where not.
-pub(crate) fn create_presence(nxdata: &Group, chunk: usize) -> hdf5::Result<Dataset> {
+/// `/entry/data/image_present`: 1 where an image arrived, 0 (the fill value) where not;
+/// `sized` positions from the start (a rank file's, else 0).
+pub(crate) fn create_presence(nxdata: &Group, chunk: usize, sized: usize) -> hdf5::Result<Dataset> {
     let ds = nxdata
         .new_dataset::<u8>()
         .chunk(chunk)
         .fill_value(0u8)
-        .shape(hdf5::SimpleExtents::resizable([0]))
+        .shape(hdf5::SimpleExtents::resizable([sized]))
         .create(layout::IMAGE_PRESENT)?;
     sink::write_string_attr(
         &ds,
@@ -262,13 +263,18 @@ pub(crate) fn create_presence(nxdata: &Group, chunk: usize) -> hdf5::Result<Data
     Ok(ds)
 }
 
-/// The per-image datasets under `detectorSpecific`, each placed by image number.
-pub(crate) fn create_fields(group: &Group, chunk: usize) -> hdf5::Result<ImageFieldSets> {
+/// The per-image datasets under `detectorSpecific`, each placed by image number; `sized`
+/// positions from the start (a rank file's, else 0).
+pub(crate) fn create_fields(
+    group: &Group,
+    chunk: usize,
+    sized: usize,
+) -> hdf5::Result<ImageFieldSets> {
     // Variable-length datasets keep HDF5's default fill, the empty sequence.
     fn one<T: H5Type>(
         group: &Group,
         name: &str,
-        chunk: usize,
+        (chunk, sized): (usize, usize),
         fill: Option<T>,
     ) -> hdf5::Result<Dataset> {
         let b = group.new_dataset::<T>().chunk(chunk);
@@ -276,13 +282,14 @@ pub(crate) fn create_fields(group: &Group, chunk: usize) -> hdf5::Result<ImageFi
             Some(fill) => b.fill_value(fill),
             None => b,
         };
-        b.shape(hdf5::SimpleExtents::resizable([0])).create(name)
+        b.shape(hdf5::SimpleExtents::resizable([sized]))
+            .create(name)
     }
     let rational = |name: &str, what: &str| -> hdf5::Result<Dataset> {
         let ds = group
             .new_dataset::<u64>()
             .chunk([chunk, 2])
-            .shape(hdf5::SimpleExtents::resizable([0, 2]))
+            .shape(hdf5::SimpleExtents::resizable([sized, 2]))
             .create(name)?;
         sink::write_string_attr(&ds, "units", "s")?;
         sink::write_string_attr(
@@ -295,7 +302,7 @@ pub(crate) fn create_fields(group: &Group, chunk: usize) -> hdf5::Result<ImageFi
         )?;
         Ok(ds)
     };
-    let image_id = one(group, layout::IMAGE_ID, chunk, Some(u64::MAX))?;
+    let image_id = one(group, layout::IMAGE_ID, (chunk, sized), Some(u64::MAX))?;
     sink::write_string_attr(
         &image_id,
         "description",
@@ -306,8 +313,8 @@ pub(crate) fn create_fields(group: &Group, chunk: usize) -> hdf5::Result<ImageFi
         real_time: rational(layout::REAL_TIME, "exposure time")?,
         start_time: rational(layout::START_TIME, "exposure start after the series date")?,
         stop_time: rational(layout::STOP_TIME, "exposure end after the series date")?,
-        user_data: one::<VarLenArray<u8>>(group, layout::USER_DATA, chunk, None)?,
-        user_data_json: one::<VarLenUnicode>(group, layout::USER_DATA_JSON, chunk, None)?,
+        user_data: one::<VarLenArray<u8>>(group, layout::USER_DATA, (chunk, sized), None)?,
+        user_data_json: one::<VarLenUnicode>(group, layout::USER_DATA_JSON, (chunk, sized), None)?,
     };
     sink::write_string_attr(
         &sets.user_data,

@@ -94,6 +94,60 @@
 //!   written in batches at flushes and at close, `image_present` last: a reader that sees an
 //!   image marked present can trust its fields; a killed writer leaves them consistent.
 //! - With `num_capture = 0` a goniometer axis holds its start angle only.
+//! - A rank's file (`detflow_rank` present) with a `num_capture` has its whole extent,
+//!   `num_capture` positions, from creation, as odin-data sizes its files for a known frame
+//!   count (odin-data #222): a master maps each rank file with fixed dimensions, and HDF5
+//!   cannot read a mapping past its source's current extent.
+//!
+//! ## Master over rank files (`detflow vds --rank-files`, `detflow fan --master`)
+//!
+//! [`crate::ranks_master::build_rank_master`] writes `NAME_master.h5` beside the rank files
+//! `NAME_r{k}_0001.h5` of a series of `n` images dealt to `N` ranks in blocks of `B`. Every
+//! image is where a single writer would put it, at its `image_id`:
+//!
+//! ```text
+//! /entry                                 NXentry, @default = data
+//!   definition                           copied from a rank file
+//!   instrument                           NXinstrument: the rank file's series metadata
+//!     beam, ...                          copied (H5Ocopy) from the lowest rank file read
+//!     detector                           NXdetector, as in the image layout without the
+//!                                        per-image members and NDAttributes
+//!       data, <channel>                  hard links to /entry/data/data, /entry/data/<channel>
+//!       detectorSpecific                 NXcollection, copied without image_id, real_time,
+//!                                        start_time, stop_time, user_data, user_data_json
+//!                                        and the rank file's detflow_* keys
+//!         image_id                       VDS u64 (n): each rank file's image_id; 2^64-1
+//!                                        where missing
+//!         detflow_ranks,                 u64 each: N, B and n of the whole series
+//!         detflow_frames_per_block,
+//!         detflow_number_of_images
+//!         detflow_rank_files             vlen UTF-8 (N): rank k's file as the VDS names it;
+//!                                        empty for a rank left unmapped
+//!   data                                 NXdata, @signal = data
+//!     data                               VDS (n, H, W) of the first channel, @fill_value,
+//!                                        @source_paths
+//!     <channel>                          VDS (n, H, W) of each other channel, @channel
+//!     image_present                      VDS u8 (n): each rank file's image_present; 0 where
+//!                                        missing
+//!   sample/transformations/<axis>        f64 (n): start + i * increment for every image
+//!                                        (rebuilt: a rank file holds its own images' angles)
+//! ```
+//!
+//! - Each rank `r` is mapped odin-data's way, per dataset: one strided hyperslab for its
+//!   full blocks (master start `r * B`, stride `N * B`, block `B`, source `0..count * B`)
+//!   and one range for a partial last block. Source dimensions are fixed,
+//!   `(Deal::images_of_rank(r, n), H, W)`, whatever the file holds when the master is made,
+//!   so the master reads while the ranks write (SWMR) and follows them.
+//! - Missing images read as the fill value, the rank files' own "no data" (the dtype's
+//!   maximum, NaN for floats), and as 0 in `image_present`: lost in the fan, in a rank
+//!   stopped or killed early, or in a rank without a file.
+//! - A rank file read with fewer positions than its share (a writer that did not know the
+//!   image count grows its datasets with the images) is mapped up to its end only, noted:
+//!   build the master again once it is complete.
+//! - A rank with no file is left unmapped, or mapped by its expected name when the caller
+//!   gives one (`fan --master`): then it reads as the fill value until the file appears.
+//! - Source file names are relative to the master's directory when the rank files are in
+//!   it or below, so the directory can be moved.
 
 /// The NXentry group.
 pub const ENTRY: &str = "entry";

@@ -40,6 +40,7 @@ pub mod layout;
 pub mod lock;
 pub mod naming;
 pub mod nxmx;
+pub mod ranks_master;
 pub mod refs;
 pub mod roots;
 mod rows;
@@ -57,6 +58,10 @@ pub use images::{ImageLayout, ImageRefusal, ImageWrite};
 pub use lock::{remove_own_reserves, remove_stale_reserves};
 pub use naming::{FileNaming, FileTemplate, TemplateError};
 pub use nxmx::{DetectorMetadata, RankShare, Table};
+pub use ranks_master::{
+    RankFileInfo, RankFileReport, RankMasterReport, RankMasterSpec, RankSeries, build_rank_master,
+    read_rank_file,
+};
 pub use refs::{FrameSelection, RefError, RefLog, RefPattern, RefRecord, RefSink, ValueRef};
 pub use roots::{DataRoots, OutsideRoots};
 pub use sink::read_chunk;
@@ -186,6 +191,15 @@ pub enum WriterError {
         to: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A rank file that cannot be part of the master being built (not a rank file, of
+    /// another series, a second file of one rank, unreadable).
+    #[error("rank file {path:?}: {reason}")]
+    RankFile {
+        /// The rank file.
+        path: PathBuf,
+        /// What is wrong with it, with the value.
+        reason: String,
     },
     /// The HDF5 library failed.
     #[error("{path:?}: could not {what}: {source}")]

@@ -517,11 +517,12 @@ impl StreamWriter {
             built.channels = images::create_channels(&detector, &data, l, |name| {
                 Self::create_image(&detector, spec, name)
             })?;
-            built.present = Some(images::create_presence(&data, attr_chunk)?);
+            let sized = presized(spec) as usize;
+            built.present = Some(images::create_presence(&data, attr_chunk, sized)?);
             let specific = detector.create_group(layout::DETECTOR_SPECIFIC)?;
             sink::write_string_attr(&specific, "NX_class", "NXcollection")?;
             if l.image_fields {
-                built.fields = Some(images::create_fields(&specific, attr_chunk)?);
+                built.fields = Some(images::create_fields(&specific, attr_chunk, sized)?);
             }
             if let Some(m) = &l.metadata {
                 crate::nxmx::write(&entry, &detector, &specific, spec, l, m)?;
@@ -543,7 +544,7 @@ impl StreamWriter {
         let (shape, max_shape, chunk): (Vec<usize>, Vec<Option<usize>>, Vec<usize>) =
             if spec.frame_dimension {
                 (
-                    vec![0, h, w],
+                    vec![presized(spec) as usize, h, w],
                     vec![max_frames, Some(h), Some(w)],
                     vec![1, h, w],
                 )
@@ -743,7 +744,8 @@ impl StreamWriter {
         ) {
             return Err(WriterError::Image { number, refusal });
         }
-        let extent = placement.extent as usize;
+        // The datasets' extent: one past the highest image written, or a rank file's size.
+        let extent = placement.extent.max(presized(&self.spec)) as usize;
         self.admit(meta, image.channels)?;
         let bytes: u64 = image.channels.iter().map(|c| c.len() as u64).sum();
         self.check_space(bytes)?;
@@ -1113,6 +1115,26 @@ fn create_past_readers(builder: &hdf5::file::FileBuilder, path: &Path) -> hdf5::
 fn forget_truncation(path: &Path) {
     // A file that cannot be opened here is no worse off: it is only the fast path that is lost.
     drop(std::fs::File::open(path));
+}
+
+/// Images a rank's file (an image layout with [`DetectorMetadata::rank`](crate::DetectorMetadata::rank)
+/// and a `num_capture`) is sized for when it is created, as odin-data sizes its files for a
+/// known frame count (odin-data #222): a master file maps each rank file with fixed
+/// dimensions, and HDF5 refuses to read a mapping past its source's current extent, so the
+/// master reads while the rank writes, and after a killed rank, only if the extent is whole
+/// from the start (positions not written read as the fill value, `image_present` 0). 0 for
+/// every other file: its extent grows with the images written.
+fn presized(spec: &StreamSpec) -> u64 {
+    let rank_file = spec
+        .image_layout
+        .as_ref()
+        .and_then(|l| l.metadata.as_ref())
+        .is_some_and(|m| m.rank.is_some());
+    if rank_file && spec.frame_dimension {
+        spec.num_capture
+    } else {
+        0
+    }
 }
 
 /// HDF5's metadata cache at a fixed 4 MiB: what one file's writer touches (the newest

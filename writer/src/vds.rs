@@ -114,7 +114,7 @@ pub struct MasterReport {
     pub notes: Vec<String>,
 }
 
-fn descriptor(p: PixelType) -> TypeDescriptor {
+pub(crate) fn descriptor(p: PixelType) -> TypeDescriptor {
     match p {
         PixelType::U8 => TypeDescriptor::Unsigned(IntSize::U1),
         PixelType::I8 => TypeDescriptor::Integer(IntSize::U1),
@@ -127,7 +127,7 @@ fn descriptor(p: PixelType) -> TypeDescriptor {
     }
 }
 
-fn numpy_name(t: &TypeDescriptor) -> String {
+pub(crate) fn numpy_name(t: &TypeDescriptor) -> String {
     match t {
         TypeDescriptor::Unsigned(s) => format!("uint{}", *s as usize * 8),
         TypeDescriptor::Integer(s) => format!("int{}", *s as usize * 8),
@@ -137,7 +137,7 @@ fn numpy_name(t: &TypeDescriptor) -> String {
 }
 
 /// The fill value for `t` as HDF5 wants it, and as a number for the report.
-fn fill_for(
+pub(crate) fn fill_for(
     t: &TypeDescriptor,
     wanted: Option<f64>,
 ) -> Result<(hdf5::types::OwnedDynValue, f64), String> {
@@ -489,17 +489,7 @@ fn plan(
                 }
             }
         };
-        let file_name = match path.strip_prefix(master_dir) {
-            Ok(rel) if !master_dir.as_os_str().is_empty() => {
-                relative += 1;
-                rel.to_str()
-            }
-            _ => {
-                absolute += 1;
-                path.to_str()
-            }
-        };
-        let Some(file_name) = file_name else {
+        let Some((file_name, is_relative)) = source_name(&path, master_dir) else {
             report.notes.push(format!(
                 "point {point}: {} is not UTF-8, which HDF5 source names must be; left \
                  unmapped",
@@ -507,9 +497,14 @@ fn plan(
             ));
             continue;
         };
+        if is_relative {
+            relative += 1;
+        } else {
+            absolute += 1;
+        }
         mappings.push(Mapping {
             point,
-            file_name: file_name.to_owned(),
+            file_name,
             dataset,
             src_extents,
             selection,
@@ -531,6 +526,17 @@ fn plan(
         mappings,
         present,
     })
+}
+
+/// How a virtual dataset names the source file `path`: relative to the master's directory
+/// when it is in it or below (HDF5 resolves such names against the master's directory, so
+/// the tree can move; true), absolute otherwise (false). `None` when the path is not UTF-8,
+/// which HDF5 source names must be.
+pub(crate) fn source_name(path: &Path, master_dir: &Path) -> Option<(String, bool)> {
+    match path.strip_prefix(master_dir) {
+        Ok(rel) if !master_dir.as_os_str().is_empty() => Some((rel.to_str()?.to_owned(), true)),
+        _ => Some((path.to_str()?.to_owned(), false)),
+    }
 }
 
 fn create_vds(parent: &Group, name: &str, plan: &Plan) -> hdf5::Result<()> {
@@ -583,7 +589,7 @@ fn create_vds(parent: &Group, name: &str, plan: &Plan) -> hdf5::Result<()> {
 }
 
 /// Create (or open) the groups above the dataset; NeXus attributes for `/entry/data/data`.
-fn parents(file: &File, parent_path: &str, nexus: bool) -> hdf5::Result<Group> {
+pub(crate) fn parents(file: &File, parent_path: &str, nexus: bool) -> hdf5::Result<Group> {
     let mut group: Group = file.as_group()?;
     for part in parent_path.split('/').filter(|p| !p.is_empty()) {
         group = match group.group(part) {
@@ -602,7 +608,7 @@ fn parents(file: &File, parent_path: &str, nexus: bool) -> hdf5::Result<Group> {
     Ok(group)
 }
 
-fn text_attr(ds: &Dataset, name: &str, value: &str) -> hdf5::Result<()> {
+pub(crate) fn text_attr(ds: &Dataset, name: &str, value: &str) -> hdf5::Result<()> {
     let v: VarLenUnicode = value
         .replace('\0', " ")
         .parse()
