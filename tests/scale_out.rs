@@ -3,7 +3,7 @@
 //! `stream2-send`, "fan" runs `detflow fan`, and "node0".."node2" each run `detflow acquire
 //! --backend stream2` against their rank's port, every one on its own address. The nodes
 //! write into one directory (the beamline's shared filesystem), and `detflow vds
-//! --rank-files` stitches their files into one master.
+//! --rank-files` (or the fan itself, `--master`) stitches their files into one master.
 //!
 //! The master must equal, frame for frame and bit for bit, the file one writer makes of the
 //! same series; and a node killed mid-series must cost exactly its rank's images after the
@@ -152,10 +152,10 @@ fn node_file(node: &mut Proc, rank: u64, dir: &Path) -> (serde_json::Value, Path
     (summary, file)
 }
 
-/// `detflow vds --rank-files` in "node0" (any node that sees the shared directory): its
-/// --json report and the master's path.
-fn master(sb: &Sandbox, dir: &Path, files: &[PathBuf]) -> (serde_json::Value, PathBuf) {
-    let out = dir.join("scan_master.h5");
+/// `detflow vds --rank-files` in "node0" (any node that sees the shared directory) writing
+/// DIR/NAME_master.h5: its --json report and the master's path.
+fn master(sb: &Sandbox, dir: &Path, name: &str, files: &[PathBuf]) -> (serde_json::Value, PathBuf) {
+    let out = dir.join(format!("{name}_master.h5"));
     let out_arg = out.display().to_string();
     let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let mut args = vec!["vds", "--json", "--out", &out_arg, "--rank-files"];
@@ -235,8 +235,15 @@ fn three_nodes_write_a_series_whose_master_equals_one_writers_file() {
     let sb = Sandbox::new(&HOSTS);
     let dir = tempfile::tempdir().unwrap();
     let reference = reference(&sb, dir.path());
-    // Block: no image may be lost on the way, whatever the machine's load.
-    let (mut fan, mut nodes) = fan_and_nodes(&sb, dir.path(), &["--policy", "block"]);
+    // Block: no image may be lost on the way, whatever the machine's load. The fan's node
+    // sees the shared directory too, and writes a master of its own at the series' end.
+    let fan_master = dir.path().join("scan_master.h5");
+    let fan_master_arg = fan_master.display().to_string();
+    let (mut fan, mut nodes) = fan_and_nodes(
+        &sb,
+        dir.path(),
+        &["--policy", "block", "--master", &fan_master_arg],
+    );
     let mut send = sender(&sb, "stream2-send", &[]);
     assert_eq!(send.next_json()["sent"], FRAMES);
     send.succeeds();
@@ -259,10 +266,13 @@ fn three_nodes_write_a_series_whose_master_equals_one_writers_file() {
         assert_eq!(summary["frames_written"], expected, "node{k}: {summary}");
     }
     let files: Vec<PathBuf> = files.into_iter().map(|(_, f)| f).collect();
-    let (master_report, master) = master(&sb, dir.path(), &files);
+    let (master_report, master) = master(&sb, dir.path(), "vds", &files);
     check_master_report(&master_report, deal, &[0, 0, 0]);
-    let seen = compare(&master, &reference, &[]);
-    assert_eq!(seen["present"], FRAMES);
+    check_master_report(&report["master"], deal, &[0, 0, 0]);
+    for m in [&master, &fan_master] {
+        let seen = compare(m, &reference, &[]);
+        assert_eq!(seen["present"], FRAMES, "{}", m.display());
+    }
 }
 
 #[test]
@@ -324,7 +334,7 @@ fn a_node_killed_mid_series_loses_exactly_its_images_after_the_kill() {
         }
     }
     let files: Vec<PathBuf> = files.into_iter().map(|(_, f)| f).collect();
-    let (master_report, master) = master(&sb, dir.path(), &files);
+    let (master_report, master) = master(&sb, dir.path(), "scan", &files);
     check_master_report(&master_report, deal, &[0, lost.len() as u64, 0]);
     assert_eq!(expected1, before.len() as u64 + lost.len() as u64);
     let seen = compare(&master, &reference, &lost);
