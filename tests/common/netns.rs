@@ -161,7 +161,12 @@ impl Sandbox {
     }
 
     /// Start `detflow ARGS` in namespace `ns`; `name` names it in logs and failures.
+    ///
+    /// # Panics
+    ///
+    /// When `ns` is not one of the sandbox's namespaces, or nsenter cannot be started.
     pub fn spawn(&self, ns: &str, name: &str, args: &[&str]) -> Proc {
+        // An unknown namespace panics here, naming it, rather than failing in `ip`.
         self.addr(ns);
         let file = |ext: &str| {
             let safe: String = name
@@ -350,6 +355,7 @@ impl Proc {
     }
 
     /// Wait for the exit (its stdout and stderr closing, within [`DEADLINE`]); its status.
+    /// Lines not read yet are passed over (the log files keep them).
     ///
     /// # Panics
     ///
