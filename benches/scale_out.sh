@@ -24,7 +24,7 @@ ROOT=${3:-${TMPDIR:-/tmp}}
 BIN=$(realpath "$BIN")
 OUT=$(mktemp -d "$ROOT/detflow-scale-out.XXXXXX")
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; rm -rf "$OUT"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 DISTINCT=${DISTINCT:-50}
 TIME=(/usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S}')
 SEND=(stream2-send --size 1024x1024 --dtype u16 --compress bslz4 --frames "$FRAMES" --sndhwm 0
@@ -68,6 +68,8 @@ run() {
     "${TIME[@]}" -o "$RUN/send.time" "$BIN" "${SEND[@]}" --bind "tcp://127.0.0.1:$p" \
         >"$RUN/send.json" 2>"$RUN/send.log"
     wait "${PIDS[@]}"
+    # Reaped: their ids may be another process's by the time the EXIT trap runs.
+    PIDS=()
     python3 - "$RUN" "$n" <<'PY'
 import glob, json, os, sys
 run, n = sys.argv[1], int(sys.argv[2])
