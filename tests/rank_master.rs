@@ -50,6 +50,29 @@ for e in json.load(open(sys.argv[1])):
 print("ok")
 "#;
 
+/// What databroker does with an areaDetector HDF5 resource: its `AD_HDF5` handler (the
+/// bluesky clients' own package, area-detector-handlers) reads `/entry/data/data`.
+const DATABROKER_CHECK: &str = r#"
+import sys
+import numpy as np, h5py, hdf5plugin
+from area_detector_handlers.handlers import AreaDetectorHDF5Handler
+
+master, single, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with h5py.File(single, "r") as s:
+    want = s["/entry/data/data"][()]
+handler = AreaDetectorHDF5Handler(master, frame_per_point=n)
+got = np.asarray(handler(point_number=0))
+handler.close()
+assert got.shape == want.shape, (got.shape, want.shape)
+assert np.array_equal(got, want), "the master's frames differ from the single writer's"
+# One frame per point, as a step scan's resource says.
+handler = AreaDetectorHDF5Handler(master, frame_per_point=1)
+for i in [0, n // 2, n - 1]:
+    assert np.array_equal(np.asarray(handler(point_number=i)).squeeze(), want[i]), i
+handler.close()
+print("ok")
+"#;
+
 fn vds(args: &[&str]) -> std::process::Output {
     let mut all = vec!["vds"];
     all.extend_from_slice(args);
@@ -219,4 +242,26 @@ fn bad_rank_files_are_refused_before_the_master_exists() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn databroker_s_area_detector_handler_reads_the_master_as_one_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = TestSeries::new(Codec::BitshuffleLz4);
+    let files = write_ranks(dir.path(), "scan", &series);
+    let single = write_single(dir.path(), "scan_single", &series);
+    let master = dir.path().join("scan_master.h5");
+    build(&master, &files);
+    let py =
+        detflow_test_support::python_venv(&common::bluesky_venv_root(), common::BLUESKY_PACKAGES);
+    let out = detflow_test_support::run_step(
+        std::process::Command::new(py)
+            .arg("-c")
+            .arg(DATABROKER_CHECK)
+            .arg(&master)
+            .arg(&single)
+            .arg(series.images.to_string()),
+        "databroker's AD_HDF5 handler on the master",
+    );
+    assert_eq!(out.trim(), "ok");
 }

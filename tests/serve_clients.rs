@@ -17,35 +17,14 @@
 //! which would switch pyepics to another libca, so it gets its own). If pip fails the tests
 //! fail with its output: they never skip.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use detflow_test_support::{python_venv, run_step, run_with_deadline};
-
-/// The seed's stack, pinned exactly as specs/scripts/requirements-bluesky-clients.txt (the
-/// versions known to work together, specs/bluesky-clients.md §1), plus matplotlib for the
-/// seed's `.plot.pcolormesh()`.
-const BLUESKY_PACKAGES: &[&str] = &[
-    "apstools==1.7.12",
-    "area-detector-handlers==0.0.10",
-    "bluesky==1.15.1",
-    "caproto==1.3.0",
-    "dask==2026.8.0",
-    "databroker==1.2.5",
-    "event-model==1.24.0",
-    "h5py==3.16.0",
-    "hdf5plugin==7.1.0",
-    "intake==0.6.4",
-    "networkx==3.6.1",
-    "numpy==2.4.6",
-    "ophyd==1.11.2",
-    "pandas==3.1.1",
-    "pyepics==3.5.10",
-    "xarray==2026.9.0",
-    "matplotlib==3.11.2",
-];
 
 /// ophyd-async with its CA layer (aioca on epicscorelibs' libca), and h5py to read back.
 const OPHYD_ASYNC_PACKAGES: &[&str] = &[
@@ -68,8 +47,8 @@ const SCENARIO_DEADLINE: Duration = Duration::from_secs(240);
 fn bluesky_python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-bluesky-venv");
-        let py = python_venv(&root, BLUESKY_PACKAGES);
+        let root = common::bluesky_venv_root();
+        let py = python_venv(&root, common::BLUESKY_PACKAGES);
         let versions = run_step(
             Command::new(&py).args([
                 "-c",

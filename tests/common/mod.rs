@@ -84,6 +84,34 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     )
 }
 
+/// The seed's stack, pinned exactly as specs/scripts/requirements-bluesky-clients.txt (the
+/// versions known to work together, specs/bluesky-clients.md §1), plus matplotlib for the
+/// seed's `.plot.pcolormesh()`.
+pub const BLUESKY_PACKAGES: &[&str] = &[
+    "apstools==1.7.12",
+    "area-detector-handlers==0.0.10",
+    "bluesky==1.15.1",
+    "caproto==1.3.0",
+    "dask==2026.8.0",
+    "databroker==1.2.5",
+    "event-model==1.24.0",
+    "h5py==3.16.0",
+    "hdf5plugin==7.1.0",
+    "intake==0.6.4",
+    "networkx==3.6.1",
+    "numpy==2.4.6",
+    "ophyd==1.11.2",
+    "pandas==3.1.1",
+    "pyepics==3.5.10",
+    "xarray==2026.9.0",
+    "matplotlib==3.11.2",
+];
+
+/// Where [`BLUESKY_PACKAGES`] are installed: one venv for every test binary that needs them.
+pub fn bluesky_venv_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-bluesky-venv")
+}
+
 /// How long a test waits for an event before it fails: generous, for a loaded machine.
 pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
