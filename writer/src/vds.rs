@@ -539,6 +539,12 @@ pub(crate) fn source_name(path: &Path, master_dir: &Path) -> Option<(String, boo
     }
 }
 
+/// A source file or dataset name as HDF5 wants it: `%` doubled, since HDF5 reads source
+/// names as printf-style patterns (`%b` is a block number).
+pub(crate) fn pattern_escaped(name: &str) -> String {
+    name.replace('%', "%%")
+}
+
 fn create_vds(parent: &Group, name: &str, plan: &Plan) -> hdf5::Result<()> {
     let dtype = Datatype::from_descriptor(&plan.dtype)?;
     let vds_extents: Vec<usize> = plan.vds_shape.iter().map(|&d| d as usize).collect();
@@ -562,8 +568,8 @@ fn create_vds(parent: &Group, name: &str, plan: &Plan) -> hdf5::Result<()> {
         };
         let vds_selection = hyperslab(Some(SliceOrIndex::Index(m.point)), point_shape);
         builder = builder.virtual_map(
-            &m.file_name,
-            &m.dataset,
+            &pattern_escaped(&m.file_name),
+            &pattern_escaped(&m.dataset),
             src_extents,
             src_selection,
             vds_extents.clone(),

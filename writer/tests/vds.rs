@@ -308,3 +308,25 @@ fn a_source_of_another_shape_is_left_unmapped_and_noted() {
     );
     assert!(attr(&master, "vds_notes").unwrap().contains("point 1"));
 }
+
+#[test]
+fn a_source_name_with_a_percent_sign_is_read_as_written() {
+    // HDF5 reads VDS source names as printf-style patterns: "%1" must not become a block
+    // number, nor "%%" one percent sign.
+    let dir = tempfile::tempdir().unwrap();
+    let refs: Vec<String> = ["scan%b_0000.h5", "100%%_0001.h5"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let p = dir.path().join(name);
+            source(&p, None, 7 + i as u16);
+            // In a URI, '%' itself is percent-encoded.
+            uri(&p, "").replace('%', "%25")
+        })
+        .collect();
+    let master = dir.path().join("master.h5");
+    let report = build_master(&refs, &VdsSpec::new(&master)).unwrap();
+    assert_eq!(report.sources_present, 2, "{report:?}");
+    let v = read_u16(&master);
+    assert_eq!((v[[0, 0, 0]], v[[1, 2, 3]]), (7, 8));
+}

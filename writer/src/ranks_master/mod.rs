@@ -420,7 +420,7 @@ fn source_name(path: &Path, master_dir: &Path) -> Result<String, WriterError> {
         path: path.to_path_buf(),
         reason: "the path is not UTF-8, which HDF5 source file names must be".into(),
     })?;
-    Ok(name.replace('%', "%%"))
+    Ok(vds::pattern_escaped(&name))
 }
 
 /// One placement of a rank's images in the master, along the image dimension: master
@@ -586,7 +586,7 @@ fn virtual_dataset(
         .empty_as(dtype)
         .shape(vds_extents.clone())
         .fill_value(fill.clone());
-    let source = source.replace('%', "%%");
+    let source = vds::pattern_escaped(source);
     for (rank, src) in plan.sources.iter().enumerate() {
         let Some((file_name, _)) = src else { continue };
         let images = plan.deal.images_of_rank(rank as u64, plan.number_of_images);
