@@ -568,8 +568,8 @@ fn create_vds(parent: &Group, name: &str, plan: &Plan) -> hdf5::Result<()> {
         };
         let vds_selection = hyperslab(Some(SliceOrIndex::Index(m.point)), point_shape);
         builder = builder.virtual_map(
-            &pattern_escaped(&m.file_name),
-            &pattern_escaped(&m.dataset),
+            pattern_escaped(&m.file_name),
+            pattern_escaped(&m.dataset),
             src_extents,
             src_selection,
             vds_extents.clone(),
