@@ -264,25 +264,11 @@ pub fn build_master(refs: &[String], spec: &VdsSpec) -> Result<MasterReport, Wri
     };
     let plan = plan(refs, spec, &master_dir, &mut report);
 
-    if !spec.overwrite && out.exists() {
-        return Err(WriterError::Exists { path: out });
-    }
+    let file = create_master(&out, spec.overwrite, &spec.roots)?;
     let ctx = |what: &'static str| {
         let path = out.clone();
         move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
     };
-    spec.roots
-        .check(&out)
-        .map_err(|source| WriterError::OutsideRoots {
-            setting: "master".into(),
-            source,
-        })?;
-    let file = if spec.overwrite {
-        File::create(&out)
-    } else {
-        File::create_excl(&out)
-    }
-    .map_err(ctx("create the master file"))?;
     let parent = parents(&file, parent_path, spec.dataset == layout::LINK_PATH)
         .map_err(ctx("create the master's groups"))?;
 
@@ -340,6 +326,36 @@ pub fn build_master(refs: &[String], spec: &VdsSpec) -> Result<MasterReport, Wri
     }
     file.close().map_err(ctx("close the master file"))?;
     Ok(report)
+}
+
+/// Create the master file `out` (absolute): refused when it exists unless `overwrite`, or
+/// when it lies outside `roots`.
+pub(crate) fn create_master(
+    out: &Path,
+    overwrite: bool,
+    roots: &crate::roots::DataRoots,
+) -> Result<File, WriterError> {
+    if !overwrite && out.exists() {
+        return Err(WriterError::Exists {
+            path: out.to_path_buf(),
+        });
+    }
+    roots
+        .check(out)
+        .map_err(|source| WriterError::OutsideRoots {
+            setting: "master".into(),
+            source,
+        })?;
+    if overwrite {
+        File::create(out)
+    } else {
+        File::create_excl(out)
+    }
+    .map_err(|source| WriterError::Hdf5 {
+        path: out.to_path_buf(),
+        what: "create the master file",
+        source,
+    })
 }
 
 struct Plan {

@@ -164,25 +164,11 @@ pub fn build_rank_master(
         value: spec.fill.map_or_else(String::new, |f| f.to_string()),
         reason,
     })?;
-    if !spec.overwrite && out.exists() {
-        return Err(WriterError::Exists { path: out });
-    }
-    spec.roots
-        .check(&out)
-        .map_err(|source| WriterError::OutsideRoots {
-            setting: "master".into(),
-            source,
-        })?;
+    let file = vds::create_master(&out, spec.overwrite, &spec.roots)?;
     let ctx = |what: &'static str| {
         let path = out.clone();
         move |source: hdf5::Error| WriterError::Hdf5 { path, what, source }
     };
-    let file = if spec.overwrite {
-        File::create(&out)
-    } else {
-        File::create_excl(&out)
-    }
-    .map_err(ctx("create the master file"))?;
     let written = fill_master(&file, &plan, &infos, &fill, &mut notes, &out)
         .and_then(|()| file.close().map_err(ctx("close the master file")));
     if let Err(e) = written {

@@ -167,8 +167,8 @@ fn write(
     status.files.last().unwrap().path.clone()
 }
 
-/// Rank `rank`'s file `dir/NAME_r{rank}_0001.h5` (with the series' file number), holding the rank's images for which
-/// `keep(id)` is true, each at its position in the rank.
+/// Rank `rank`'s file `dir/NAME_r{rank}_0001.h5` (with the series' file number), holding the
+/// rank's images for which `keep(id)` is true, each at its position in the rank.
 pub fn write_rank(
     dir: &Path,
     name: &str,
@@ -176,17 +176,7 @@ pub fn write_rank(
     rank: u64,
     keep: impl Fn(u64) -> bool,
 ) -> PathBuf {
-    let deal = series.deal;
-    let expected = deal.images_of_rank(rank, series.images);
-    let share = RankShare {
-        rank,
-        deal,
-        number_of_images: Some(series.images),
-    };
-    let ids = (0..expected)
-        .map(|i| (i, deal.image_id(rank, i).unwrap()))
-        .filter(|&(_, id)| keep(id));
-    write(dir, name, series, expected, Some(share), ids)
+    write_share(dir, name, series, rank, keep, true)
 }
 
 /// As [`write_rank`], but the file is made without an image count (num_capture 0), as a
@@ -198,16 +188,30 @@ pub fn write_growing_rank(
     rank: u64,
     keep: impl Fn(u64) -> bool,
 ) -> PathBuf {
+    write_share(dir, name, series, rank, keep, false)
+}
+
+/// Rank `rank`'s kept images, in a file sized for its share (`sized`) or growing.
+fn write_share(
+    dir: &Path,
+    name: &str,
+    series: &TestSeries,
+    rank: u64,
+    keep: impl Fn(u64) -> bool,
+    sized: bool,
+) -> PathBuf {
     let deal = series.deal;
+    let expected = deal.images_of_rank(rank, series.images);
     let share = RankShare {
         rank,
         deal,
         number_of_images: Some(series.images),
     };
-    let ids = (0..deal.images_of_rank(rank, series.images))
+    let ids = (0..expected)
         .map(|i| (i, deal.image_id(rank, i).unwrap()))
         .filter(|&(_, id)| keep(id));
-    write(dir, name, series, 0, Some(share), ids)
+    let num_capture = if sized { expected } else { 0 };
+    write(dir, name, series, num_capture, Some(share), ids)
 }
 
 /// Every rank's file, every image in it.
