@@ -438,10 +438,15 @@ fn a_rank_writes_its_share_at_its_positions_with_the_series_image_ids() {
     let deal = detflow_hal::Deal::new(3, 2).unwrap();
     let keys = detflow_stream2::fan::RankKeys::new(1, deal).unwrap();
     let feeder = std::thread::spawn(move || {
-        sender.send_bytes(&through_fan(
-            &Message::Start(start(14, &CHANNELS[..2])),
-            keys,
-        ));
+        let mut start = start(14, &CHANNELS[..2]);
+        start.goniometer = vec![(
+            "omega",
+            detflow_stream2::Axis {
+                start: 10.0,
+                increment: 0.5,
+            },
+        )];
+        sender.send_bytes(&through_fan(&Message::Start(start), keys));
         let all: Vec<_> = (0..14)
             .map(|i| image_chunks(i, 2, Codec::BitshuffleLz4))
             .collect();
@@ -506,5 +511,43 @@ fn a_rank_writes_its_share_at_its_positions_with_the_series_image_ids() {
             scalar("detflow_number_of_images"),
         ],
         [1, 3, 2, 14]
+    );
+    let omega: Vec<f64> = file
+        .dataset("/entry/sample/transformations/omega")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(
+        omega,
+        [2.0, 3.0, 8.0, 9.0].map(|id| 10.0 + id * 0.5),
+        "the angles of the series images the rank holds"
+    );
+}
+
+#[test]
+fn a_start_with_only_some_of_the_fan_keys_is_refused_naming_the_one_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::bind();
+    let cfg = config(dir.path(), &sender.endpoint, "auto");
+    let feeder = std::thread::spawn(move || {
+        let (mut plain, mut with_keys) = (Vec::new(), Vec::new());
+        detflow_stream2::encode(&Message::Start(start(4, &CHANNELS[..1])), &mut plain);
+        let keys = [("detflow_rank", 0), ("detflow_ranks", 2)];
+        detflow_stream2::fan::add_uint_keys(&plain, &keys, &mut with_keys).unwrap();
+        sender.send_bytes(&with_keys);
+        let chunks = image_chunks(0, 1, Codec::BitshuffleLz4);
+        sender.send(&Message::Image(image(0, &chunks, Compression::Bslz4)));
+        sender
+    });
+    let err = match Acquisition::builder(cfg).start() {
+        Ok(_) => panic!("a start with two of the three fan keys was taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    drop(feeder.join().unwrap());
+    assert!(err.contains("detflow_frames_per_block"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file for a refused series"
     );
 }
