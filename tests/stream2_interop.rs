@@ -400,10 +400,13 @@ fn tickit_eiger_feeds_acquire() {
     .unwrap();
     let mut tickit = Proc::spawn(
         "tickit",
-        // `python -m tickit`, not bin/tickit: the venv was built under another name and
-        // renamed, so its console scripts' #! lines name a folder that is gone.
+        // tickit's CLI through a script, not bin/tickit: the venv was built under another
+        // name and renamed, so its console scripts' #! lines name a folder that is gone. The
+        // script binds tickit's PUSH sockets only: tickit's own also connect to themselves,
+        // which loses messages at random (tickit_bind_only.py says how).
         python()
-            .args(["-m", "tickit", "--log-level", "WARNING", "all"])
+            .arg(script("tickit_bind_only.py"))
+            .args(["--log-level", "WARNING", "all"])
             .arg(&config),
     );
     let acquire = Proc::spawn(

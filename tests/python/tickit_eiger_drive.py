@@ -6,7 +6,8 @@ Waits (up to TIMEOUT_S) for the REST server on 127.0.0.1:REST_PORT to accept con
 then: stream config format=cbor, mode=enabled, header_detail=basic; detector config
 nimages=IMAGES, ntrigger=1, trigger_mode=ints, count_time and frame_time 0.01 s; arm,
 trigger (returns once the simulator has produced every image), disarm. The consumer must
-already be connected or connect later: tickit's PUSH socket holds messages until one is.
+already be connected or connect later: tickit's PUSH socket (bound only, see
+tickit_bind_only.py) holds messages until one is.
 Prints one JSON line: every request with its HTTP status and response body.
 """
 
