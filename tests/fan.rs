@@ -374,6 +374,143 @@ fn plain_start(series: Series<'_>) -> Vec<u8> {
     out
 }
 
+/// Send `series`' start (`plain_start`, 9 images) and images `ids` from the test's detector.
+fn send_start_and_images(det: &zmq::Socket, series: Series<'_>, ids: std::ops::Range<u64>) {
+    if ids.start == 0 {
+        det.send(plain_start(series), 0).unwrap();
+    }
+    for i in ids {
+        det.send(image(series, i, false), 0).unwrap();
+    }
+}
+
+fn send_end(det: &zmq::Socket, series: Series<'_>) {
+    let mut end = Vec::new();
+    encode(&Message::End(End { series }), &mut end);
+    det.send(end, 0).unwrap();
+}
+
+#[test]
+fn a_rank_that_connects_after_the_start_gets_it_before_its_first_image() {
+    // Policy block: the fan waits at rank 1's first image until a consumer connects, then
+    // sends it the start it missed, and loses nothing.
+    let (det, from) = detector();
+    let deal = Deal::new(2, 1).unwrap();
+    let (fan, endpoints) = fan(&from, 2, &["--series", "1", "--policy", "block"]);
+    let rank0 = consumer(&fan, 0, &endpoints[0], 1000);
+    let series = Series {
+        id: 4,
+        unique_id: "late",
+    };
+    send_start_and_images(&det, series, 0..9);
+    send_end(&det, series);
+    fan.wait_logs(&[
+        &["rank 1: the start message was not sent now: no consumer connected"],
+        &["rank 1: the fan waits for it (--policy block)"],
+    ]);
+    // The fan logs the late start as it sends it, and the connection when it next reads its
+    // monitor: in either order.
+    let rank1 = zmq::Context::new().socket(zmq::PULL).unwrap();
+    rank1.set_rcvtimeo(DEADLINE.as_millis() as i32).unwrap();
+    rank1.set_linger(0).unwrap();
+    rank1.connect(&endpoints[1]).unwrap();
+    fan.wait_logs(&[
+        &["rank 1: consumer connected"],
+        &["rank 1: start sent late, before image 1"],
+    ]);
+    for (k, c) in [(0u64, &rank0), (1, &rank1)] {
+        let msgs = receive_series(c);
+        assert_eq!(start_of(&msgs, k, deal).series, series);
+        check_end(&msgs, series, k, deal);
+        let ids: Vec<u64> = msgs[1..msgs.len() - 1]
+            .iter()
+            .map(|m| image_id(m))
+            .collect();
+        assert_eq!(ids, (k..9).step_by(2).collect::<Vec<_>>(), "rank {k}");
+    }
+    let report = fan.next_json();
+    let r = &report["ranks"][1];
+    assert_eq!(
+        (&r["sent"], &r["dropped"]),
+        (&4.into(), &0.into()),
+        "{report}"
+    );
+    assert_eq!(
+        (&r["start_sent"], &r["end_sent"]),
+        (&true.into(), &true.into())
+    );
+    let (status, err) = fan.finish();
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn under_drop_a_late_rank_gets_the_start_then_exactly_the_images_counted_sent() {
+    // Policy drop: rank 1's images before its consumer can take them are dropped; from then
+    // on it gets the start it missed, then its images, then the end, and the counts say
+    // which. When the link is ready after the connection is up to libzmq's handshake, so
+    // images go on until rank 1 has its first message, and the test asserts the accounting.
+    let (det, from) = detector();
+    let deal = Deal::new(2, 1).unwrap();
+    let (fan, endpoints) = fan(&from, 2, &["--series", "1"]);
+    let rank0 = consumer(&fan, 0, &endpoints[0], 1000);
+    let series = Series {
+        id: 5,
+        unique_id: "late-drop",
+    };
+    send_start_and_images(&det, series, 0..5);
+    // Rank 0 has image 4, so the fan has dealt image 3: rank 1's 1 and 3 are gone.
+    for _ in 0..4 {
+        rank0
+            .recv_msg(0)
+            .expect("rank 0's start and images 0, 2, 4");
+    }
+    let rank1 = consumer(&fan, 1, &endpoints[1], 1000);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut next = 5;
+    while rank1.poll(zmq::POLLIN, 10).unwrap() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rank 1 never got its start"
+        );
+        send_start_and_images(&det, series, next..next + 2);
+        next += 2;
+    }
+    send_start_and_images(&det, series, next..next + 4);
+    next += 4;
+    send_end(&det, series);
+    let msgs = receive_series(&rank1);
+    assert_eq!(start_of(&msgs, 1, deal).series, series);
+    check_end(&msgs, series, 1, deal);
+    let ids: Vec<u64> = msgs[1..msgs.len() - 1]
+        .iter()
+        .map(|m| image_id(m))
+        .collect();
+    let report = fan.next_json();
+    let r = &report["ranks"][1];
+    let (sent, dropped) = (r["sent"].as_u64().unwrap(), r["dropped"].as_u64().unwrap());
+    assert_eq!(
+        sent + dropped,
+        next / 2,
+        "rank 1's images 1, 3, ..: {report}"
+    );
+    assert!(dropped >= 2, "images 1 and 3 had no consumer: {report}");
+    assert!(
+        sent >= 2,
+        "the last two came after rank 1 had its start: {report}"
+    );
+    assert_eq!(
+        ids.len() as u64,
+        sent,
+        "every image counted sent arrives: {report}"
+    );
+    let tail: Vec<u64> = (next - 2 * sent..next).filter(|i| i % 2 == 1).collect();
+    assert_eq!(ids, tail, "the images after the drops, in order");
+    assert_eq!(r["start_sent"], true, "{report}");
+    drop(rank0);
+    let (status, err) = fan.finish();
+    assert!(status.success(), "{err}");
+}
+
 #[test]
 fn image_bytes_reach_their_rank_unchanged_series_after_series() {
     let (det, from) = detector();
@@ -518,7 +655,7 @@ fn a_rank_that_does_not_read_loses_images_counted_and_the_others_do_not() {
         "60",
     ]);
     fan.wait_logs(&[
-        &["rank 2: the start message was not sent: no consumer connected"],
+        &["rank 2: the start message was not sent now: no consumer connected"],
         &["rank 2: images dropped, no consumer connected"],
         &["rank 1: images dropped, fell behind"],
     ]);

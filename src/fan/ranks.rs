@@ -2,7 +2,9 @@
 //! with DONTWAIT (policy drop: a full rank loses the image, counted) or once the rank can
 //! take them (policy block); `start` and `end` go to every rank with a shared deadline. A
 //! socket monitor per rank tells whether a consumer is connected, so that the warnings can
-//! say why a rank loses images.
+//! say why a rank loses images. A rank whose consumer was not there for the `start` gets it
+//! late, just before its next image, so a writer that connects late still writes the rest
+//! of the series.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,9 @@ pub(crate) struct Rank {
     peers: u32,
     /// This series' counts; reset at each `start`.
     pub(crate) counts: Counts,
+    /// This series' `start` (with the rank keys) when the rank did not take it: sent before
+    /// its next image.
+    late_start: Option<Vec<u8>>,
     /// When this rank was last named in a warning, and its drop count then.
     warned: Option<(Instant, u64)>,
 }
@@ -84,6 +89,7 @@ impl Rank {
             monitor,
             peers: 0,
             counts: Counts::default(),
+            late_start: None,
             warned: None,
         })
     }
@@ -107,6 +113,29 @@ impl Rank {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Send the `start` this rank missed, if it did, before image `image_id`: true when the
+    /// rank has its start now (the image may follow), false when it still cannot take one.
+    fn catch_up(&mut self, image_id: u64) -> anyhow::Result<bool> {
+        let Some(start) = &self.late_start else {
+            return Ok(true);
+        };
+        match self.socket.send(&start[..], zmq::DONTWAIT) {
+            Ok(()) => {
+                self.late_start = None;
+                self.counts.start_sent = true;
+                tracing::warn!(rank = self.number, endpoint = %self.endpoint, image_id, "rank {}: start sent late, before image {image_id}: the rank writes the series from there", self.number);
+                Ok(true)
+            }
+            Err(zmq::Error::EAGAIN) => Ok(false),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "cannot send the start to rank {} ({})",
+                    self.number, self.endpoint
+                )
+            }),
         }
     }
 
@@ -206,6 +235,7 @@ impl Ranks {
     pub(crate) fn reset_counts(&mut self) {
         for r in &mut self.ranks {
             r.counts = Counts::default();
+            r.late_start = None;
             r.warned = None;
         }
     }
@@ -223,6 +253,11 @@ impl Ranks {
         if self.policy == Policy::Block && !wait_writable(rank, stop)? {
             rank.counts.dropped += 1;
             return Ok(Sent::Stopped);
+        }
+        if !rank.catch_up(image_id)? {
+            // No consumer for the start either: the image is lost with it (drop policy).
+            rank.note_drop(Instant::now());
+            return Ok(Sent::Done);
         }
         // Moves the message into libzmq (no copy); on EAGAIN libzmq has not taken it and it
         // is freed here: the image is lost, as the drop policy says.
@@ -243,9 +278,10 @@ impl Ranks {
 
     /// Send `msg` (a `start` or `end` as received, `what` names it) to every rank with its
     /// [`RankKeys`] added, waiting at most the send timeout for the ranks together. A rank
-    /// with no consumer connected is not waited for. Every rank not reached is logged as an
-    /// error naming it. A `stop` request ends the wait early. Returns false (logged) when
-    /// the keys cannot be added.
+    /// with no consumer connected is not waited for. A rank not reached is logged naming it:
+    /// a `start` it missed goes to it before its next image (a warning), an `end` is lost (an
+    /// error), and a rank that never got the start is not sent the end. A `stop` request
+    /// ends the wait early. Returns false (logged) when the keys cannot be added.
     pub(crate) fn send_to_all(
         &mut self,
         what: &str,
@@ -264,10 +300,16 @@ impl Ranks {
             pending.push((rank.number as usize, out));
         }
         let deadline = Instant::now() + self.send_timeout;
-        pending.retain(|(k, _)| {
-            let rank = &self.ranks[*k];
+        let start = what == "start";
+        let mut missed = Vec::new();
+        pending.retain_mut(|(k, out)| {
+            let rank = &mut self.ranks[*k];
+            if !start && rank.late_start.take().is_some() {
+                tracing::error!(rank = k, endpoint = %rank.endpoint, "rank {k}: no {what} sent: no consumer took this series' start");
+                return false;
+            }
             if rank.peers == 0 {
-                tracing::error!(rank = k, endpoint = %rank.endpoint, "rank {k}: the {what} message was not sent: no consumer connected");
+                missed.push((*k, std::mem::take(out), "no consumer connected".to_owned()));
             }
             rank.peers > 0
         });
@@ -287,13 +329,19 @@ impl Ranks {
                 .collect();
             poll(&mut items, Some(left))?;
         }
-        for (k, _) in &pending {
-            tracing::error!(
-                rank = k,
-                endpoint = %self.ranks[*k].endpoint,
-                "rank {k}: the {what} message was not sent: its consumer did not take it within {:.1} s (--send-timeout)",
-                self.send_timeout.as_secs_f64()
-            );
+        let slow = format!(
+            "its consumer did not take it within {:.1} s (--send-timeout)",
+            self.send_timeout.as_secs_f64()
+        );
+        missed.extend(pending.into_iter().map(|(k, out)| (k, out, slow.clone())));
+        for (k, out, why) in missed {
+            let rank = &mut self.ranks[k];
+            if start {
+                tracing::warn!(rank = k, endpoint = %rank.endpoint, "rank {k}: the start message was not sent now: {why}; it goes to the rank before its next image");
+                rank.late_start = Some(out);
+            } else {
+                tracing::error!(rank = k, endpoint = %rank.endpoint, "rank {k}: the {what} message was not sent: {why}");
+            }
         }
         Ok(true)
     }
