@@ -323,7 +323,7 @@ impl Fan<'_> {
                     "start of series {}",
                     header.series.id
                 );
-                self.ranks.send_to_all("start", &msg, Some(stop))?;
+                self.ranks.send_to_all("start", &msg, Some(stop), None)?;
                 Ok(Next::Go)
             }
             MessageKind::End => {
@@ -336,7 +336,8 @@ impl Fan<'_> {
                         run.id
                     );
                 }
-                self.ranks.send_to_all("end", &msg, Some(stop))?;
+                let images = run.shape.number_of_images;
+                self.ranks.send_to_all("end", &msg, Some(stop), images)?;
                 let run = self.series.take().expect("running() made it");
                 self.finish(run, EndedBy::End)?;
                 self.done += 1;
@@ -449,7 +450,7 @@ impl Fan<'_> {
         };
         encode(&Message::End(End { series }), &mut msg);
         // The stop request is not passed on: this end still gets its --send-timeout.
-        self.ranks.send_to_all("end", &msg, None)?;
+        self.ranks.send_to_all("end", &msg, None, None)?;
         self.finish(run, EndedBy::Stopped)
     }
 }

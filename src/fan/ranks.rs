@@ -280,13 +280,16 @@ impl Ranks {
     /// [`RankKeys`] added, waiting at most the send timeout for the ranks together. A rank
     /// with no consumer connected is not waited for. A rank not reached is logged naming it:
     /// a `start` it missed goes to it before its next image (a warning), an `end` is lost (an
-    /// error), and a rank that never got the start is not sent the end. A `stop` request
-    /// ends the wait early. Returns false (logged) when the keys cannot be added.
+    /// error, unless the rank was sent its whole share of the series' `number_of_images`: its
+    /// writer then stops on its own, and is gone), and a rank that never got the start is not
+    /// sent the end. A `stop` request ends the wait early. Returns false (logged) when the
+    /// keys cannot be added.
     pub(crate) fn send_to_all(
         &mut self,
         what: &str,
         msg: &[u8],
         stop: Option<&Stop>,
+        number_of_images: Option<u64>,
     ) -> anyhow::Result<bool> {
         self.drain_monitors();
         let mut pending = Vec::new();
@@ -336,9 +339,12 @@ impl Ranks {
         missed.extend(pending.into_iter().map(|(k, out)| (k, out, slow.clone())));
         for (k, out, why) in missed {
             let rank = &mut self.ranks[k];
+            let share = number_of_images.map(|n| self.deal.images_of_rank(k as u64, n));
             if start {
                 tracing::warn!(rank = k, endpoint = %rank.endpoint, "rank {k}: the start message was not sent now: {why}; it goes to the rank before its next image");
                 rank.late_start = Some(out);
+            } else if share == Some(rank.counts.sent) && rank.peers == 0 {
+                tracing::info!(rank = k, endpoint = %rank.endpoint, "rank {k}: no {what} sent: its writer took all {} images of its share and left", rank.counts.sent);
             } else {
                 tracing::error!(rank = k, endpoint = %rank.endpoint, "rank {k}: the {what} message was not sent: {why}");
             }
