@@ -8,32 +8,22 @@ mod common;
 #[path = "../writer/tests/common/rank_files.rs"]
 mod rank_files;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use detflow_engine::backend;
-use detflow_engine::config::{DetectorSettings, FrameSize};
-use detflow_hal::{ErrorKind, PixelType};
-use detflow_sim::SimOptions;
+use detflow_hal::PixelType;
 use detflow_stream2::fan::{Deal, RankKeys};
 use detflow_stream2::{
     End, Image, Message, MultiDimArray, Payload, Series, Start, TypedArray, decode, encode,
 };
 use detflow_writer::Codec;
 
+use common::stream2::{receive_series, sim_frames};
+use common::{free_port, lines_of};
+
 /// Every receive and every wait for a log line lasts at most this long.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running `detflow` child with its stderr and stdout lines on channels.
 struct Proc {
@@ -50,17 +40,8 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the detflow binary runs");
-        let lines = |r: Box<dyn std::io::Read + Send>| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-            rx
-        };
-        let stderr = lines(Box::new(child.stderr.take().unwrap()));
-        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let stdout = lines_of(child.stdout.take().unwrap());
         Proc {
             child,
             stderr,
@@ -106,6 +87,15 @@ impl Proc {
         let err: Vec<String> = self.stderr.iter().collect();
         (status, err.join("\n"))
     }
+}
+
+/// `detflow stream2-send --json` bound at `from` with `args`, waiting (60 s at most) for
+/// the fan as its consumer and for it to take `start` and `end`.
+fn stream2_send(from: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["stream2-send", "--json", "--bind", from];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--wait-for-consumer", "60", "--send-timeout", "60"]);
+    Proc::spawn(&all)
 }
 
 /// Start `detflow fan --json` from `from` to `ranks` ranks on ports the OS picks, with
@@ -154,21 +144,6 @@ fn connect(fan: &Proc, rank: u64, endpoint: &str, rcvhwm: i32, rcvbuf: Option<i3
     s
 }
 
-/// Every message of one series, `start` to `end`.
-fn receive_series(s: &zmq::Socket) -> Vec<zmq::Message> {
-    let mut msgs = Vec::new();
-    loop {
-        let m = s
-            .recv_msg(0)
-            .expect("a message before the receive deadline");
-        let end = matches!(decode(&m).expect("every message decodes"), Message::End(_));
-        msgs.push(m);
-        if end {
-            return msgs;
-        }
-    }
-}
-
 fn image_id(m: &[u8]) -> u64 {
     detflow_stream2::peek(m).unwrap().image_id.unwrap()
 }
@@ -197,36 +172,6 @@ fn check_end(msgs: &[zmq::Message], series: Series<'_>, rank: u64, deal: Deal) {
     assert_eq!(&msgs.last().unwrap()[..], &want[..], "rank {rank}'s end");
 }
 
-/// The frames `detflow acquire --seed SEED` makes for these settings.
-fn sim_frames(width: u32, height: u32, seed: u64, frames: u64) -> Vec<Vec<u8>> {
-    let d = DetectorSettings {
-        size: FrameSize::new(width, height).unwrap(),
-        seed,
-        frames,
-        ..DetectorSettings::default()
-    };
-    let opened = backend::open_sim(
-        d.size.pair(),
-        seed,
-        d.params(),
-        SimOptions::default(),
-        d.acquisition(frames, frames as u32),
-    )
-    .unwrap();
-    let mut b = opened.backend;
-    b.start().unwrap();
-    let mut out = Vec::new();
-    while out.len() < frames as usize {
-        let mut buf = vec![0u8; opened.shape.bytes()];
-        match b.read_frame(&mut buf, Duration::from_secs(1)) {
-            Ok(_) => out.push(buf),
-            Err(e) if e.kind == ErrorKind::Timeout => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    out
-}
-
 #[test]
 fn three_ranks_get_their_blocks_of_a_stream2_send_series() {
     let (frames, seed) = (13u64, 11u64);
@@ -236,24 +181,19 @@ fn three_ranks_get_their_blocks_of_a_stream2_send_series() {
     let consumers: Vec<_> = (0..3)
         .map(|k| consumer(&fan, k, &endpoints[k as usize], 1000))
         .collect();
-    let sender = Proc::spawn(&[
-        "stream2-send",
-        "--json",
-        "--bind",
+    let sender = stream2_send(
         &from,
-        "--size",
-        "40x24",
-        "--frames",
-        "13",
-        "--seed",
-        "11",
-        "--compress",
-        "bslz4",
-        "--wait-for-consumer",
-        "60",
-        "--send-timeout",
-        "60",
-    ]);
+        &[
+            "--size",
+            "40x24",
+            "--frames",
+            "13",
+            "--seed",
+            "11",
+            "--compress",
+            "bslz4",
+        ],
+    );
     let received: Vec<Vec<zmq::Message>> = consumers.iter().map(receive_series).collect();
     let sent = sender.next_json();
     let report = fan.next_json();
@@ -268,7 +208,7 @@ fn three_ranks_get_their_blocks_of_a_stream2_send_series() {
     assert_eq!(report["ended_by"], "end");
     assert_eq!(report["series_unique_id"], sent["series_unique_id"]);
     let deal = Deal::new(3, 2).unwrap();
-    let expected = sim_frames(40, 24, seed, frames);
+    let expected = sim_frames(40, 24, PixelType::U16, seed, frames);
     let mut first_start = None;
     for (k, msgs) in received.iter().enumerate() {
         let k = k as u64;
@@ -632,28 +572,23 @@ fn a_rank_that_does_not_read_loses_images_counted_and_the_others_do_not() {
         .map(|i| i.to_string())
         .collect();
     let skip = skip.join(",");
-    let sender = Proc::spawn(&[
-        "stream2-send",
-        "--json",
-        "--bind",
+    let sender = stream2_send(
         &from,
-        "--size",
-        "256x256",
-        "--dtype",
-        "u32",
-        "--compress",
-        "none",
-        "--frames",
-        "300",
-        "--skip",
-        &skip,
-        "--sndhwm",
-        "0",
-        "--wait-for-consumer",
-        "60",
-        "--send-timeout",
-        "60",
-    ]);
+        &[
+            "--size",
+            "256x256",
+            "--dtype",
+            "u32",
+            "--compress",
+            "none",
+            "--frames",
+            "300",
+            "--skip",
+            &skip,
+            "--sndhwm",
+            "0",
+        ],
+    );
     fan.wait_logs(&[
         &["rank 2: the start message was not sent now: no consumer connected"],
         &["rank 2: images dropped, no consumer connected"],
@@ -799,26 +734,21 @@ fn block_policy_waits_for_a_slow_rank_and_loses_nothing() {
             .collect();
         ids
     });
-    let sender = Proc::spawn(&[
-        "stream2-send",
-        "--json",
-        "--bind",
+    let sender = stream2_send(
         &from,
-        "--size",
-        "256x256",
-        "--dtype",
-        "u32",
-        "--compress",
-        "none",
-        "--frames",
-        "120",
-        "--sndhwm",
-        "0",
-        "--wait-for-consumer",
-        "60",
-        "--send-timeout",
-        "60",
-    ]);
+        &[
+            "--size",
+            "256x256",
+            "--dtype",
+            "u32",
+            "--compress",
+            "none",
+            "--frames",
+            "120",
+            "--sndhwm",
+            "0",
+        ],
+    );
     fan.wait_log(&["rank 1: the fan waits for it (--policy block)"]);
     let msgs1 = receive_series(&stalled);
     let report = fan.next_json();

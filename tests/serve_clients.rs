@@ -151,7 +151,7 @@ fn run_scenario(s: &Scenario) -> Outcome {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        (free_port(), dir)
+        (common::free_port(), dir)
     };
     let data = data_root.join(format!("{}-data", s.name));
 
@@ -256,14 +256,6 @@ fn tail(s: &str, max: usize) -> &str {
 }
 
 /// A TCP port that was free a moment ago (only used without namespaces).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Each of `checks` begins a line of the client's output.
 fn assert_checks(out: &Outcome, checks: &[&str]) {
     for check in checks {

@@ -5,19 +5,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ca::{Client, DBR_CHAR, DBR_DOUBLE, DBR_STRING, Put, num, text};
 use detflow_ca::Eca;
 use detflow_ca::probe::Probe;
 use detflow_ca::proto::{Header, cmd};
-
-const DBR_STRING: u16 = 0;
-const DBR_CHAR: u16 = 4;
-const DBR_DOUBLE: u16 = 6;
 
 /// The daemon, killed when dropped (a test that fails still cleans up).
 struct Daemon {
@@ -83,13 +79,7 @@ impl Daemon {
     }
 
     fn client(&self) -> Client {
-        Client {
-            probe: Probe::connect(self.addr()).expect("connects"),
-            sids: HashMap::new(),
-            next: 1,
-            log: self.log.clone(),
-            done: HashMap::new(),
-        }
+        Client::connect(self.addr(), self.log.clone())
     }
 
     /// SIGTERM, and the exit status.
@@ -105,119 +95,6 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// Reads and writes by name over one circuit.
-struct Client {
-    probe: Probe,
-    sids: HashMap<String, (u32, u32)>,
-    next: u32,
-    /// The daemon's log, shown when a put does not complete.
-    log: PathBuf,
-    /// Put completions received while waiting for another: ioid → status.
-    done: HashMap<u32, u32>,
-}
-
-impl Client {
-    fn channel(&mut self, name: &str) -> (u32, u32) {
-        if let Some(c) = self.sids.get(name) {
-            return *c;
-        }
-        self.next += 1;
-        let info = self
-            .probe
-            .create_channel(&format!("ad:{name}"), self.next)
-            .unwrap_or_else(|e| panic!("ad:{name}: {e}"));
-        self.sids.insert(name.into(), (info.sid, info.count));
-        (info.sid, info.count)
-    }
-
-    fn num(&mut self, name: &str) -> f64 {
-        let (sid, _) = self.channel(name);
-        self.next += 1;
-        let (_, payload) = self.probe.read(sid, DBR_DOUBLE, 1, self.next).unwrap();
-        f64::from_be_bytes(payload[..8].try_into().unwrap())
-    }
-
-    /// Text of a string, enum (its state name) or long-string PV.
-    fn text(&mut self, name: &str) -> String {
-        let (sid, count) = self.channel(name);
-        self.next += 1;
-        let (ty, n) = if count > 1 {
-            (DBR_CHAR, count)
-        } else {
-            (DBR_STRING, 1)
-        };
-        let (_, payload) = self.probe.read(sid, ty, n, self.next).unwrap();
-        let end = payload
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(payload.len());
-        String::from_utf8_lossy(&payload[..end]).into_owned()
-    }
-
-    /// Send a WRITE_NOTIFY; returns its id for [`Client::completed`].
-    fn put_nowait(&mut self, name: &str, value: &Put) -> u32 {
-        let (sid, _) = self.channel(name);
-        self.next += 1;
-        let (ty, n, payload) = match value {
-            Put::Num(v) => (DBR_DOUBLE, 1, v.to_be_bytes().to_vec()),
-            Put::Text(t) => {
-                let mut b = t.as_bytes().to_vec();
-                b.push(0);
-                (DBR_CHAR, b.len() as u32, b)
-            }
-        };
-        self.probe
-            .send(
-                Header::new(cmd::WRITE_NOTIFY, ty, n, sid, self.next),
-                &payload,
-            )
-            .unwrap();
-        self.next
-    }
-
-    /// Wait for the WRITE_NOTIFY reply `ioid`; its status.
-    fn completed(&mut self, ioid: u32, timeout: Duration) -> u32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.done.remove(&ioid) {
-                return status;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (h, _) = self
-                .probe
-                .recv_cmd(cmd::WRITE_NOTIFY, left)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "no completion for put {ioid}: {e}\n{}",
-                        std::fs::read_to_string(&self.log).unwrap_or_default()
-                    )
-                });
-            self.done.insert(h.param2, h.param1);
-        }
-    }
-
-    /// Put and wait for completion; panics unless it succeeded.
-    fn put(&mut self, name: &str, value: Put) {
-        let id = self.put_nowait(name, &value);
-        let status = self.completed(id, Duration::from_secs(30));
-        assert_eq!(status, Eca::Normal.code(), "put {name} = {value:?} failed");
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Put {
-    Num(f64),
-    Text(String),
-}
-
-fn num(v: f64) -> Put {
-    Put::Num(v)
-}
-
-fn text(t: &str) -> Put {
-    Put::Text(t.into())
 }
 
 fn frames_in(file: &str) -> Vec<usize> {

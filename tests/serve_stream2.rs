@@ -6,27 +6,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use detflow_ca::Eca;
-use detflow_ca::probe::Probe;
-use detflow_ca::proto::{Header, cmd};
+use common::ca::{Client, num, text};
 use detflow_hal::PixelType;
 use detflow_stream2::fan::RankKeys;
 use detflow_stream2::{
     Compression, End, Image, Message, MultiDimArray, Payload, Rational, Series, Start, TypedArray,
 };
 use detflow_writer::Codec;
-
-const DBR_STRING: u16 = 0;
-const DBR_CHAR: u16 = 4;
-const DBR_DOUBLE: u16 = 6;
 
 /// How long anything the test waits for may take.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -245,124 +238,8 @@ impl Daemon {
     }
 
     fn client(&self) -> Client {
-        Client {
-            probe: Probe::connect(self.addr()).expect("the daemon answers on the port it logged"),
-            sids: HashMap::new(),
-            next: 1,
-            log: self.log.clone(),
-            done: HashMap::new(),
-        }
+        Client::connect(self.addr(), self.log.clone())
     }
-}
-
-/// Reads and writes by name over one circuit.
-struct Client {
-    probe: Probe,
-    sids: HashMap<String, (u32, u32)>,
-    next: u32,
-    /// The daemon's log, shown when a put does not complete.
-    log: PathBuf,
-    /// Put completions received while waiting for another: ioid → status.
-    done: HashMap<u32, u32>,
-}
-
-impl Client {
-    fn channel(&mut self, name: &str) -> (u32, u32) {
-        if let Some(c) = self.sids.get(name) {
-            return *c;
-        }
-        self.next += 1;
-        let info = self
-            .probe
-            .create_channel(&format!("ad:{name}"), self.next)
-            .unwrap_or_else(|e| panic!("ad:{name}: {e}"));
-        self.sids.insert(name.into(), (info.sid, info.count));
-        (info.sid, info.count)
-    }
-
-    fn num(&mut self, name: &str) -> f64 {
-        let (sid, _) = self.channel(name);
-        self.next += 1;
-        let (_, payload) = self.probe.read(sid, DBR_DOUBLE, 1, self.next).unwrap();
-        f64::from_be_bytes(payload[..8].try_into().unwrap())
-    }
-
-    /// Text of a string, enum (its state name) or long-string PV.
-    fn text(&mut self, name: &str) -> String {
-        let (sid, count) = self.channel(name);
-        self.next += 1;
-        let (ty, n) = if count > 1 {
-            (DBR_CHAR, count)
-        } else {
-            (DBR_STRING, 1)
-        };
-        let (_, payload) = self.probe.read(sid, ty, n, self.next).unwrap();
-        let end = payload
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(payload.len());
-        String::from_utf8_lossy(&payload[..end]).into_owned()
-    }
-
-    /// Send a WRITE_NOTIFY; returns its id for [`Client::completed`].
-    fn put_nowait(&mut self, name: &str, value: Put<'_>) -> u32 {
-        let (sid, _) = self.channel(name);
-        self.next += 1;
-        let (ty, n, payload) = match value {
-            Put::Num(v) => (DBR_DOUBLE, 1, v.to_be_bytes().to_vec()),
-            Put::Text(t) => {
-                let mut b = t.as_bytes().to_vec();
-                b.push(0);
-                (DBR_CHAR, b.len() as u32, b)
-            }
-        };
-        self.probe
-            .send(
-                Header::new(cmd::WRITE_NOTIFY, ty, n, sid, self.next),
-                &payload,
-            )
-            .unwrap();
-        self.next
-    }
-
-    /// Wait for the WRITE_NOTIFY reply `ioid`; panics unless it succeeded.
-    fn completed(&mut self, ioid: u32) {
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.done.remove(&ioid) {
-                break status;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (h, _) = self
-                .probe
-                .recv_cmd(cmd::WRITE_NOTIFY, left)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "no completion for put {ioid}: {e}\n{}",
-                        std::fs::read_to_string(&self.log).unwrap_or_default()
-                    )
-                });
-            self.done.insert(h.param2, h.param1);
-        };
-        assert_eq!(
-            status,
-            Eca::Normal.code(),
-            "put {ioid} failed:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    /// Put and wait for completion.
-    fn put(&mut self, name: &str, value: Put<'_>) {
-        let id = self.put_nowait(name, value);
-        self.completed(id);
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Put<'a> {
-    Num(f64),
-    Text(&'a str),
 }
 
 /// Every channel of every image in `file` is the chunk sent, byte for byte.
@@ -413,24 +290,24 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
     assert_eq!(c.text("cam1:Manufacturer_RBV"), "DECTRIS Stream V2");
     // The detector's chunks are passed through; a codec set decodes them, `auto` goes back.
     assert_eq!(c.text("HDF1:Codec_RBV"), "auto");
-    c.put("HDF1:Compression", Put::Num(3.0));
+    c.put("HDF1:Compression", num(3.0));
     assert_eq!(c.text("HDF1:Codec_RBV"), "");
-    c.put("HDF1:Codec", Put::Text("auto"));
+    c.put("HDF1:Codec", text("auto"));
     assert_eq!(c.text("HDF1:Codec_RBV"), "auto");
-    c.put("HDF1:FilePath", Put::Text(root));
-    c.put("HDF1:FileName", Put::Text("eiger"));
-    c.put("HDF1:FileTemplate", Put::Text("%s%s_%3.3d.h5"));
-    c.put("HDF1:FileNumber", Put::Num(3.0));
-    c.put("HDF1:AutoIncrement", Put::Num(1.0));
-    c.put("HDF1:FileWriteMode", Put::Num(2.0));
-    c.put("HDF1:NumCapture", Put::Num(0.0));
+    c.put("HDF1:FilePath", text(root));
+    c.put("HDF1:FileName", text("eiger"));
+    c.put("HDF1:FileTemplate", text("%s%s_%3.3d.h5"));
+    c.put("HDF1:FileNumber", num(3.0));
+    c.put("HDF1:AutoIncrement", num(1.0));
+    c.put("HDF1:FileWriteMode", num(2.0));
+    c.put("HDF1:NumCapture", num(0.0));
     // Acquire's put-callback completes once the series' images are all written or passed
     // by (a capture armed before that waits for the next series).
-    c.put("cam1:WaitForPlugins", Put::Num(1.0));
+    c.put("cam1:WaitForPlugins", num(1.0));
 
     // Capture = 1 arms the plugin; Acquire = 1 waits for the next series.
-    let capture = c.put_nowait("HDF1:Capture", Put::Num(1.0));
-    let acquire = c.put_nowait("cam1:Acquire", Put::Num(1.0));
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
+    let acquire = c.put_nowait("cam1:Acquire", &num(1.0));
     assert_eq!(c.num("HDF1:Capture_RBV"), 1.0);
     assert_eq!(c.num("cam1:Acquire_RBV"), 1.0);
     let first = Series {
@@ -438,8 +315,8 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
         unique_id: "series-one",
     };
     let sent = detector.send_series(&first, 5);
-    c.completed(capture);
-    c.completed(acquire);
+    c.succeeded(capture);
+    c.succeeded(acquire);
     let file = format!("{root}/eiger_003.h5");
     assert_eq!(c.text("HDF1:FullFileName_RBV"), file);
     assert_eq!(c.num("HDF1:NumCaptured_RBV"), 5.0);
@@ -467,20 +344,20 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
 
     // Capture = 0: the next series is received (Acquire follows it) and not written.
     let counter = c.num("cam1:ArrayCounter_RBV");
-    let acquire = c.put_nowait("cam1:Acquire", Put::Num(1.0));
+    let acquire = c.put_nowait("cam1:Acquire", &num(1.0));
     let skipped = Series {
         id: 2,
         unique_id: "series-two",
     };
     detector.send_series(&skipped, 3);
-    c.completed(acquire);
+    c.succeeded(acquire);
     assert_eq!(c.num("cam1:ArrayCounter_RBV"), counter + 3.0);
     assert_eq!(c.num("cam1:NumImages_RBV"), 3.0);
     assert!(!Path::new(&format!("{root}/eiger_004.h5")).exists());
     assert_eq!(c.text("HDF1:FullFileName_RBV"), file);
 
     // Capture = 1 again: the next series goes to the next file number.
-    let capture = c.put_nowait("HDF1:Capture", Put::Num(1.0));
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
     assert_eq!(c.num("HDF1:Capture_RBV"), 1.0);
     let third = Series {
         id: 3,
@@ -492,7 +369,7 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
         .send(&[0xd9, 0xd9, 0xf7, 0xa1, 0xff][..], 0)
         .unwrap();
     let sent = detector.send_series(&third, 4);
-    c.completed(capture);
+    c.succeeded(capture);
     let file = format!("{root}/eiger_004.h5");
     assert_eq!(c.text("HDF1:FullFileName_RBV"), file);
     assert_eq!(c.num("HDF1:NumCaptured_RBV"), 4.0);
@@ -502,7 +379,7 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
 
     // Behind `detflow fan`, as rank 2 of 3 in blocks of 2: its share of 13 images (4, 5, 10,
     // 11) in a file named with the rank, in order.
-    let capture = c.put_nowait("HDF1:Capture", Put::Num(1.0));
+    let capture = c.put_nowait("HDF1:Capture", &num(1.0));
     assert_eq!(c.num("HDF1:Capture_RBV"), 1.0);
     let fourth = Series {
         id: 4,
@@ -511,7 +388,7 @@ fn each_series_sent_while_capture_is_on_is_a_file_of_its_own() {
     let keys = RankKeys::new(2, detflow_hal::Deal::new(3, 2).unwrap());
     let sent = detector.send_share(&fourth, 13, keys);
     assert_eq!(sent.len(), 4);
-    c.completed(capture);
+    c.succeeded(capture);
     let file = format!("{root}/eiger_r2_005.h5");
     assert_eq!(c.text("HDF1:FullFileName_RBV"), file);
     assert_eq!(c.num("HDF1:NumCaptured_RBV"), 4.0);

@@ -6,29 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use detflow_engine::backend;
-use detflow_engine::config::{DetectorSettings, FrameSize};
-use detflow_hal::{ErrorKind, PixelType};
-use detflow_sim::SimOptions;
+use detflow_hal::PixelType;
 use detflow_stream2::{Message, Payload, Start, TypedArray, decode};
 use detflow_writer::Codec;
 
+use common::stream2::{receive_series, sim_frames};
+use common::{free_port, lines_of};
+
 /// Every receive waits at most this long: a test that hangs fails instead.
 const RECV_DEADLINE_MS: i32 = 60_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Start `detflow stream2-send --json` with `args` on a fresh port; returns it and the
 /// endpoint. Its stderr is forwarded line by line to the returned channel.
@@ -41,13 +31,7 @@ fn sender(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the detflow binary runs");
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap());
     (child, endpoint, rx)
 }
 
@@ -65,52 +49,6 @@ fn pull(endpoint: &str, rcvhwm: i32) -> zmq::Socket {
     s.set_linger(0).unwrap();
     s.connect(endpoint).unwrap();
     s
-}
-
-/// Every message of one series, `start` to `end`.
-fn receive_series(s: &zmq::Socket) -> Vec<zmq::Message> {
-    let mut msgs = Vec::new();
-    loop {
-        let m = s
-            .recv_msg(0)
-            .expect("a message before the receive deadline");
-        let end = matches!(decode(&m).expect("every message decodes"), Message::End(_));
-        msgs.push(m);
-        if end {
-            return msgs;
-        }
-    }
-}
-
-/// The frames `detflow acquire --seed SEED` makes for these settings.
-fn sim_frames(width: u32, height: u32, dtype: PixelType, seed: u64, frames: u64) -> Vec<Vec<u8>> {
-    let d = DetectorSettings {
-        size: FrameSize::new(width, height).unwrap(),
-        dtype,
-        seed,
-        frames,
-        ..DetectorSettings::default()
-    };
-    let opened = backend::open_sim(
-        d.size.pair(),
-        seed,
-        d.params(),
-        SimOptions::default(),
-        d.acquisition(frames, frames as u32),
-    )
-    .unwrap();
-    let mut b = opened.backend;
-    b.start().unwrap();
-    let mut out = Vec::new();
-    while out.len() < frames as usize {
-        let mut buf = vec![0u8; opened.shape.bytes()];
-        match b.read_frame(&mut buf, Duration::from_secs(1)) {
-            Ok(_) => out.push(buf),
-            Err(e) if e.kind == ErrorKind::Timeout => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    out
 }
 
 /// The pixels of a channel, decoded with detflow's codecs.
@@ -488,13 +426,7 @@ fn pause_before_holds_the_series_until_a_line_on_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the detflow binary runs");
-    let (tx, stderr) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let stderr = lines_of(child.stderr.take().unwrap());
     let consumer = pull(&endpoint, 1000);
     let id = |m: &zmq::Message| detflow_stream2::peek(m).unwrap().image_id;
     let first: Vec<_> = (0..4).map(|_| consumer.recv_msg(0).unwrap()).collect();

@@ -3,11 +3,15 @@
 
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod netns;
+pub mod stream2;
 
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, mpsc};
 
 /// The `detflow` binary built for these tests.
 pub fn detflow() -> Command {
@@ -110,6 +114,27 @@ pub const BLUESKY_PACKAGES: &[&str] = &[
 /// Where [`BLUESKY_PACKAGES`] are installed: one venv for every test binary that needs them.
 pub fn bluesky_venv_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-bluesky-venv")
+}
+
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The lines of `pipe` (a child's stdout or stderr), each sent on the returned channel as it
+/// is read; the channel closes with the pipe.
+pub fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 /// How long a test waits for an event before it fails: generous, for a loaded machine.
